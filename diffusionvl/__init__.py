@@ -1,0 +1,25 @@
+"""diffusionvl: translate autoregressive (vision-)language models into block-diffusion models."""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .compat import UnsupportedModelError, check_block_diffusion_support
+from .config import DiffusionVLConfig
+from .loss import diffusion_loss
+from .model import CheckpointLayoutError, DiffusionOutput, DiffusionVL
+from .tokens import SpecialTokens
+
+__version__ = "0.1.0"
+
+AutoConfig.register(DiffusionVLConfig.model_type, DiffusionVLConfig)
+AutoModelForCausalLM.register(DiffusionVLConfig, DiffusionVL)
+
+__all__ = [
+    "CheckpointLayoutError",
+    "DiffusionOutput",
+    "DiffusionVL",
+    "DiffusionVLConfig",
+    "SpecialTokens",
+    "UnsupportedModelError",
+    "check_block_diffusion_support",
+    "diffusion_loss",
+]

@@ -1,0 +1,71 @@
+"""What an autoregressive model must offer to be wrapped, checked by running it rather than by a list of names."""
+
+import torch
+from transformers import PreTrainedModel
+
+from .masks import to_attention_mask
+
+# Flash-attention kernels take no arbitrary mask, so they cannot express block-causal attention.
+SUPPORTED_ATTENTION = ("sdpa", "eager")
+PROBE_LENGTH = 8
+
+
+class UnsupportedModelError(ValueError):
+    """The model cannot be turned into a block-diffusion model as it is loaded."""
+
+
+def _fail(model, why: str):
+    raise UnsupportedModelError(f"{type(model).__name__} cannot be wrapped for block diffusion: {why}")
+
+
+def _probe_logits(model, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits through the seams the library uses: decoder with an explicit 4-D mask and position ids, then head."""
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    mask = to_attention_mask(allowed[None], valid, model.dtype)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+    return model.get_output_embeddings()(hidden)
+
+
+def check_block_diffusion_support(model) -> None:
+    """Raise UnsupportedModelError unless the model honours a custom 4-D mask and explicit position ids.
+
+    Three tiny forwards: the causal mask through our seams must reproduce the model's own logits; a
+    bidirectional mask must change the first position (the mask is read); reversed positions must change the
+    last position (position ids are read).
+    """
+    if not isinstance(model, PreTrainedModel) or getattr(model.config, "is_encoder_decoder", False):
+        _fail(model, "it is not a decoder-only transformers causal LM.")
+    if model.get_output_embeddings() is None or model.base_model is model:
+        _fail(model, "it has no separate decoder and output head (load it with AutoModelForCausalLM).")
+    impl = model.config._attn_implementation
+    if impl not in SUPPORTED_ATTENTION:
+        _fail(model, f"attn_implementation={impl!r} takes no custom mask; load it with attn_implementation='sdpa'.")
+    device = model.get_input_embeddings().weight.device
+    ids = torch.arange(1, PROBE_LENGTH + 1, device=device)[None] % model.get_input_embeddings().weight.shape[0]
+    positions = torch.arange(PROBE_LENGTH, device=device)[None]
+    causal = torch.ones(PROBE_LENGTH, PROBE_LENGTH, dtype=torch.bool, device=device).tril()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            reference = model(input_ids=ids).logits.float()
+            ours = _probe_logits(model, ids, causal, positions).float()
+            bidirectional = _probe_logits(model, ids, torch.ones_like(causal), positions).float()
+            reversed_pos = _probe_logits(model, ids, causal, positions.flip(-1)).float()
+    except Exception as error:  # any failure of the seams means the architecture cannot be driven this way
+        _fail(
+            model,
+            f"a forward with a 4-D attention mask and position ids failed ({error}). Recurrent and state-space "
+            "models have no attention to make bidirectional inside a block; use a transformer causal LM.",
+        )
+    finally:
+        model.train(was_training)
+    tolerance = 1e-3 * max(1.0, float(reference.abs().max()))
+    if (ours - reference).abs().max() > tolerance:
+        _fail(model, "its logits are not lm_head(decoder(x)) (e.g. soft-capping or scaling), or it ignores the mask.")
+    # A seam that is ignored gives bit-identical outputs, so any difference at all shows it is read: random
+    # tiny models attend almost uniformly and differ only slightly.
+    if torch.equal(bidirectional[:, 0], ours[:, 0]):
+        _fail(model, "it ignores a custom 4-D attention mask (block-causal attention needs one).")
+    if torch.equal(reversed_pos[:, -1], ours[:, -1]):
+        _fail(model, "it ignores explicit position_ids (blocks need per-row positions).")

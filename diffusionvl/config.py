@@ -1,0 +1,51 @@
+"""Configuration of a DiffusionVL model: the wrapped AR model's config plus the diffusion settings."""
+
+from typing import Literal
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+@strict
+class DiffusionVLConfig(PreTrainedConfig):
+    """Everything block diffusion adds to an autoregressive model.
+
+    Fields:
+        base_config: config of the wrapped causal LM (any `AutoModelForCausalLM` architecture).
+        block_size: tokens per diffusion block B. Blocks are aligned at absolute position 0: block j covers
+            positions [jB, (j+1)B). Bidirectional attention inside a block, causal across blocks.
+        mask_token_id: the `[MASK]` token (a vocabulary row; no new weights).
+        eot_token_id: the end-of-turn token. It pads the last block of every training sample and ends generation.
+        pad_token_id: fills padding positions; never attended to. Falls back to `eot_token_id`.
+        noise_eps_min, noise_eps_max: per-block noise levels t are drawn from U[eps_min, eps_max].
+        antithetic_noise: stratify the noise levels of all supervised blocks of a batch (lower variance); strata
+            are assigned to blocks in random order so later blocks are not always noisier.
+        noisy_stream: "cheap" keeps only blocks holding supervised tokens in the noisy stream (same loss, less
+            work); "full" is the reference two-stream layout of BD3-LM with every block duplicated.
+    """
+
+    model_type = "diffusionvl"
+    sub_configs_defaults = {"base_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2")}
+
+    base_config: dict | PreTrainedConfig | None = None
+    block_size: int = 8
+    mask_token_id: int | None = None
+    eot_token_id: int | None = None
+    pad_token_id: int | None = None
+    noise_eps_min: float = 1e-3
+    noise_eps_max: float = 1.0
+    antithetic_noise: bool = True
+    noisy_stream: Literal["cheap", "full"] = "cheap"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size <= 0:
+            raise ValueError(f"block_size must be a positive integer (e.g. 8), got {self.block_size!r}.")
+        if not 0.0 < self.noise_eps_min <= self.noise_eps_max <= 1.0:
+            raise ValueError(
+                f"noise levels need 0 < noise_eps_min <= noise_eps_max <= 1, got "
+                f"[{self.noise_eps_min}, {self.noise_eps_max}]; the defaults are [1e-3, 1]."
+            )
+        if self.noisy_stream not in ("cheap", "full"):
+            raise ValueError(f"noisy_stream must be 'cheap' or 'full', got {self.noisy_stream!r}.")

@@ -1,0 +1,62 @@
+"""Block-diffusion attention, defined once as a rule on per-token descriptors.
+
+Every token carries (block index, stream, valid). The training sequence is `[x_t ; x_0]` (noisy stream, then
+clean stream); inference uses the clean stream alone. For a query in block j (BD3-LM's three parts):
+    noisy -> noisy keys of block j            (M_BD: bidirectional inside the block)
+    noisy -> clean keys of blocks < j         (M_OBC: offset block-causal)
+    clean -> clean keys of blocks <= j        (M_BC: block-causal)
+    clean -> noisy keys: never; invalid (padding) keys: never.
+The same rule serves training, prefill, denoising and the fused commit, so they cannot drift apart.
+"""
+
+import torch
+
+NOISY, CLEAN = 0, 1
+
+
+def block_diffusion_rule(
+    q_block: torch.Tensor, q_stream: torch.Tensor, k_block: torch.Tensor, k_stream: torch.Tensor, k_valid: torch.Tensor
+) -> torch.Tensor:
+    """Boolean attention pattern. Inputs (N, Q) for queries and (N, K) for keys; returns (N, Q, K), True = attend."""
+    qb, qs = q_block[:, :, None], q_stream[:, :, None]
+    kb, ks = k_block[:, None, :], k_stream[:, None, :]
+    noisy_q = qs == NOISY
+    same_block_noisy = noisy_q & (ks == NOISY) & (kb == qb)
+    earlier_clean = noisy_q & (ks == CLEAN) & (kb < qb)
+    block_causal = ~noisy_q & (ks == CLEAN) & (kb <= qb)
+    return (same_block_noisy | earlier_clean | block_causal) & k_valid[:, None, :]
+
+
+def to_attention_mask(allowed: torch.Tensor, q_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, Q, K) bool -> (N, 1, Q, K) additive float mask, accepted as-is by transformers' eager and SDPA paths.
+
+    Padding queries see every key: their outputs are never read, and a row with no key would turn into NaN.
+    """
+    allowed = allowed | ~q_valid[:, :, None]
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def block_causal_mask(
+    q_positions: torch.Tensor,
+    q_valid: torch.Tensor,
+    k_positions: torch.Tensor,
+    k_valid: torch.Tensor,
+    block_size: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Single (clean) stream mask for inference: each query sees its own block and every earlier block.
+
+    positions are per-row absolute positions (N, Q) / (N, K); keys may include cached tokens.
+    """
+    q_block, k_block = q_positions // block_size, k_positions // block_size
+    clean_q = torch.full_like(q_block, CLEAN)
+    clean_k = torch.full_like(k_block, CLEAN)
+    allowed = block_diffusion_rule(q_block, clean_q, k_block, clean_k, k_valid)
+    return to_attention_mask(allowed, q_valid, dtype)
+
+
+def positions_from_padding(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per-row positions counted from the first real token, so left padding does not shift blocks. (N, L)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)

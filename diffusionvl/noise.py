@@ -1,0 +1,135 @@
+"""The forward (noising) process of block diffusion and the two-stream training layout (SPEC §2).
+
+Shapes: N samples, L positions (a multiple of the block size B after `align_to_blocks`), nb = L // B blocks.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from .masks import CLEAN, NOISY, block_diffusion_rule, to_attention_mask
+
+IGNORE = -100
+
+
+def _rand(shape, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    # Draw on the generator's device so a seeded draw is the same whatever device the batch lives on.
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=gen_device).to(device)
+
+
+def align_to_blocks(input_ids, labels, attention_mask, block_size: int, eot_id: int, pad_id: int):
+    """Right-align every row and end it on a block boundary with supervised end-of-turn tokens.
+
+    Rows may arrive left- or right-padded; real tokens must be contiguous. Returns (ids, labels, valid), each
+    (N, L') with L' the longest aligned row. Teaching the model to fill its last block with EOT is how
+    generation learns to stop.
+    """
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    valid = attention_mask.bool()
+    lengths = valid.sum(1)
+    index = torch.arange(valid.shape[1], device=valid.device)
+    span = torch.where(valid, index, -1).amax(1) - torch.where(valid, index, valid.shape[1]).amin(1) + 1
+    if bool(((span != lengths) & (lengths > 0)).any()):
+        raise ValueError("attention_mask has holes: each row's real tokens must be contiguous (left or right padding).")
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices  # real tokens first
+    ids, labels = input_ids.gather(1, order), labels.gather(1, order)
+    aligned = (lengths + block_size - 1) // block_size * block_size
+    width = max(int(aligned.max()), block_size)
+    extra = width - ids.shape[1]
+    if extra > 0:
+        ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)
+        labels = torch.nn.functional.pad(labels, (0, extra), value=IGNORE)
+    ids, labels = ids[:, :width], labels[:, :width]
+    pos = torch.arange(width, device=ids.device)[None]
+    tail = (pos >= lengths[:, None]) & (pos < aligned[:, None])
+    ids = torch.where(tail, eot_id, torch.where(pos < lengths[:, None], ids, pad_id))
+    labels = torch.where(tail, eot_id, torch.where(pos < lengths[:, None], labels, IGNORE))
+    return ids, labels, pos < aligned[:, None]
+
+
+def sample_noise_levels(
+    supervised_blocks: torch.Tensor, eps_min: float, eps_max: float, antithetic: bool, generator=None
+) -> torch.Tensor:
+    """One noise level t per block, (N, nb) -> (N, nb). Blocks without supervision get t = 1 (never used).
+
+    Antithetic: the M supervised blocks of the batch get one draw from each stratum [k/M, (k+1)/M), with the
+    strata handed to blocks in random order.
+    """
+    count = int(supervised_blocks.sum())
+    device = supervised_blocks.device
+    u = _rand((count,), generator, device)
+    if antithetic and count > 0:
+        gen_device = generator.device if generator is not None else device
+        strata = torch.randperm(count, generator=generator, device=gen_device).to(device)
+        u = (strata + u) / count
+    t = torch.ones(supervised_blocks.shape, device=device)
+    t[supervised_blocks] = eps_min + (eps_max - eps_min) * u
+    return t
+
+
+@dataclass
+class NoisyBatch:
+    """A block-aligned batch with one noise draw applied. All (N, L) except `block_noise` (N, nb)."""
+
+    clean_ids: torch.Tensor
+    noisy_ids: torch.Tensor
+    labels: torch.Tensor
+    valid: torch.Tensor
+    masked: torch.Tensor
+    block_noise: torch.Tensor
+    block_size: int
+
+    @property
+    def noise_level(self) -> torch.Tensor:
+        """t of each position's block, (N, L)."""
+        return self.block_noise.repeat_interleave(self.block_size, dim=1)
+
+    @property
+    def supervised_blocks(self) -> torch.Tensor:
+        return (self.labels != IGNORE).view(self.labels.shape[0], -1, self.block_size).any(-1)
+
+
+def apply_noise(ids, labels, valid, block_noise, block_size: int, mask_id: int, generator=None) -> NoisyBatch:
+    """Replace each supervised position of block j by the mask token with probability t_j."""
+    batch = NoisyBatch(ids, ids, labels, valid, ids.new_zeros(ids.shape, dtype=torch.bool), block_noise, block_size)
+    batch.masked = (labels != IGNORE) & (_rand(ids.shape, generator, ids.device) < batch.noise_level)
+    batch.noisy_ids = torch.where(batch.masked, mask_id, ids)
+    return batch
+
+
+@dataclass
+class TwoStreamLayout:
+    """The model input `[noisy ; clean]` of one batch. `noisy_positions` (N, Ln) maps noisy columns to positions."""
+
+    input_ids: torch.Tensor  # (N, Ln + L)
+    position_ids: torch.Tensor  # (N, Ln + L)
+    attention_mask: torch.Tensor  # (N, 1, Ln + L, Ln + L) additive
+    noisy_positions: torch.Tensor  # (N, Ln)
+    noisy_valid: torch.Tensor  # (N, Ln)
+
+
+def two_stream_layout(batch: NoisyBatch, cheap: bool, dtype: torch.dtype) -> TwoStreamLayout:
+    """Build the two streams. `cheap` keeps only supervised blocks in the noisy stream (SPEC §2.6).
+
+    A dropped block is never masked, so no query reads its noisy copy and no loss term comes from it: the loss
+    is the same as with the full layout for the same noise draw.
+    """
+    n, length = batch.clean_ids.shape
+    size = batch.block_size
+    kept = batch.supervised_blocks if cheap else batch.valid.view(n, -1, size).any(-1)
+    order = torch.sort((~kept).to(torch.int8), dim=1, stable=True).indices  # kept blocks first, in order
+    width = max(int(kept.sum(1).max()), 1)
+    blocks, block_ok = order[:, :width], kept.gather(1, order[:, :width])
+    noisy_pos = (blocks[:, :, None] * size + torch.arange(size, device=blocks.device)).flatten(1)  # (N, width*B)
+    noisy_valid = block_ok.repeat_interleave(size, dim=1) & batch.valid.gather(1, noisy_pos)
+    clean_pos = torch.arange(length, device=blocks.device).expand(n, length)
+    positions = torch.cat([noisy_pos, clean_pos], dim=1)
+    stream = torch.cat([torch.full_like(noisy_pos, NOISY), torch.full_like(clean_pos, CLEAN)], dim=1)
+    valid = torch.cat([noisy_valid, batch.valid], dim=1)
+    block = positions // size
+    allowed = block_diffusion_rule(block, stream, block, stream, valid)
+    ids = torch.cat([batch.noisy_ids.gather(1, noisy_pos), batch.clean_ids], dim=1)
+    mask = to_attention_mask(allowed, valid, dtype)
+    return TwoStreamLayout(ids, positions, mask, noisy_pos, noisy_valid)

@@ -1,0 +1,92 @@
+"""Special tokens, looked up by name once and kept in one small record. No other file knows a token id."""
+
+from dataclasses import dataclass
+
+MASK_TOKEN = "<|mask|>"
+# Chat templates end an assistant turn with one of these; the first one the tokenizer knows wins.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    """Token ids the diffusion objective and the decoder need.
+
+    mask: the `[MASK]` token that noisy positions hold.
+    eot: end of turn; pads the last block in training and ends an answer in generation.
+    pad: fills padding positions. May equal `eot` for tokenizers without a pad token.
+    vocab_size: rows of the embedding matrix; every id must lie below it.
+    """
+
+    mask: int
+    eot: int
+    pad: int
+    vocab_size: int
+
+    def __post_init__(self):
+        for name in ("mask", "eot", "pad"):
+            token_id = getattr(self, name)
+            if not 0 <= token_id < self.vocab_size:
+                raise ValueError(
+                    f"{name} token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1}). "
+                    f"Pass an id that is a row of the embedding matrix, or pass the tokenizer so it can be added."
+                )
+        if self.mask in (self.eot, self.pad):
+            raise ValueError(
+                f"the mask token ({self.mask}) must differ from end-of-turn ({self.eot}) and pad ({self.pad}); "
+                f"pick an unused vocabulary row as mask_token_id."
+            )
+
+    @property
+    def never_generated(self) -> tuple[int, ...]:
+        """Ids the decoder must never produce: the mask, and pad when it is a token of its own."""
+        return (self.mask,) if self.pad == self.eot else (self.mask, self.pad)
+
+
+def _known_id(tokenizer, token: str) -> int | None:
+    """The id of `token` if the tokenizer has it as a single token, else None."""
+    if tokenizer is None or token not in tokenizer.get_vocab():
+        return None
+    return tokenizer.convert_tokens_to_ids(token)
+
+
+def _first_id(value) -> int | None:
+    return value[0] if isinstance(value, (list, tuple)) and value else value
+
+
+def resolve_mask_token(model, tokenizer, mask_token_id: int | None) -> int:
+    """Find or create the mask token. Adds `<|mask|>` to the tokenizer (resizing embeddings only if needed)."""
+    if mask_token_id is not None:
+        return mask_token_id
+    if tokenizer is None:
+        raise ValueError(
+            "no mask token: pass the tokenizer (a '<|mask|>' token is then added) or mask_token_id= "
+            "(an unused embedding row; the released Qwen DiffusionVL checkpoints use 151671)."
+        )
+    found = _known_id(tokenizer, MASK_TOKEN)
+    if found is None:
+        tokenizer.add_special_tokens({"additional_special_tokens": [MASK_TOKEN]}, replace_extra_special_tokens=False)
+        found = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
+    rows = model.get_input_embeddings().weight.shape[0]
+    if found >= rows:
+        model.resize_token_embeddings(found + 1)
+    return found
+
+
+def resolve_eot_token(model, tokenizer) -> int:
+    """End of turn: a chat end-of-turn token by name, else the tokenizer's or the model's EOS."""
+    for name in END_OF_TURN_TOKENS:
+        if (found := _known_id(tokenizer, name)) is not None:
+            return found
+    candidates = [getattr(tokenizer, "eos_token_id", None), _first_id(getattr(model.generation_config, "eos_token_id", None))]
+    candidates.append(_first_id(getattr(model.config, "eos_token_id", None)))
+    for candidate in candidates:
+        if candidate is not None:
+            return candidate
+    raise ValueError("no end-of-turn token found: the tokenizer and config name no EOS; set eot_token_id explicitly.")
+
+
+def resolve_pad_token(model, tokenizer, eot: int) -> int:
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.config, "pad_token_id", None)
+    return eot if pad is None else pad

@@ -1,0 +1,80 @@
+"""Tiny configs of real architectures and a tiny chat tokenizer; everything offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+VOCAB = 96
+MASK_ID = VOCAB - 1
+EOT_ID = 2
+TINY = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    eos_token_id=EOT_ID,
+    pad_token_id=0,
+)
+FAMILIES = {
+    "qwen2": lambda **kw: Qwen2Config(**{**TINY, **kw}),
+    "qwen3": lambda **kw: Qwen3Config(**{**TINY, "head_dim": 8, **kw}),
+    "llama": lambda **kw: LlamaConfig(**{**TINY, **kw}),
+    "mistral": lambda **kw: MistralConfig(**{**TINY, **kw}),
+}
+
+
+def tiny_causal_lm(family: str = "qwen2", attn: str = "sdpa", seed: int = 0, **overrides):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(FAMILIES[family](**overrides), attn_implementation=attn)
+    return model.eval()
+
+
+def tiny_tokenizer(words: int = 60) -> PreTrainedTokenizerFast:
+    """A word-level chat tokenizer: <|endoftext|> (pad) 0, <|im_start|> 1, <|im_end|> 2, then w0..w{words-1}."""
+    vocab = {t: i for i, t in enumerate(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])}
+    vocab.update({f"w{i}": i + 3 for i in range(words)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|endoftext|>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]}, replace_extra_special_tokens=False
+    )
+    return tokenizer
+
+
+def wrap(family="qwen2", attn="sdpa", block_size=4, seed=0, **options):
+    from diffusionvl import DiffusionVL
+
+    return DiffusionVL.from_autoregressive(
+        tiny_causal_lm(family, attn, seed), mask_token_id=MASK_ID, block_size=block_size, **options
+    )
+
+
+def prompt_answer_batch(n=3, length=14, prompt=5, seed=0):
+    """Random ids in [3, 60) with the first `prompt` positions unsupervised."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 60, (n, length), generator=g)
+    labels = ids.clone()
+    labels[:, :prompt] = -100
+    return ids, labels
+
+
+@pytest.fixture(params=sorted(FAMILIES))
+def family(request):
+    return request.param
