@@ -13,6 +13,7 @@ from transformers.utils import ModelOutput
 
 from .compat import check_block_diffusion_support
 from .config import DiffusionVLConfig
+from .generation_config import DecodingConfig
 from .loss import diffusion_loss
 from .masks import block_causal_mask, positions_from_padding
 from .noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
@@ -175,6 +176,32 @@ class DiffusionVL(PreTrainedModel):
             loss = loss + 0.0 * head(hidden[:, :1]).sum()
         mean_t = batch.block_noise[batch.supervised_blocks].mean()
         return DiffusionOutput(loss=loss, noise_level=mean_t.detach(), num_masked=take.sum())
+
+    def generate(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        inputs: torch.Tensor | None = None,
+        generation_config: DecodingConfig | None = None,
+        streamer=None,
+        tokenizer=None,
+        generator: torch.Generator | None = None,
+        return_dict_in_generate: bool = False,
+        **options,
+    ):
+        """Block decoding (SPEC §3). `options` are `DecodingConfig` fields (max_new_tokens or gen_length, steps,
+        remasking_strategy, confidence_threshold, temperature, top_k, top_p, stop_strings, use_cache, commit).
+
+        Returns the new tokens (N, T), pad after each row's end, or a `DecodingOutput` with
+        `return_dict_in_generate=True`. `streamer` (e.g. `TextIteratorStreamer`) gets one chunk per block.
+        """
+        from .engine import generate
+
+        config = DecodingConfig.from_options(generation_config, **options)
+        ids = input_ids if input_ids is not None else inputs
+        out = generate(self, ids, attention_mask, config, streamer, tokenizer, generator)
+        return out if return_dict_in_generate else out.sequences
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -1,0 +1,55 @@
+"""The reference decoder: plain and slow. One row at a time, no cache, no padding, and every step
+recomputes the whole sequence. The fast engine must produce the same tokens at temperature 0."""
+
+import torch
+
+from .engine import DecodingOutput, _cut_at_stop_string
+from .policies import StepContext, static_schedule
+from .sampling import propose
+
+
+def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, generator=None):
+    """Decode one prompt (1-D ids). Returns (new tokens, forwards, steps per block)."""
+    tokens, size, steps = model.special_tokens, model.block_size, min(config.steps, model.block_size)
+    policy = config.policy
+    sequence, produced, forwards, block_steps = prompt.tolist(), [], 0, []
+    while True:
+        start = len(sequence) // size * size  # the block that holds the next new token
+        canvas = torch.tensor(sequence + [tokens.mask] * (start + size - len(sequence)), device=prompt.device)[None]
+        masked = canvas[:, start:] == tokens.mask  # (1, B)
+        schedule = static_schedule(masked.sum(1), steps)
+        used = 0
+        for step in range(steps):
+            if not bool(masked.any()):
+                break
+            logits = model(input_ids=canvas).logits[:, start:]  # block-causal: later blocks do not exist yet
+            forwards, used = forwards + 1, used + 1
+            token, confidence = propose(
+                logits, tokens.never_generated, config.temperature, config.top_k, config.top_p, generator
+            )
+            commit = policy.select(confidence, masked, StepContext(step, steps, schedule[:, step])) & masked
+            if step == steps - 1:
+                commit = masked
+            canvas[:, start:] = torch.where(commit, token, canvas[:, start:])
+            masked = masked & ~commit
+        block_steps.append(used)
+        new = canvas[0, len(sequence) :].tolist()
+        sequence += new
+        produced += new
+        if tokens.eot in produced:
+            return produced[: produced.index(tokens.eot) + 1], forwards, block_steps
+        if len(produced) >= config.max_new_tokens:
+            return produced[: config.max_new_tokens], forwards, block_steps
+        if config.stop_strings and _cut_at_stop_string(produced, config.stop_strings, tokenizer):
+            return produced, forwards, block_steps
+
+
+def reference_decode(model, prompts: list[torch.Tensor], config, tokenizer=None, generator=None) -> DecodingOutput:
+    rows = [reference_decode_row(model, prompt, config, tokenizer, generator) for prompt in prompts]
+    width = max(len(out) for out, _, _ in rows)
+    sequences = torch.full((len(rows), width), model.special_tokens.pad, dtype=torch.long)
+    for index, (out, _, _) in enumerate(rows):
+        sequences[index, : len(out)] = torch.tensor(out, dtype=torch.long)
+    forwards = sum(f for _, f, _ in rows)
+    per_forward = sum(len(out) for out, _, _ in rows) / max(forwards, 1)
+    return DecodingOutput(sequences, forwards, per_forward, [steps for _, _, steps in rows])

@@ -1,0 +1,42 @@
+"""From logits to a candidate token and a confidence per position (SPEC §3.2)."""
+
+import torch
+
+
+def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """Keep the top-k tokens and the smallest set whose probability reaches top-p; the rest get -inf."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the token that crosses top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def propose(
+    logits: torch.Tensor,
+    never: tuple[int, ...],
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits (..., V) -> (token, confidence), each (...). Ids in `never` (mask, pad) are never proposed.
+
+    Greedy at temperature 0, confidence = softmax probability of the argmax. Otherwise a sample from the
+    tempered, filtered distribution, confidence = its probability there.
+    """
+    logits = logits.float()
+    logits[..., list(never)] = float("-inf")
+    if temperature == 0:
+        probs = logits.softmax(-1)
+        confidence, token = probs.max(-1)
+        return token, confidence
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    token = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    return token, probs.gather(-1, token[..., None])[..., 0]

@@ -1,0 +1,186 @@
+"""Block decoding: the fast engine against the reference decoder, batching, commit modes, streaming, errors."""
+
+import threading
+
+import pytest
+import torch
+from conftest import EOT_ID, MASK_ID, tiny_tokenizer, toy_prompt, wrap
+from transformers import TextIteratorStreamer
+
+SIZES = [(2, 1), (2, 2), (4, 2), (4, 4), (8, 3), (8, 8)]  # (block size, steps)
+
+
+def run(model, ids, mask=None, **options):
+    return model.generate(ids, mask, return_dict_in_generate=True, **options)
+
+
+@pytest.mark.parametrize("size,steps", SIZES)
+@pytest.mark.parametrize("prompt_length", [5, 8])
+@pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
+def test_fast_equals_reference_on_a_random_model(size, steps, prompt_length, strategy):
+    model = wrap(block_size=size, seed=size)
+    ids = torch.randint(3, 60, (1, prompt_length), generator=torch.Generator().manual_seed(steps))
+    options = dict(max_new_tokens=19, steps=steps, remasking_strategy=strategy, confidence_threshold=0.02)
+    fast, reference = run(model, ids, **options), run(model, ids, use_cache=False, **options)
+    assert torch.equal(fast.sequences, reference.sequences)
+    assert fast.block_steps == reference.block_steps
+
+
+@pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic", "threshold"])
+def test_fast_equals_reference_on_the_trained_model(trained, strategy):
+    for tokens in ([5, 6, 7], [10, 11, 12, 13, 14, 15, 16, 17], [3, 4]):
+        options = dict(max_new_tokens=24, steps=4, remasking_strategy=strategy)
+        fast = run(trained, toy_prompt(tokens), **options)
+        reference = run(trained, toy_prompt(tokens), use_cache=False, **options)
+        assert torch.equal(fast.sequences, reference.sequences)
+
+
+def test_trained_model_answers_and_stops_at_end_of_turn(trained):
+    out = trained.generate(toy_prompt([10, 11, 12, 13, 14]), max_new_tokens=32, steps=4)
+    assert out[0].tolist() == [40, 41, 42, 43, 44, EOT_ID]
+
+
+def test_fused_commit_equals_a_separate_commit_pass_with_one_forward_per_block_fewer():
+    model = wrap(block_size=4)
+    ids = torch.randint(3, 60, (1, 8), generator=torch.Generator().manual_seed(0))
+    fused = run(model, ids, max_new_tokens=16, steps=4)
+    separate = run(model, ids, max_new_tokens=16, steps=4, commit="separate")
+    assert torch.equal(fused.sequences, separate.sequences) and fused.sequences.shape[1] == 16
+    assert fused.nfe == 1 + 16  # prefill + one forward per token (static, steps == block size)
+    assert separate.nfe == fused.nfe + 16 // 4 - 1  # a commit forward for every block that is followed by one
+
+
+def test_batch_of_different_lengths_equals_each_prompt_alone():
+    model = wrap(block_size=4)
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(3, 60, (n,), generator=g) for n in (3, 9, 4, 12)]
+    ids = torch.zeros(4, 12, dtype=torch.long)
+    mask = torch.zeros(4, 12, dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # right-padded input: the engine re-lays it out by blocks
+        ids[row, : len(prompt)], mask[row, : len(prompt)] = prompt, 1
+    batch = model.generate(ids, mask, max_new_tokens=13, steps=2)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], max_new_tokens=13, steps=2)
+        assert torch.equal(batch[row, : alone.shape[1]], alone[0])
+
+
+def test_a_row_that_ends_early_does_not_stop_the_others(trained):
+    tokens = [[3, 4], [10, 11, 12, 13, 14, 15, 16, 17, 18], [20, 21, 22, 23, 24]]
+    width = max(len(t) for t in tokens) + 1
+    ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for row, t in enumerate(tokens):  # left-padded, as chat batches usually are
+        ids[row, width - len(t) - 1 :], mask[row, width - len(t) - 1 :] = toy_prompt(t), 1
+    out = run(trained, ids, mask, max_new_tokens=32, steps=4)
+    for row, t in enumerate(tokens):
+        alone = trained.generate(toy_prompt(t), max_new_tokens=32, steps=4)
+        assert out.sequences[row, : alone.shape[1]].tolist() == alone[0].tolist()
+        assert out.sequences[row, alone.shape[1] :].eq(trained.special_tokens.pad).all()
+    assert [len(steps) for steps in out.block_steps] == [2, 3, 2]  # rows left the batch at different blocks
+
+
+def test_dynamic_needs_no_more_forwards_than_static_and_equals_it_at_threshold_one(trained):
+    prompt = toy_prompt([10, 11, 12, 13, 14, 15, 16, 17])
+    static = run(trained, prompt, max_new_tokens=32, steps=4)
+    dynamic = run(trained, prompt, max_new_tokens=32, steps=4, remasking_strategy="low_confidence_dynamic")
+    strict = run(
+        trained, prompt, max_new_tokens=32, steps=4, remasking_strategy="low_confidence_dynamic", confidence_threshold=1.0
+    )
+    assert dynamic.nfe < static.nfe
+    assert torch.equal(strict.sequences, static.sequences) and strict.nfe == static.nfe
+
+
+def test_streamed_chunks_concatenate_to_the_full_text(trained):
+    tokenizer = tiny_tokenizer(words=60)
+    prompt = toy_prompt([5, 6, 7, 8, 9, 10, 11])
+    full = tokenizer.decode(trained.generate(prompt, max_new_tokens=32, steps=4)[0], skip_special_tokens=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    worker = threading.Thread(
+        target=trained.generate, args=(prompt,), kwargs=dict(max_new_tokens=32, steps=4, streamer=streamer)
+    )
+    worker.start()
+    chunks = list(streamer)
+    worker.join()
+    assert len([c for c in chunks if c]) >= 2  # one chunk per committed block, not one at the end
+    assert "".join(chunks).strip() == full.strip() and full
+
+
+def test_steps_above_block_size_are_clamped():
+    model = wrap(block_size=4)
+    ids = torch.randint(3, 60, (1, 6))
+    assert torch.equal(model.generate(ids, max_new_tokens=8, steps=100), model.generate(ids, max_new_tokens=8, steps=4))
+
+
+def test_the_seed_call_signature_works():
+    model = wrap(block_size=8)
+    ids = torch.randint(3, 60, (1, 10))
+    out = model.generate(
+        inputs=ids, gen_length=64, steps=8, temperature=0.0, remasking_strategy="low_confidence_static"
+    )
+    assert out.dtype == torch.long and 0 < out.shape[1] <= 64
+
+
+def test_sampling_is_reproducible_and_never_emits_mask_or_pad():
+    model = wrap(block_size=4)
+    with torch.no_grad():  # make the mask and pad tokens the most likely ones everywhere
+        model.get_output_embeddings().weight[[MASK_ID, 0]] *= 50
+    ids = torch.randint(3, 60, (2, 6))
+    options = dict(max_new_tokens=16, steps=2, temperature=1.5, top_k=20, top_p=0.9)
+    first = model.generate(ids, generator=torch.Generator().manual_seed(0), **options)
+    second = model.generate(ids, generator=torch.Generator().manual_seed(0), **options)
+    assert torch.equal(first, second)
+    greedy = model.generate(ids, max_new_tokens=16, steps=2)
+    for out in (first, greedy):
+        produced = out[out != 0]
+        assert not produced.eq(MASK_ID).any() and produced.numel() > 0
+
+
+def test_a_user_policy_object_drives_the_block_loop():
+    class LeftToRight:
+        def select(self, confidence, masked, context):
+            first = masked.float().argmax(-1)
+            return torch.nn.functional.one_hot(first, masked.shape[1]).bool() & masked
+
+    model = wrap(block_size=4)
+    out = run(model, torch.randint(3, 60, (1, 8)), max_new_tokens=8, steps=4, remasking_strategy=LeftToRight())
+    assert out.block_steps == [[4, 4]]
+
+
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        (dict(steps=0), "steps must be a positive integer"),
+        (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
+        (dict(temperature=-0.5), "temperature must be >= 0"),
+        (dict(top_p=1.5), r"top_p must lie in \(0, 1\]"),
+        (dict(top_p=0.0), r"top_p must lie in \(0, 1\]"),
+        (dict(remasking_strategy="random_guess"), "unknown remasking_strategy"),
+        (dict(max_new_tokens=600), "lower max_new_tokens to at most"),
+    ],
+)
+def test_bad_generation_options_fail_clearly(options, message):
+    model = wrap(block_size=4)
+    with pytest.raises(ValueError, match=message):
+        model.generate(torch.randint(3, 60, (1, 6)), **options)
+
+
+def test_prompt_longer_than_the_positions_fails_clearly():
+    with pytest.raises(ValueError, match="only 512 positions"):
+        wrap(block_size=4).generate(torch.randint(3, 60, (1, 520)), max_new_tokens=4)
+
+
+def test_empty_prompt_and_unknown_option_fail_clearly():
+    model = wrap(block_size=4)
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        model.generate(torch.ones(2, 3, dtype=torch.long), torch.tensor([[1, 1, 1], [0, 0, 0]]))
+    with pytest.raises(TypeError, match="unknown generation option"):
+        model.generate(torch.ones(1, 3, dtype=torch.long), num_beams=4)
+
+
+def test_stop_strings_end_a_row(trained):
+    tokenizer = tiny_tokenizer(words=60)
+    prompt = toy_prompt([10, 11, 12, 13, 14, 15, 16, 17])
+    out = trained.generate(prompt, max_new_tokens=32, steps=4, stop_strings=["w40"], tokenizer=tokenizer)
+    assert tokenizer.decode(out[0]).split()[-1] == "w40"
+    with pytest.raises(ValueError, match="tokenizer"):
+        trained.generate(prompt, max_new_tokens=32, stop_strings=["w40"])
