@@ -80,47 +80,16 @@ def family(request):
     return request.param
 
 
-SEPARATOR = 1  # "<|im_start|>" in the tiny tokenizer: the prompt ends, the answer begins
+def train(model, steps: int, lr: float, seed: int) -> list[float]:
+    """Train on the toy task of `diffusionvl.toy`: AR loss for a causal LM, diffusion loss for a DiffusionVL."""
+    from diffusionvl.toy import train_toy
 
-
-def toy_batch(generator: torch.Generator, n: int = 32, min_len: int = 2, max_len: int = 10):
-    """The toy task: a prompt of k tokens in [3, 30) and SEPARATOR; the answer is each token + 30, then EOT.
-
-    Rows are right-padded with 0; only the answer and its EOT are supervised. k varies, so answers end at
-    different blocks. Returns (input_ids, labels, attention_mask).
-    """
-    lengths = torch.randint(min_len, max_len + 1, (n,), generator=generator)
-    width = 2 * max_len + 2
-    ids = torch.zeros(n, width, dtype=torch.long)
-    labels = torch.full((n, width), -100)
-    for row, k in enumerate(lengths.tolist()):
-        prompt = torch.randint(3, 30, (k,), generator=generator)
-        sample = torch.cat([prompt, torch.tensor([SEPARATOR]), prompt + 30, torch.tensor([EOT_ID])])
-        ids[row, : len(sample)] = sample
-        labels[row, k + 1 : len(sample)] = sample[k + 1 :]
-    return ids, labels, (torch.arange(width)[None] < (2 * lengths + 2)[:, None]).long()
-
-
-def train(model, steps: int, lr: float, diffusion: bool, seed: int) -> list[float]:
-    """AdamW on toy batches; the AR loss for a plain causal LM, the block-diffusion loss for a DiffusionVL."""
-    torch.manual_seed(seed)
-    model.train()
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    losses = []
-    for _ in range(steps):
-        ids, labels, mask = toy_batch(generator)
-        extra = {"generator": generator} if diffusion else {}
-        loss = model(input_ids=ids, labels=labels, attention_mask=mask, **extra).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+    return train_toy(model, steps, lr, EOT_ID, seed=seed)
 
 
 def toy_prompt(tokens: list[int]) -> torch.Tensor:
+    from diffusionvl.toy import SEPARATOR
+
     return torch.tensor(tokens + [SEPARATOR])
 
 
@@ -130,7 +99,7 @@ def trained():
     from diffusionvl import DiffusionVL
 
     ar = tiny_causal_lm(hidden_size=64, intermediate_size=128, seed=0)
-    train(ar, 200, 3e-3, diffusion=False, seed=0)
+    train(ar, 200, 3e-3, seed=0)
     model = DiffusionVL.from_autoregressive(ar, mask_token_id=MASK_ID, block_size=4)
-    train(model, 400, 2e-3, diffusion=True, seed=1)
+    train(model, 400, 2e-3, seed=1)
     return model

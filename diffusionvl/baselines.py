@@ -1,0 +1,83 @@
+"""Baselines run by the same benchmark: the source AR model, and full-sequence (LLaDA-V style) decoding."""
+
+import math
+
+import torch
+
+from .engine import DecodingOutput, split_prompts
+from .policies import LowConfidenceStatic, StepContext, static_schedule
+from .sampling import propose
+
+
+def _pack(rows: list[list[int]], forwards: int, pad: int, block_steps=None) -> DecodingOutput:
+    width = max(len(r) for r in rows)
+    sequences = torch.full((len(rows), width), pad, dtype=torch.long)
+    for index, row in enumerate(rows):
+        sequences[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+    per_forward = sum(len(r) for r in rows) / max(forwards, 1)
+    return DecodingOutput(sequences, forwards, per_forward, block_steps or [[] for _ in rows])
+
+
+def _until_end(tokens: list[int], eot: int) -> list[int]:
+    return tokens[: tokens.index(eot) + 1] if eot in tokens else tokens
+
+
+@torch.no_grad()
+def autoregressive_generate(ar_model, input_ids, max_new_tokens: int, eot_id: int, pad_id: int) -> DecodingOutput:
+    """Greedy decoding of the source AR model with its KV cache (transformers' `generate`), one prompt at a time.
+
+    NFE counts the forwards the model actually ran (a hook), so it includes the prefill.
+    """
+    calls = []
+    hook = ar_model.register_forward_pre_hook(lambda module, args: calls.append(1))
+    rows = []
+    try:
+        for prompt in split_prompts(input_ids, None):
+            out = ar_model.generate(
+                prompt[None],
+                attention_mask=torch.ones_like(prompt[None]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=eot_id,
+                pad_token_id=pad_id,
+            )
+            rows.append(_until_end(out[0, len(prompt) :].tolist(), eot_id))
+    finally:
+        hook.remove()
+    return _pack(rows, len(calls), pad_id)
+
+
+@torch.no_grad()
+def full_sequence_generate(
+    model, input_ids, gen_length: int, block_length: int, steps: int, temperature: float = 0.0
+) -> DecodingOutput:
+    """LLaDA-V style: a canvas of prompt + `gen_length` masks, bidirectional attention, no cache. The canvas is
+    filled in semi-autoregressive blocks of `block_length`, `steps` denoising steps in total, low-confidence
+    static remasking. The length is fixed; the answer is cut at the first end-of-turn afterwards."""
+    tokens = model.special_tokens
+    blocks = math.ceil(gen_length / block_length)
+    per_block = max(1, steps // blocks)
+    policy, rows, forwards = LowConfidenceStatic(), [], 0
+    for prompt in split_prompts(input_ids, None):
+        length = len(prompt) + gen_length
+        canvas = torch.cat([prompt, prompt.new_full((gen_length,), tokens.mask)])[None]
+        everywhere = torch.zeros(1, 1, length, length, dtype=model.dtype, device=prompt.device)  # bidirectional
+        positions = torch.arange(length, device=prompt.device)[None]
+        for block in range(blocks):
+            start = len(prompt) + block * block_length
+            end = min(start + block_length, length)
+            masked = canvas[:, start:end] == tokens.mask
+            schedule = static_schedule(masked.sum(1), per_block)
+            for step in range(per_block):
+                if not bool(masked.any()):
+                    break
+                logits = model.model(input_ids=canvas, attention_mask=everywhere, position_ids=positions).logits
+                forwards += 1
+                token, confidence = propose(logits[:, start:end], tokens.never_generated, temperature)
+                commit = policy.select(confidence, masked, StepContext(step, per_block, schedule[:, step])) & masked
+                if step == per_block - 1:
+                    commit = masked
+                canvas[:, start:end] = torch.where(commit, token, canvas[:, start:end])
+                masked = masked & ~commit
+        rows.append(_until_end(canvas[0, len(prompt) :].tolist(), tokens.eot))
+    return _pack(rows, forwards, tokens.pad)

@@ -1,0 +1,86 @@
+"""The `diffusionvl` command: generate text with a saved model, or run the decoding benchmark."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import bench
+
+
+def _load(path: str):
+    from transformers import AutoTokenizer
+
+    from .model import DiffusionVL
+
+    if not Path(path, "config.json").is_file():
+        raise SystemExit(f"error: {path} holds no config.json; pass a directory written by save_pretrained.")
+    return DiffusionVL.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+
+
+def prompt_ids(tokenizer, prompt: str, chat: bool):
+    """Token ids of the prompt, wrapped in the tokenizer's chat template when it has one and `chat` is on."""
+    if not prompt.strip():
+        raise SystemExit("error: the prompt is empty; pass some text with --prompt.")
+    if chat and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = prompt
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+
+
+def generate(args: argparse.Namespace) -> None:
+    from transformers import TextStreamer
+
+    model, tokenizer = _load(args.model)
+    ids = prompt_ids(tokenizer, args.prompt, chat=not args.raw)
+    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    out = model.generate(
+        ids,
+        max_new_tokens=args.max_new_tokens,
+        steps=args.steps,
+        remasking_strategy=args.strategy,
+        confidence_threshold=args.threshold,
+        temperature=args.temperature,
+        streamer=streamer,
+        tokenizer=tokenizer,
+        return_dict_in_generate=True,
+    )
+    print(f"[{out.sequences.shape[1]} tokens, {out.nfe} forwards, {out.tokens_per_forward:.2f} tokens/forward]",
+          file=sys.stderr)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="diffusionvl", description="Block-diffusion (vision-)language models.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="generate an answer with a saved DiffusionVL model")
+    gen.add_argument("model", help="directory written by save_pretrained, with its tokenizer")
+    gen.add_argument("--prompt", required=True)
+    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--steps", type=int, default=8, help="denoising steps per block")
+    gen.add_argument(
+        "--strategy", default="low_confidence_static",
+        choices=["low_confidence_static", "low_confidence_dynamic", "threshold"],
+    )
+    gen.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the dynamic policies")
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    gen.set_defaults(run=generate)
+
+    ben = commands.add_parser("bench", help="decoding benchmark: AR vs block decoding vs full-sequence diffusion")
+    bench.add_arguments(ben)
+    ben.set_defaults(run=bench.main)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except ValueError as error:  # bad options or inputs: say what is wrong, without a traceback
+        raise SystemExit(f"error: {error}") from error
+
+
+if __name__ == "__main__":
+    main()
