@@ -56,8 +56,9 @@ class BlockDecoder:
         self.active = torch.arange(len(prompts), device=ids.device)  # original row of each active row
         self.outputs: list[list[int]] = [[] for _ in prompts]
         self.block_steps: list[list[int]] = [[] for _ in prompts]
-        self.row_forwards = torch.zeros(len(prompts), dtype=torch.long)
+        self.row_forwards = torch.zeros(len(prompts), dtype=torch.long, device=ids.device)
         self.nfe = 0
+        self._mask: tuple[tuple, torch.Tensor] | None = None  # (shape key, mask): reused by every step of a block
         self.cache = DynamicCache(config=model.model.config)
         self.pending: torch.Tensor | None = None  # finished block whose K/V are not cached yet
         self.first_block = True
@@ -67,18 +68,21 @@ class BlockDecoder:
 
     def _forward(self, ids: torch.Tensor, head: bool = True) -> torch.Tensor | None:
         """Run `ids` (n, Q) after the cache. Appends their K/V to the cache; returns logits of the last block."""
-        past = self.cache.get_seq_length()
-        columns = torch.arange(past + ids.shape[1], device=ids.device)[None]
+        past, q = self.cache.get_seq_length(), ids.shape[1]
+        columns = torch.arange(past + q, device=ids.device)[None]
         positions = (columns - self.offsets[:, None]).clamp(min=0)  # (n, K)
-        valid = columns >= self.offsets[:, None]
-        q = ids.shape[1]
-        mask = block_causal_mask(positions[:, -q:], valid[:, -q:], positions, valid, self.size, self.model.dtype)
+        key = (len(self.active), q, past + q)  # rows only ever leave, so this names one layout
+        if self._mask is None or self._mask[0] != key:
+            valid = columns >= self.offsets[:, None]
+            mask = block_causal_mask(positions[:, -q:], valid[:, -q:], positions, valid, self.size, self.model.dtype)
+            self._mask = (key, mask)
+        mask = self._mask[1]
         decoder = self.model.model.base_model
         hidden = decoder(
             input_ids=ids, attention_mask=mask, position_ids=positions[:, -q:], past_key_values=self.cache, use_cache=True
         ).last_hidden_state
         self.nfe += 1
-        self.row_forwards[self.active.cpu()] += 1
+        self.row_forwards[self.active] += 1
         return self.model.get_output_embeddings()(hidden[:, -self.size :]) if head else None
 
     def denoise_block(self) -> None:
@@ -86,7 +90,7 @@ class BlockDecoder:
         config = self.config
         masked = self.block == self.tokens.mask
         schedule = static_schedule(masked.sum(1), self.steps)  # (n, S)
-        taken = torch.zeros(len(self.active), dtype=torch.long)
+        taken = torch.zeros(len(self.active), dtype=torch.long, device=self.block.device)
         for step in range(self.steps):
             if not bool(masked.any()):
                 break
@@ -101,7 +105,7 @@ class BlockDecoder:
             if step == self.steps - 1:
                 commit = masked  # the step budget is spent: whatever is still masked is committed now
             self.block = torch.where(commit, token, self.block)
-            taken += masked.any(1).cpu()
+            taken += masked.any(1)
             masked = masked & ~commit
         for row, steps in zip(self.active.tolist(), taken.tolist()):
             self.block_steps[row].append(steps)
