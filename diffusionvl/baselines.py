@@ -5,17 +5,8 @@ import math
 import torch
 
 from .engine import DecodingOutput, split_prompts
-from .policies import LowConfidenceStatic, StepContext, static_schedule
+from .policies import LowConfidenceStatic, StepContext, commit_step, static_schedule
 from .sampling import propose
-
-
-def _pack(rows: list[list[int]], forwards: int, pad: int, block_steps=None) -> DecodingOutput:
-    width = max(len(r) for r in rows)
-    sequences = torch.full((len(rows), width), pad, dtype=torch.long)
-    for index, row in enumerate(rows):
-        sequences[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-    per_forward = sum(len(r) for r in rows) / max(forwards, 1)
-    return DecodingOutput(sequences, forwards, per_forward, block_steps or [[] for _ in rows])
 
 
 def _until_end(tokens: list[int], eot: int) -> list[int]:
@@ -44,7 +35,7 @@ def autoregressive_generate(ar_model, input_ids, max_new_tokens: int, eot_id: in
             rows.append(_until_end(out[0, len(prompt) :].tolist(), eot_id))
     finally:
         hook.remove()
-    return _pack(rows, len(calls), pad_id)
+    return DecodingOutput.from_rows(rows, len(calls), pad_id)
 
 
 @torch.no_grad()
@@ -74,10 +65,7 @@ def full_sequence_generate(
                 logits = model.model(input_ids=canvas, attention_mask=everywhere, position_ids=positions).logits
                 forwards += 1
                 token, confidence = propose(logits[:, start:end], tokens.never_generated, temperature)
-                commit = policy.select(confidence, masked, StepContext(step, per_block, schedule[:, step])) & masked
-                if step == per_block - 1:
-                    commit = masked
-                canvas[:, start:end] = torch.where(commit, token, canvas[:, start:end])
-                masked = masked & ~commit
+                context = StepContext(step, per_block, schedule[:, step])
+                canvas[:, start:end], masked = commit_step(policy, token, confidence, canvas[:, start:end], masked, context)
         rows.append(_until_end(canvas[0, len(prompt) :].tolist(), tokens.eot))
-    return _pack(rows, forwards, tokens.pad)
+    return DecodingOutput.from_rows(rows, forwards, tokens.pad)

@@ -13,7 +13,7 @@ from transformers import DynamicCache
 
 from .generation_config import DecodingConfig
 from .masks import block_causal_mask
-from .policies import StepContext, static_schedule
+from .policies import StepContext, commit_step, static_schedule
 from .sampling import propose
 
 
@@ -26,6 +26,15 @@ class DecodingOutput:
     nfe: int
     tokens_per_forward: float
     block_steps: list[list[int]]
+
+    @classmethod
+    def from_rows(cls, rows: list[list[int]], nfe: int, pad: int, block_steps=None, row_forwards=None):
+        """Pack per-row outputs, pad after each row's end. `row_forwards`: forwards summed over rows (default nfe)."""
+        sequences = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+        for index, row in enumerate(rows):
+            sequences[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+        per_forward = sum(len(r) for r in rows) / max(row_forwards if row_forwards is not None else nfe, 1)
+        return cls(sequences, nfe, per_forward, block_steps if block_steps is not None else [[] for _ in rows])
 
 
 def prompt_layout(prompts: list[torch.Tensor], block_size: int, mask_id: int, pad_id: int):
@@ -101,12 +110,9 @@ class BlockDecoder:
             token, confidence = propose(
                 logits, self.tokens.never_generated, config.temperature, config.top_k, config.top_p, self.generator
             )
-            commit = self.policy.select(confidence, masked, StepContext(step, self.steps, schedule[:, step])) & masked
-            if step == self.steps - 1:
-                commit = masked  # the step budget is spent: whatever is still masked is committed now
-            self.block = torch.where(commit, token, self.block)
             taken += masked.any(1)
-            masked = masked & ~commit
+            context = StepContext(step, self.steps, schedule[:, step])
+            self.block, masked = commit_step(self.policy, token, confidence, self.block, masked, context)
         for row, steps in zip(self.active.tolist(), taken.tolist()):
             self.block_steps[row].append(steps)
 
@@ -156,13 +162,8 @@ class BlockDecoder:
         return self.result()
 
     def result(self) -> DecodingOutput:
-        width = max(len(out) for out in self.outputs)
-        sequences = torch.full((len(self.outputs), width), self.tokens.pad, dtype=torch.long)
-        for row, out in enumerate(self.outputs):
-            sequences[row, : len(out)] = torch.tensor(out, dtype=torch.long)
-        produced = sum(len(out) for out in self.outputs)
-        per_forward = produced / max(int(self.row_forwards.sum()), 1)
-        return DecodingOutput(sequences, self.nfe, per_forward, self.block_steps)
+        return DecodingOutput.from_rows(self.outputs, self.nfe, self.tokens.pad, self.block_steps,
+                                        int(self.row_forwards.sum()))
 
 
 def _cut_at_stop_string(out: list[int], stop_strings, tokenizer) -> bool:

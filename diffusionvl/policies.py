@@ -72,6 +72,17 @@ class Threshold(UnmaskingPolicy):
         return (masked & (confidence > self.threshold)) | best
 
 
+def commit_step(policy, token, confidence, block, masked, context: StepContext):
+    """Apply one denoising step to a block: the policy picks positions, the last step of the budget takes all.
+
+    token, confidence (N, B) are the proposals; returns the updated (block, still masked).
+    """
+    commit = policy.select(confidence, masked, context) & masked
+    if context.step >= context.steps - 1:
+        commit = masked
+    return torch.where(commit, token, block), masked & ~commit
+
+
 POLICIES = {
     "low_confidence_static": lambda threshold: LowConfidenceStatic(),
     "low_confidence_dynamic": LowConfidenceDynamic,

@@ -4,7 +4,7 @@ recomputes the whole sequence. The fast engine must produce the same tokens at t
 import torch
 
 from .engine import DecodingOutput, _cut_at_stop_string
-from .policies import StepContext, static_schedule
+from .policies import StepContext, commit_step, static_schedule
 from .sampling import propose
 
 
@@ -27,11 +27,8 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
             token, confidence = propose(
                 logits, tokens.never_generated, config.temperature, config.top_k, config.top_p, generator
             )
-            commit = policy.select(confidence, masked, StepContext(step, steps, schedule[:, step])) & masked
-            if step == steps - 1:
-                commit = masked
-            canvas[:, start:] = torch.where(commit, token, canvas[:, start:])
-            masked = masked & ~commit
+            context = StepContext(step, steps, schedule[:, step])
+            canvas[:, start:], masked = commit_step(policy, token, confidence, canvas[:, start:], masked, context)
         block_steps.append(used)
         new = canvas[0, len(sequence) :].tolist()
         sequence += new
@@ -46,10 +43,6 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
 
 def reference_decode(model, prompts: list[torch.Tensor], config, tokenizer=None, generator=None) -> DecodingOutput:
     rows = [reference_decode_row(model, prompt, config, tokenizer, generator) for prompt in prompts]
-    width = max(len(out) for out, _, _ in rows)
-    sequences = torch.full((len(rows), width), model.special_tokens.pad, dtype=torch.long)
-    for index, (out, _, _) in enumerate(rows):
-        sequences[index, : len(out)] = torch.tensor(out, dtype=torch.long)
-    forwards = sum(f for _, f, _ in rows)
-    per_forward = sum(len(out) for out, _, _ in rows) / max(forwards, 1)
-    return DecodingOutput(sequences, forwards, per_forward, [steps for _, _, steps in rows])
+    return DecodingOutput.from_rows(
+        [out for out, _, _ in rows], sum(f for _, f, _ in rows), model.special_tokens.pad, [s for _, _, s in rows]
+    )
