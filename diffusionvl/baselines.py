@@ -4,9 +4,14 @@ import math
 
 import torch
 
-from .engine import DecodingOutput, split_prompts
+from .engine import DecodingOutput
 from .policies import LowConfidenceStatic, StepContext, commit_step, static_schedule
 from .sampling import propose
+
+
+def _rows(input_ids: torch.Tensor) -> torch.Tensor:
+    """Unpadded prompts, one per row: (N, P) or (P,)."""
+    return input_ids if input_ids.dim() == 2 else input_ids[None]
 
 
 def _until_end(tokens: list[int], eot: int) -> list[int]:
@@ -23,7 +28,7 @@ def autoregressive_generate(ar_model, input_ids, max_new_tokens: int, eot_id: in
     hook = ar_model.register_forward_pre_hook(lambda module, args: calls.append(1))
     rows = []
     try:
-        for prompt in split_prompts(input_ids, None):
+        for prompt in _rows(input_ids):
             out = ar_model.generate(
                 prompt[None],
                 attention_mask=torch.ones_like(prompt[None]),
@@ -49,7 +54,7 @@ def full_sequence_generate(
     blocks = math.ceil(gen_length / block_length)
     per_block = max(1, steps // blocks)
     policy, rows, forwards = LowConfidenceStatic(), [], 0
-    for prompt in split_prompts(input_ids, None):
+    for prompt in _rows(input_ids):
         length = len(prompt) + gen_length
         canvas = torch.cat([prompt, prompt.new_full((gen_length,), tokens.mask)])[None]
         everywhere = torch.zeros(1, 1, length, length, dtype=model.dtype, device=prompt.device)  # bidirectional

@@ -3,6 +3,7 @@
 import torch
 from transformers import PreTrainedModel
 
+from .backbones import TextBackbone
 from .masks import to_attention_mask
 
 # Flash-attention kernels take no arbitrary mask, so they cannot express block-causal attention.
@@ -18,15 +19,14 @@ def _fail(model, why: str):
     raise UnsupportedModelError(f"{type(model).__name__} cannot be wrapped for block diffusion: {why}")
 
 
-def _probe_logits(model, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Logits through the seams the library uses: decoder with an explicit 4-D mask and position ids, then head."""
+def _probe_logits(model, backbone, ids: torch.Tensor, allowed: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Logits through the seams the library uses: embeddings, decoder with an explicit 4-D mask and positions."""
     valid = torch.ones_like(ids, dtype=torch.bool)
     mask = to_attention_mask(allowed[None], valid, model.dtype)
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
-    return model.get_output_embeddings()(hidden)
+    return backbone.head(backbone.decode(backbone.embed(ids), mask, positions[None]))
 
 
-def check_block_diffusion_support(model) -> None:
+def check_block_diffusion_support(model, backbone=None) -> None:
     """Raise UnsupportedModelError unless the model honours a custom 4-D mask and explicit position ids.
 
     Three tiny forwards: the causal mask through our seams must reproduce the model's own logits; a
@@ -40,6 +40,7 @@ def check_block_diffusion_support(model) -> None:
     impl = model.config._attn_implementation
     if impl not in SUPPORTED_ATTENTION:
         _fail(model, f"attn_implementation={impl!r} takes no custom mask; load it with attn_implementation='sdpa'.")
+    backbone = backbone if backbone is not None else TextBackbone(model)
     device = model.get_input_embeddings().weight.device
     ids = torch.arange(1, PROBE_LENGTH + 1, device=device)[None] % model.get_input_embeddings().weight.shape[0]
     positions = torch.arange(PROBE_LENGTH, device=device)[None]
@@ -49,9 +50,9 @@ def check_block_diffusion_support(model) -> None:
     try:
         with torch.no_grad():
             reference = model(input_ids=ids).logits.float()
-            ours = _probe_logits(model, ids, causal, positions).float()
-            bidirectional = _probe_logits(model, ids, torch.ones_like(causal), positions).float()
-            reversed_pos = _probe_logits(model, ids, causal, positions.flip(-1)).float()
+            ours = _probe_logits(model, backbone, ids, causal, positions).float()
+            bidirectional = _probe_logits(model, backbone, ids, torch.ones_like(causal), positions).float()
+            reversed_pos = _probe_logits(model, backbone, ids, causal, positions.flip(-1)).float()
     except Exception as error:  # any failure of the seams means the architecture cannot be driven this way
         _fail(
             model,

@@ -23,6 +23,9 @@ class DiffusionVLConfig(PreTrainedConfig):
             are assigned to blocks in random order so later blocks are not always noisier.
         noisy_stream: "cheap" keeps only blocks holding supervised tokens in the noisy stream (same loss, less
             work); "full" is the reference two-stream layout of BD3-LM with every block duplicated.
+        position_mode: for Qwen2.5-VL, "1d" (the sequence index on all M-RoPE axes, as the released DiffusionVL
+            checkpoints were trained) or "mrope" (Qwen's 3-D image positions). Text models always use "1d".
+        image_token_id: the placeholder token whose embeddings image features replace (vision models only).
     """
 
     model_type = "diffusionvl"
@@ -37,6 +40,8 @@ class DiffusionVLConfig(PreTrainedConfig):
     noise_eps_max: float = 1.0
     antithetic_noise: bool = True
     noisy_stream: Literal["cheap", "full"] = "cheap"
+    position_mode: Literal["1d", "mrope"] = "1d"
+    image_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -49,3 +54,5 @@ class DiffusionVLConfig(PreTrainedConfig):
             )
         if self.noisy_stream not in ("cheap", "full"):
             raise ValueError(f"noisy_stream must be 'cheap' or 'full', got {self.noisy_stream!r}.")
+        if self.position_mode not in ("1d", "mrope"):
+            raise ValueError(f"position_mode must be '1d' or 'mrope', got {self.position_mode!r}.")

@@ -12,7 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from .generation_config import DecodingConfig
-from .masks import block_causal_mask
+from .masks import block_causal_mask, positions_from_padding
 from .policies import StepContext, commit_step, static_schedule
 from .sampling import propose
 
@@ -37,62 +37,107 @@ class DecodingOutput:
         return cls(sequences, nfe, per_forward, block_steps if block_steps is not None else [[] for _ in rows])
 
 
-def prompt_layout(prompts: list[torch.Tensor], block_size: int, mask_id: int, pad_id: int):
-    """Left-pad rows by whole blocks and open the first generation block. Returns (ids, offsets, C)."""
-    full_blocks = max(len(p) // block_size for p in prompts)
+@dataclass
+class Prompt:
+    """One row's prompt: ids (P,), embeddings (P, H) with any image features spliced in, rope positions (A, P)."""
+
+    ids: torch.Tensor
+    embeds: torch.Tensor
+    rope: torch.Tensor
+
+    @property
+    def next_position(self) -> int:
+        """Rope position of the first new token: P with 1-D positions, max + 1 after an image under M-RoPE."""
+        return int(self.rope.max()) + 1
+
+
+@dataclass
+class Layout:
+    ids: torch.Tensor  # (n, (C + 1) B): left padding, prompt, masks of the first generation block
+    embeds: torch.Tensor  # (n, (C + 1) B, H); padding rows are zero and never attended
+    rope: torch.Tensor  # (A, n, (C + 1) B)
+    offsets: torch.Tensor  # (n,) left padding of each row
+    shift: torch.Tensor  # (n,) rope position of a generated token = its column + shift
+    full_blocks: int  # C
+
+
+def prompt_layout(prompts: list[Prompt], block_size: int, mask_id: int, pad_id: int) -> Layout:
+    """Left-pad rows by whole blocks and open the first generation block."""
+    full_blocks = max(len(p.ids) // block_size for p in prompts)
     width = (full_blocks + 1) * block_size
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=prompts[0].device)
-    offsets = []
+    first = prompts[0]
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long, device=first.ids.device)
+    embeds = first.embeds.new_zeros(len(prompts), width, first.embeds.shape[-1])
+    rope = first.rope.new_zeros(first.rope.shape[0], len(prompts), width)
+    offsets, shifts = [], []
+    columns = torch.arange(width, device=ids.device)
     for row, prompt in enumerate(prompts):
-        offset = (full_blocks - len(prompt) // block_size) * block_size
-        ids[row, offset : offset + len(prompt)] = prompt
-        ids[row, offset + len(prompt) :] = mask_id
+        length = len(prompt.ids)
+        offset = (full_blocks - length // block_size) * block_size
+        shift = prompt.next_position - length - offset
+        ids[row, offset : offset + length] = prompt.ids
+        ids[row, offset + length :] = mask_id
+        embeds[row, offset : offset + length] = prompt.embeds
+        rope[:, row, offset + length :] = columns[offset + length :] + shift
+        rope[:, row, offset : offset + length] = prompt.rope
         offsets.append(offset)
-    return ids, torch.tensor(offsets, device=ids.device), full_blocks
+        shifts.append(shift)
+    as_tensor = lambda values: torch.tensor(values, device=ids.device)  # noqa: E731
+    return Layout(ids, embeds, rope, as_tensor(offsets), as_tensor(shifts), full_blocks)
 
 
 class BlockDecoder:
     """One generate call: the cache, the active rows and what they have produced so far."""
 
-    def __init__(self, model, prompts: list[torch.Tensor], config: DecodingConfig, tokenizer=None, generator=None):
+    def __init__(self, model, prompts: list[Prompt], config: DecodingConfig, tokenizer=None, generator=None):
         self.model, self.config, self.tokenizer, self.generator = model, config, tokenizer, generator
-        self.tokens = model.special_tokens
+        self.tokens, self.backbone = model.special_tokens, model.backbone
         self.size = model.block_size
         self.steps = min(config.steps, self.size)
         self.policy = config.policy
-        ids, self.offsets, full_blocks = prompt_layout(prompts, self.size, self.tokens.mask, self.tokens.pad)
-        self.prompt_lengths = [len(p) for p in prompts]
-        self.active = torch.arange(len(prompts), device=ids.device)  # original row of each active row
+        layout = prompt_layout(prompts, self.size, self.tokens.mask, self.tokens.pad)
+        self.offsets, self.shift = layout.offsets, layout.shift
+        self.prompt_lengths = [len(p.ids) for p in prompts]
+        self.active = torch.arange(len(prompts), device=layout.ids.device)  # original row of each active row
         self.outputs: list[list[int]] = [[] for _ in prompts]
         self.block_steps: list[list[int]] = [[] for _ in prompts]
-        self.row_forwards = torch.zeros(len(prompts), dtype=torch.long, device=ids.device)
+        self.row_forwards = torch.zeros(len(prompts), dtype=torch.long, device=layout.ids.device)
         self.nfe = 0
         self._mask: tuple[tuple, torch.Tensor] | None = None  # (shape key, mask): reused by every step of a block
-        self.cache = DynamicCache(config=model.model.config)
-        self.pending: torch.Tensor | None = None  # finished block whose K/V are not cached yet
-        self.first_block = True
-        self.block = ids[:, full_blocks * self.size :]
-        if full_blocks:
-            self._forward(ids[:, : full_blocks * self.size], head=False)
+        self.cache = DynamicCache(config=self.backbone.decoder.config)
+        self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (embeds, rope) of a block not cached yet
+        start = layout.full_blocks * self.size
+        self.column = start  # first column of the current block
+        self.block = layout.ids[:, start:]
+        # The first block may hold the prompt's last tokens: their embeddings (images included) and positions
+        # come from the prompt, not from re-embedding ids.
+        self.fixed, self.fixed_embeds, self.first_rope = self.block != self.tokens.mask, layout.embeds[:, start:], layout.rope[:, :, start:]
+        if start:
+            self._forward(layout.embeds[:, :start], layout.rope[:, :, :start], head=False)
 
-    def _forward(self, ids: torch.Tensor, head: bool = True) -> torch.Tensor | None:
-        """Run `ids` (n, Q) after the cache. Appends their K/V to the cache; returns logits of the last block."""
-        past, q = self.cache.get_seq_length(), ids.shape[1]
-        columns = torch.arange(past + q, device=ids.device)[None]
-        positions = (columns - self.offsets[:, None]).clamp(min=0)  # (n, K)
+    def _block_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (n, B, H) and rope positions (A, n, B) of the current block."""
+        embeds = self.model.get_input_embeddings()(self.block)
+        if self.fixed is not None:
+            return torch.where(self.fixed[..., None], self.fixed_embeds, embeds), self.first_rope
+        columns = torch.arange(self.column, self.column + self.size, device=self.block.device)
+        rope = (columns[None] + self.shift[:, None]).expand(self.first_rope.shape[0], -1, -1)
+        return embeds, rope
+
+    def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, head: bool = True) -> torch.Tensor | None:
+        """Run `embeds` (n, Q, H) after the cache, appending their K/V; returns logits of the last block."""
+        past, q = self.cache.get_seq_length(), embeds.shape[1]
+        columns = torch.arange(past + q, device=embeds.device)[None]
+        index = (columns - self.offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
         key = (len(self.active), q, past + q)  # rows only ever leave, so this names one layout
         if self._mask is None or self._mask[0] != key:
             valid = columns >= self.offsets[:, None]
-            mask = block_causal_mask(positions[:, -q:], valid[:, -q:], positions, valid, self.size, self.model.dtype)
+            mask = block_causal_mask(index[:, -q:], valid[:, -q:], index, valid, self.size, self.model.dtype)
             self._mask = (key, mask)
-        mask = self._mask[1]
-        decoder = self.model.model.base_model
-        hidden = decoder(
-            input_ids=ids, attention_mask=mask, position_ids=positions[:, -q:], past_key_values=self.cache, use_cache=True
-        ).last_hidden_state
+        hidden = self.backbone.decode(embeds, self._mask[1], rope, self.cache, use_cache=True)
         self.nfe += 1
         self.row_forwards[self.active] += 1
-        return self.model.get_output_embeddings()(hidden[:, -self.size :]) if head else None
+        return self.backbone.head(hidden[:, -self.size :]) if head else None
 
     def denoise_block(self) -> None:
         """Fill every mask of the current block. Its K/V never stay in the cache here."""
@@ -103,9 +148,11 @@ class BlockDecoder:
         for step in range(self.steps):
             if not bool(masked.any()):
                 break
-            ids = self.block if self.pending is None else torch.cat([self.pending, self.block], dim=1)
-            logits = self._forward(ids)
-            self.cache.crop(-self.size)  # keep the pending block (now committed), drop the current one
+            embeds, rope = self._block_inputs()
+            if self.pending is not None:  # fused commit: the finished block rides along and stays cached
+                embeds, rope = torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
+            logits = self._forward(embeds, rope)
+            self.cache.crop(-self.size)  # drop the current block's K/V, keep the committed one's
             self.pending = None
             token, confidence = propose(
                 logits, self.tokens.never_generated, config.temperature, config.top_k, config.top_p, self.generator
@@ -121,18 +168,21 @@ class BlockDecoder:
         fused, during the next block's first forward; separate, with a forward of its own now."""
         keep = []
         for index, (row, tokens) in enumerate(zip(self.active.tolist(), self.block.tolist())):
-            start = self.prompt_lengths[row] % self.size if self.first_block else 0
+            start = self.prompt_lengths[row] % self.size if self.fixed is not None else 0
             if not self._extend(row, tokens[start:]):
                 keep.append(index)
-        self.first_block = False
+        finished = self._block_inputs()
+        self.fixed = None
         if len(keep) < len(self.active):
             index = torch.tensor(keep, dtype=torch.long, device=self.block.device)
             self.cache.batch_select_indices(index)
-            self.offsets, self.active, self.block = self.offsets[index], self.active[index], self.block[index]
+            self.offsets, self.shift, self.active = self.offsets[index], self.shift[index], self.active[index]
+            self.block, finished = self.block[index], (finished[0][index], finished[1][:, index])
         if keep and self.config.commit == "separate":
-            self._forward(self.block, head=False)
+            self._forward(*finished, head=False)
         elif keep:
-            self.pending = self.block
+            self.pending = finished
+        self.column += self.size
         self.block = torch.full_like(self.block, self.tokens.mask)
 
     def _extend(self, row: int, new: list[int]) -> bool:
@@ -179,24 +229,9 @@ def _cut_at_stop_string(out: list[int], stop_strings, tokenizer) -> bool:
     return False
 
 
-def split_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
-    """(N, L) ids, left- or right-padded, -> the N prompts without padding."""
-    if input_ids is None:
-        raise ValueError("generate needs input_ids (the tokenised prompt).")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    prompts = [row[keep.bool()] for row, keep in zip(input_ids, attention_mask.reshape(input_ids.shape))]
-    for index, prompt in enumerate(prompts):
-        if len(prompt) == 0:
-            raise ValueError(f"prompt {index} is empty; generation needs at least one token (e.g. a chat header).")
-    return prompts
-
-
 def check_positions(model, prompts: list[torch.Tensor], config: DecodingConfig) -> None:
     """Fail before any forward if a prompt plus its answer would run past the model's positions."""
-    limit = getattr(model.config.base_config, "max_position_embeddings", None)
+    limit = model.max_positions
     if limit is None:
         return
     size = model.block_size
@@ -213,24 +248,43 @@ def check_positions(model, prompts: list[torch.Tensor], config: DecodingConfig) 
             )
 
 
-def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=None, tokenizer=None, generator=None):
+def build_prompts(model, input_ids, attention_mask, vision=None) -> list[Prompt]:
+    """Embed the batch once (images spliced in), compute its rope positions, and cut it into rows."""
+    if input_ids is None:
+        raise ValueError("generate needs input_ids (the tokenised prompt).")
+    if input_ids.dim() == 1:
+        input_ids = input_ids[None]
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    attention_mask = attention_mask.reshape(input_ids.shape)
+    for index, keep in enumerate(attention_mask):
+        if not bool(keep.any()):
+            raise ValueError(f"prompt {index} is empty; generation needs at least one token (e.g. a chat header).")
+    valid = attention_mask.bool()
+    embeds = model.backbone.embed(input_ids, vision)
+    rope = model.backbone.positions(input_ids, positions_from_padding(attention_mask), valid, vision)
+    return [Prompt(input_ids[i][valid[i]], embeds[i][valid[i]], rope[:, i][:, valid[i]]) for i in range(len(valid))]
+
+
+def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=None, tokenizer=None, generator=None,
+             vision=None):
     """Decode a batch of prompts. `config.use_cache=False` runs the reference decoder instead."""
-    prompts = split_prompts(input_ids, attention_mask)
-    check_positions(model, prompts, config)
-    if streamer is not None and len(prompts) != 1:
-        raise ValueError(f"streaming takes one prompt at a time, got {len(prompts)}.")
+    if streamer is not None and input_ids is not None and input_ids.dim() == 2 and len(input_ids) != 1:
+        raise ValueError(f"streaming takes one prompt at a time, got {len(input_ids)}.")
+    if streamer is not None and not config.use_cache:
+        raise ValueError("streaming needs the cached decoder (use_cache=True).")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
+            prompts = build_prompts(model, input_ids, attention_mask, vision)
+            check_positions(model, [p.ids for p in prompts], config)
             if not config.use_cache:
-                if streamer is not None:
-                    raise ValueError("streaming needs the cached decoder (use_cache=True).")
                 from .reference import reference_decode
 
-                return reference_decode(model, prompts, config, tokenizer, generator)
+                return reference_decode(model, input_ids, attention_mask, vision, config, tokenizer, generator)
             if streamer is not None:
-                streamer.put(prompts[0].cpu())  # transformers' streamers expect the prompt first (skip_prompt)
+                streamer.put(prompts[0].ids.cpu())  # transformers' streamers expect the prompt first (skip_prompt)
             return BlockDecoder(model, prompts, config, tokenizer, generator).run(streamer)
     finally:
         model.train(was_training)

@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
+from .backbones import Qwen2_5_VLBackbone, TextBackbone, VisionInputs
 from .compat import check_block_diffusion_support
 from .config import DiffusionVLConfig
 from .generation_config import DecodingConfig
@@ -33,8 +35,29 @@ class DiffusionOutput(ModelOutput):
     num_masked: torch.Tensor | None = None
 
 
+VISION_LANGUAGE_TYPES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
+
+
+def vision_inputs(pixel_values=None, image_grid_thw=None, images=None, image_grid_thws=None) -> VisionInputs | None:
+    """Images from transformers' names (`pixel_values`, `image_grid_thw`) or the released code's (`images`, ...)."""
+    pixel_values = pixel_values if pixel_values is not None else images
+    image_grid_thw = image_grid_thw if image_grid_thw is not None else image_grid_thws
+    if pixel_values is None:
+        return None
+    if image_grid_thw is None:
+        raise ValueError("pixel_values need image_grid_thw (the processor returns both).")
+    return VisionInputs(pixel_values, image_grid_thw)
+
+
+def _build_base(config: DiffusionVLConfig) -> PreTrainedModel:
+    base = config.base_config
+    if base.model_type in VISION_LANGUAGE_TYPES:
+        return AutoModelForImageTextToText.from_config(base)
+    return AutoModelForCausalLM.from_config(base)
+
+
 class DiffusionVL(PreTrainedModel):
-    """A block-diffusion model wrapping an autoregressive causal LM (`self.model`)."""
+    """A block-diffusion model wrapping an autoregressive (vision-)language model (`self.model`)."""
 
     config_class = DiffusionVLConfig
     base_model_prefix = "model"
@@ -43,7 +66,7 @@ class DiffusionVL(PreTrainedModel):
 
     def __init__(self, config: DiffusionVLConfig, model: PreTrainedModel | None = None):
         super().__init__(config)
-        self.model = model if model is not None else AutoModelForCausalLM.from_config(config.base_config)
+        self.model = model if model is not None else _build_base(config)
         self._no_split_modules = self.model._no_split_modules
         self.post_init()
 
@@ -51,18 +74,21 @@ class DiffusionVL(PreTrainedModel):
     def from_autoregressive(
         cls, model: PreTrainedModel, tokenizer=None, *, block_size: int = 8, mask_token_id: int | None = None, **options
     ) -> "DiffusionVL":
-        """Wrap a pretrained causal LM. `options` are further `DiffusionVLConfig` fields (e.g. noisy_stream).
+        """Wrap a pretrained causal LM or Qwen2.5-VL. `options` are further `DiffusionVLConfig` fields
+        (e.g. noisy_stream, position_mode). `tokenizer` may be a processor holding one.
 
         The mask token is `mask_token_id` if given, else `<|mask|>` found in or added to the tokenizer (the
         embedding matrix grows only if the new id has no row yet). Remember to save the tokenizer too.
         """
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         config = DiffusionVLConfig(
             base_config=model.config,
             block_size=block_size,
             attn_implementation=model.config._attn_implementation,
+            image_token_id=getattr(model.config, "image_token_id", None),
             **options,
         )
-        check_block_diffusion_support(model)
+        check_block_diffusion_support(model, _backbone(model, config))
         config.mask_token_id = resolve_mask_token(model, tokenizer, mask_token_id)
         config.eot_token_id = resolve_eot_token(model, tokenizer)
         config.pad_token_id = resolve_pad_token(model, tokenizer, config.eot_token_id)
@@ -79,9 +105,19 @@ class DiffusionVL(PreTrainedModel):
         pad = config.eot_token_id if config.pad_token_id is None else config.pad_token_id
         return SpecialTokens(config.mask_token_id, config.eot_token_id, pad, rows)
 
+    @cached_property
+    def backbone(self):
+        """The family adapter: embeddings (with images), decoder, head and rope positions (backbones.py)."""
+        return _backbone(self.model, self.config)
+
     @property
     def block_size(self) -> int:
         return self.config.block_size
+
+    @property
+    def max_positions(self) -> int | None:
+        base = self.config.base_config
+        return getattr(getattr(base, "text_config", base), "max_position_embeddings", None)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -98,6 +134,8 @@ class DiffusionVL(PreTrainedModel):
         past_key_values=None,
         inputs_embeds=None,
         use_cache=None,
+        pixel_values=None,
+        image_grid_thw=None,
         generator: torch.Generator | None = None,
         **kwargs,
     ):
@@ -106,38 +144,36 @@ class DiffusionVL(PreTrainedModel):
         Without: block-causal logits of the clean sequence. A 2-D `attention_mask` (N, past + L) marks padding
         and may be left-padded; a 4-D mask is used as given (then pass `position_ids`).
         """
+        vision = vision_inputs(pixel_values, image_grid_thw, kwargs.pop("images", None), kwargs.pop("image_grid_thws", None))
         if labels is not None:
             noisy = self.add_noise(input_ids, labels, attention_mask, generator)
-            return self.diffusion_loss(noisy)
+            return self.diffusion_loss(noisy, vision)
+        if inputs_embeds is None:
+            inputs_embeds = self.backbone.embed(input_ids, vision)
         if attention_mask is None or attention_mask.dim() == 2:
-            attention_mask, position_ids = self._block_causal_inputs(
-                input_ids if input_ids is not None else inputs_embeds[..., 0], attention_mask, past_key_values
-            )
-        return self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
-        )
+            attention_mask, position_ids = self._block_causal_inputs(input_ids, attention_mask, past_key_values, vision)
+        elif position_ids is not None and position_ids.dim() == 2:
+            position_ids = position_ids[None]
+        hidden = self.backbone.decode(inputs_embeds, attention_mask, position_ids, past_key_values, bool(use_cache))
+        return CausalLMOutputWithPast(logits=self.backbone.head(hidden), past_key_values=past_key_values)
 
-    def _block_causal_inputs(self, reference: torch.Tensor, attention_mask, past_key_values):
+    def _block_causal_inputs(self, input_ids, attention_mask, past_key_values, vision):
+        """4-D block-causal mask and (A, N, L) rope positions of a sequence after `past` cached tokens."""
         past = past_key_values.get_seq_length() if past_key_values is not None else 0
-        n, length = reference.shape[:2]
+        n, length = input_ids.shape
         if attention_mask is None:
-            attention_mask = torch.ones(n, past + length, dtype=torch.long, device=reference.device)
+            attention_mask = torch.ones(n, past + length, dtype=torch.long, device=input_ids.device)
         if attention_mask.shape[1] != past + length:
             raise ValueError(
                 f"attention_mask covers {attention_mask.shape[1]} positions but the cache holds {past} and the input "
                 f"{length}; pass a mask over cached and new tokens."
             )
+        if past and self.backbone.position_axes > 1:
+            raise ValueError("with M-RoPE and a cache, pass position_ids; the model cannot infer them from the cache.")
         valid = attention_mask.bool()
-        k_pos = positions_from_padding(attention_mask)
-        q_pos, q_valid = k_pos[:, past:], valid[:, past:]
-        mask = block_causal_mask(q_pos, q_valid, k_pos, valid, self.block_size, self.dtype)
-        return mask, q_pos
+        index = positions_from_padding(attention_mask)
+        mask = block_causal_mask(index[:, past:], valid[:, past:], index, valid, self.block_size, self.dtype)
+        return mask, self.backbone.positions(input_ids, index[:, past:], valid[:, past:], vision)
 
     def add_noise(self, input_ids, labels, attention_mask=None, generator=None) -> NoisyBatch:
         """Block-align the batch (supervised EOT padding) and apply one noise draw."""
@@ -153,27 +189,30 @@ class DiffusionVL(PreTrainedModel):
         )
         return apply_noise(ids, labels, valid, t, self.block_size, tokens.mask, generator)
 
-    def diffusion_loss(self, batch: NoisyBatch, noisy_stream: str | None = None) -> DiffusionOutput:
+    def diffusion_loss(
+        self, batch: NoisyBatch, vision: VisionInputs | None = None, noisy_stream: str | None = None
+    ) -> DiffusionOutput:
         """The loss of SPEC §2 on a noised batch; `noisy_stream` overrides the config ("cheap" or "full")."""
         cheap = (noisy_stream or self.config.noisy_stream) == "cheap"
         layout = two_stream_layout(batch, cheap, self.dtype)
-        hidden = self.model.base_model(
-            input_ids=layout.input_ids,
-            attention_mask=layout.attention_mask,
-            position_ids=layout.position_ids,
-            use_cache=False,
-        ).last_hidden_state
-        noisy_width = layout.noisy_positions.shape[1]
-        take = batch.masked.gather(1, layout.noisy_positions) & layout.noisy_valid  # (N, Ln)
-        head = self.model.get_output_embeddings()
-        logits = head(hidden[:, :noisy_width][take])  # (M, V): only masked positions ever reach the head
-        targets = batch.clean_ids.gather(1, layout.noisy_positions)[take]
-        t = batch.noise_level.gather(1, layout.noisy_positions)[take]
+        backbone, noisy_pos = self.backbone, layout.noisy_positions
+        clean = backbone.embed(batch.clean_ids, vision)  # (N, L, H), image features spliced in
+        mask_row = self.get_input_embeddings().weight[self.special_tokens.mask]
+        noisy = torch.where(batch.masked[..., None], mask_row, clean)
+        embeds = torch.cat([noisy.gather(1, noisy_pos[..., None].expand(-1, -1, clean.shape[-1])), clean], dim=1)
+        index = torch.arange(batch.clean_ids.shape[1], device=clean.device).expand_as(batch.clean_ids)
+        rope = backbone.positions(batch.clean_ids, index, batch.valid, vision)  # (A, N, L)
+        rope = torch.cat([rope.gather(2, noisy_pos[None].expand(rope.shape[0], -1, -1)), rope], dim=2)
+        hidden = backbone.decode(embeds, layout.attention_mask, rope)
+        take = batch.masked.gather(1, noisy_pos) & layout.noisy_valid  # (N, Ln)
+        logits = backbone.head(hidden[:, : noisy_pos.shape[1]][take])  # (M, V): only masked positions reach the head
+        targets = batch.clean_ids.gather(1, noisy_pos)[take]
+        t = batch.noise_level.gather(1, noisy_pos)[take]
         sample = torch.arange(take.shape[0], device=take.device)[:, None].expand_as(take)[take]
         num_supervised = (batch.labels != IGNORE).sum(1)
         loss = diffusion_loss(logits, targets, t, sample, num_supervised)
         if logits.shape[0] == 0:  # nothing masked this draw: keep every weight in the graph for DDP
-            loss = loss + 0.0 * head(hidden[:, :1]).sum()
+            loss = loss + 0.0 * backbone.head(hidden[:, :1]).sum()
         mean_t = batch.block_noise[batch.supervised_blocks].mean()
         return DiffusionOutput(loss=loss, noise_level=mean_t.detach(), num_masked=take.sum())
 
@@ -191,16 +230,21 @@ class DiffusionVL(PreTrainedModel):
         **options,
     ):
         """Block decoding (SPEC §3). `options` are `DecodingConfig` fields (max_new_tokens or gen_length, steps,
-        remasking_strategy, confidence_threshold, temperature, top_k, top_p, stop_strings, use_cache, commit).
+        remasking_strategy, confidence_threshold, temperature, top_k, top_p, stop_strings, use_cache, commit),
+        and images: `pixel_values` + `image_grid_thw` (or the released code's `images` + `image_grid_thws`).
 
         Returns the new tokens (N, T), pad after each row's end, or a `DecodingOutput` with
         `return_dict_in_generate=True`. `streamer` (e.g. `TextIteratorStreamer`) gets one chunk per block.
         """
         from .engine import generate
 
+        vision = vision_inputs(
+            options.pop("pixel_values", None), options.pop("image_grid_thw", None),
+            options.pop("images", None), options.pop("image_grid_thws", None),
+        )
         config = DecodingConfig.from_options(generation_config, **options)
         ids = input_ids if input_ids is not None else inputs
-        out = generate(self, ids, attention_mask, config, streamer, tokenizer, generator)
+        out = generate(self, ids, attention_mask, config, streamer, tokenizer, generator, vision)
         return out if return_dict_in_generate else out.sequences
 
     @classmethod
@@ -217,6 +261,12 @@ class DiffusionVL(PreTrainedModel):
                 "Was it saved by DiffusionVL.save_pretrained from the same architecture?"
             )
         return (model, info) if want_info else model
+
+
+def _backbone(model, config: DiffusionVLConfig):
+    if type(model).__name__ == VISION_LANGUAGE_TYPES["qwen2_5_vl"]:
+        return Qwen2_5_VLBackbone(model, config.position_mode, config.image_token_id)
+    return TextBackbone(model)
 
 
 def _check_model_type(path, kwargs) -> None:

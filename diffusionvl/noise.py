@@ -101,10 +101,11 @@ def apply_noise(ids, labels, valid, block_noise, block_size: int, mask_id: int, 
 
 @dataclass
 class TwoStreamLayout:
-    """The model input `[noisy ; clean]` of one batch. `noisy_positions` (N, Ln) maps noisy columns to positions."""
+    """The model input `[noisy ; clean]` of one batch. `index` maps every column to its sequence index (which
+    defines its block); the first `noisy_positions.shape[1]` columns are the noisy stream."""
 
     input_ids: torch.Tensor  # (N, Ln + L)
-    position_ids: torch.Tensor  # (N, Ln + L)
+    index: torch.Tensor  # (N, Ln + L)
     attention_mask: torch.Tensor  # (N, 1, Ln + L, Ln + L) additive
     noisy_positions: torch.Tensor  # (N, Ln)
     noisy_valid: torch.Tensor  # (N, Ln)

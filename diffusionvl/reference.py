@@ -8,8 +8,8 @@ from .policies import StepContext, commit_step, static_schedule
 from .sampling import propose
 
 
-def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, generator=None):
-    """Decode one prompt (1-D ids). Returns (new tokens, forwards, steps per block)."""
+def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, generator=None, vision=None):
+    """Decode one prompt (1-D ids, with its own images). Returns (new tokens, forwards, steps per block)."""
     tokens, size, steps = model.special_tokens, model.block_size, min(config.steps, model.block_size)
     policy = config.policy
     sequence, produced, forwards, block_steps = prompt.tolist(), [], 0, []
@@ -22,7 +22,9 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
         for step in range(steps):
             if not bool(masked.any()):
                 break
-            logits = model(input_ids=canvas).logits[:, start:]  # block-causal: later blocks do not exist yet
+            # block-causal attention; later blocks do not exist yet; images are encoded again every step
+            images = {} if vision is None else {"pixel_values": vision.pixel_values, "image_grid_thw": vision.image_grid_thw}
+            logits = model(input_ids=canvas, **images).logits[:, start:]
             forwards, used = forwards + 1, used + 1
             token, confidence = propose(
                 logits, tokens.never_generated, config.temperature, config.top_k, config.top_p, generator
@@ -41,8 +43,15 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
             return produced, forwards, block_steps
 
 
-def reference_decode(model, prompts: list[torch.Tensor], config, tokenizer=None, generator=None) -> DecodingOutput:
-    rows = [reference_decode_row(model, prompt, config, tokenizer, generator) for prompt in prompts]
+def reference_decode(model, input_ids, attention_mask, vision, config, tokenizer=None, generator=None) -> DecodingOutput:
+    """Decode every row alone: its unpadded prompt and its own images."""
+    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
+    valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool().reshape(ids.shape)
+    images = model.backbone.split_rows(ids, vision)
+    rows = [
+        reference_decode_row(model, row[keep], config, tokenizer, generator, image)
+        for row, keep, image in zip(ids, valid, images)
+    ]
     return DecodingOutput.from_rows(
         [out for out, _, _ in rows], sum(f for _, f, _ in rows), model.special_tokens.pad, [s for _, _, s in rows]
     )

@@ -27,8 +27,8 @@ def test_cheap_and_full_noisy_streams_give_the_same_loss(family, attn):
     mask[1, 15:] = 0  # a right-padded row
     mask[2, :2] = 0  # a left-padded row
     batch = model.add_noise(ids, labels, mask, generator=torch.Generator().manual_seed(1))
-    cheap = model.diffusion_loss(batch, "cheap").loss
-    full = model.diffusion_loss(batch, "full").loss
+    cheap = model.diffusion_loss(batch, noisy_stream="cheap").loss
+    full = model.diffusion_loss(batch, noisy_stream="full").loss
     assert torch.allclose(cheap, full, atol=1e-5, rtol=0)
 
 
@@ -70,7 +70,7 @@ def test_noisy_stream_equals_the_inference_forward_on_a_partly_noised_sequence()
     batch = model.add_noise(ids, labels, generator=torch.Generator().manual_seed(3))
     layout = two_stream_layout(batch, cheap=False, dtype=torch.float32)
     hidden = model.model.base_model(
-        input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.position_ids
+        input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.index
     ).last_hidden_state
     noisy_logits = model.get_output_embeddings()(hidden[:, :12])
     for j in range(3):  # block j noisy, earlier blocks clean, later blocks irrelevant
@@ -188,4 +188,4 @@ def test_gpt2_with_learned_absolute_positions_wraps():
     model = DiffusionVL.from_autoregressive(gpt2, mask_token_id=MASK_ID, block_size=4)
     ids, labels = prompt_answer_batch()
     batch = model.add_noise(ids, labels, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(model.diffusion_loss(batch, "cheap").loss, model.diffusion_loss(batch, "full").loss, atol=1e-5)
+    assert torch.allclose(model.diffusion_loss(batch, noisy_stream="cheap").loss, model.diffusion_loss(batch, noisy_stream="full").loss, atol=1e-5)
