@@ -103,3 +103,37 @@ def trained():
     model = DiffusionVL.from_autoregressive(ar, mask_token_id=MASK_ID, block_size=4)
     train(model, 400, 2e-3, seed=1)
     return model
+
+
+IMAGE_ID, VISION_START, VISION_END = 90, 88, 89
+PATCH = 3 * 2 * 14 * 14  # channels x temporal patch x patch x patch
+
+
+def tiny_qwen_vl(seed: int = 0, attn: str = "sdpa"):
+    """A tiny Qwen2.5-VL (2-layer ViT with window and full attention, merger, 2-layer LM) with random weights."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            TINY, hidden_size=64, intermediate_size=128,
+            rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, patch_size=14,
+            spatial_merge_size=2, temporal_patch_size=2, window_size=56, fullatt_block_indexes=[1],
+        ),
+        image_token_id=IMAGE_ID, video_token_id=91, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    config._attn_implementation = attn
+    torch.manual_seed(seed)
+    return Qwen2_5_VLForConditionalGeneration(config).eval()
+
+
+def fake_image(grid_h: int, grid_w: int, seed: int = 0):
+    """Processor-shaped patches of one image: (pixel_values (h*w, PATCH), grid (1, 3), image tokens h*w/4)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(grid_h * grid_w, PATCH, generator=g), torch.tensor([[1, grid_h, grid_w]]), grid_h * grid_w // 4
+
+
+def image_prompt(before: list[int], tokens: int, after: list[int]) -> torch.Tensor:
+    return torch.tensor(before + [IMAGE_ID] * tokens + after)
