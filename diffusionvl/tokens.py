@@ -3,6 +3,8 @@
 from dataclasses import dataclass
 
 MASK_TOKEN = "<|mask|>"
+# The released DiffusionVL-Qwen checkpoints use this unused Qwen embedding row as [MASK] (their model card).
+RELEASED_MASK_TOKEN_ID = 151671
 # Chat templates end an assistant turn with one of these; the first one the tokenizer knows wins.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
 
@@ -60,7 +62,7 @@ def resolve_mask_token(model, tokenizer, mask_token_id: int | None) -> int:
     if tokenizer is None:
         raise ValueError(
             "no mask token: pass the tokenizer (a '<|mask|>' token is then added) or mask_token_id= "
-            "(an unused embedding row; the released Qwen DiffusionVL checkpoints use 151671)."
+            f"(an unused embedding row; the released Qwen DiffusionVL checkpoints use {RELEASED_MASK_TOKEN_ID})."
         )
     found = _known_id(tokenizer, MASK_TOKEN)
     if found is None:

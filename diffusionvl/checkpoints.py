@@ -1,0 +1,115 @@
+"""Loaders for the layouts the original DiffusionVL release uses (SPEC §4). Strict: every weight of the model
+must be found and every tensor of the checkpoint must be used; the only allowed gap is a tied lm_head."""
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from transformers import Qwen2_5_VLConfig
+from transformers.initialization import no_init_weights
+
+from .config import DiffusionVLConfig
+from .tokens import RELEASED_MASK_TOKEN_ID
+
+TEXT_FIELDS = (
+    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "max_position_embeddings", "rms_norm_eps", "hidden_act", "attention_dropout",
+    "sliding_window", "use_sliding_window", "max_window_layers", "bos_token_id", "eos_token_id", "pad_token_id",
+    "tie_word_embeddings",
+)
+# released name -> name inside transformers' Qwen2_5_VLForConditionalGeneration, first match wins
+RENAMES = (
+    ("model.vision_tower.vision_tower.", "model.visual."),
+    ("model.mm_projector.merger.", "model.visual.merger."),
+    ("model.embed_tokens.", "model.language_model.embed_tokens."),
+    ("model.layers.", "model.language_model.layers."),
+    ("model.norm.", "model.language_model.norm."),
+    ("lm_head.", "lm_head."),
+)
+SPLIT_FILES = {"vision_tower.safetensors": "model.visual.", "projector.safetensors": "model.visual.merger."}
+
+
+def _rope_parameters(config: dict) -> dict:
+    """Released configs carry `rope_scaling` {"type": "mrope", "mrope_section": [...]} and `rope_theta`."""
+    if "rope_parameters" in config:
+        return config["rope_parameters"]
+    head_dim = config["hidden_size"] // config["num_attention_heads"] // 2
+    section = (config.get("rope_scaling") or {}).get("mrope_section")
+    if section is None:  # any split gives 1-D RoPE when all three axes hold the same index
+        section = [head_dim - 2 * (3 * head_dim // 8), 3 * head_dim // 8, 3 * head_dim // 8]
+    return {"rope_type": "default", "rope_theta": config.get("rope_theta", 1000000.0), "mrope_section": section}
+
+
+def qwenvl_config(released: dict, vision: dict) -> Qwen2_5_VLConfig:
+    """transformers' Qwen2.5-VL config from the released one (text fields at the top level or in text_config)."""
+    text_source = released.get("text_config") or released
+    text = {k: text_source[k] for k in TEXT_FIELDS if k in text_source}
+    text["rope_parameters"] = _rope_parameters(text_source)
+    ids = {k: released[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+           if k in released}
+    text["tie_word_embeddings"] = tied = released.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied, **ids)
+
+
+def _read(path: Path, files: list[str]) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name in files:
+        tensors.update(load_file(path / name))
+    return tensors
+
+
+def released_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a released checkpoint under transformers' names: one file, shards + index, or split."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise FileNotFoundError(f"{path} has neither model.safetensors nor model.safetensors.index.json.")
+    renamed = {}
+    for key, tensor in _read(path, files).items():
+        prefix = next((p for p in RENAMES if key.startswith(p[0])), None)
+        if prefix is None:
+            raise KeyError(f"unexpected tensor {key!r} in {path}: not a DiffusionVL-Qwen2.5VL weight name.")
+        renamed[prefix[1] + key[len(prefix[0]):]] = tensor
+    for name, target in SPLIT_FILES.items():  # the conversion script's split layout
+        if (path / name).is_file():
+            renamed.update({target + key: tensor for key, tensor in load_file(path / name).items()})
+    return renamed
+
+
+def load_released_qwenvl(path, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
+    """A DiffusionVL-Qwen2.5VL checkpoint as a DiffusionVL (1-D positions, as it was trained)."""
+    from .model import CheckpointLayoutError, DiffusionVL
+
+    path = Path(path)
+    released = json.loads((path / "config.json").read_text())
+    vision = released.get("vision_config")
+    if vision is None and (path / "vision_config.json").is_file():
+        vision = json.loads((path / "vision_config.json").read_text())
+    if vision is None:
+        raise CheckpointLayoutError(f"{path}: the config has no vision_config and there is no vision_config.json.")
+    base = qwenvl_config(released, vision)
+    eot = base.text_config.eos_token_id
+    config = DiffusionVLConfig(
+        base_config=base, block_size=released.get("bd3lm_block_size", 8), position_mode="1d",
+        mask_token_id=mask_token_id or released.get("mask_token_id", RELEASED_MASK_TOKEN_ID),
+        eot_token_id=eot[0] if isinstance(eot, list) else eot, pad_token_id=base.text_config.pad_token_id,
+        image_token_id=base.image_token_id,
+    )
+    with no_init_weights():
+        model = DiffusionVL(config)
+    state = {"model." + key: tensor for key, tensor in released_tensors(path).items()}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (base.tie_word_embeddings and k == "model.lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise CheckpointLayoutError(
+            f"{path} does not match the DiffusionVL-Qwen2.5VL layout: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}."
+        )
+    if base.tie_word_embeddings:
+        model.tie_weights()
+    model.special_tokens  # the mask id must be a row of this vocabulary
+    return model.to(dtype) if dtype is not None else model
