@@ -1,25 +1,29 @@
 """diffusionvl: translate autoregressive (vision-)language models into block-diffusion models."""
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 from .compat import UnsupportedModelError, check_block_diffusion_support
 from .config import DiffusionVLConfig
 from .loss import diffusion_loss
 from .model import CheckpointLayoutError, DiffusionOutput, DiffusionVL
+from .processing import DiffusionVLProcessor, load_image
 from .tokens import SpecialTokens
 
 __version__ = "0.1.0"
 
 AutoConfig.register(DiffusionVLConfig.model_type, DiffusionVLConfig)
 AutoModelForCausalLM.register(DiffusionVLConfig, DiffusionVL)
+AutoProcessor.register(DiffusionVLConfig, DiffusionVLProcessor)
 
 __all__ = [
     "CheckpointLayoutError",
     "DiffusionOutput",
     "DiffusionVL",
     "DiffusionVLConfig",
+    "DiffusionVLProcessor",
     "SpecialTokens",
     "UnsupportedModelError",
     "check_block_diffusion_support",
     "diffusion_loss",
+    "load_image",
 ]

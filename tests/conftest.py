@@ -137,3 +137,44 @@ def fake_image(grid_h: int, grid_w: int, seed: int = 0):
 
 def image_prompt(before: list[int], tokens: int, after: list[int]) -> torch.Tensor:
     return torch.tensor(before + [IMAGE_ID] * tokens + after)
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\n"
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_vl_processor(wrap_images: bool = False):
+    """A word-level chat tokenizer whose special ids match `tiny_qwen_vl`, plus Qwen's Pillow image processor."""
+    from transformers import Qwen2VLImageProcessorPil
+
+    from diffusionvl.processing import DiffusionVLProcessor
+
+    specials = {0: "<|endoftext|>", 1: "<|im_start|>", 2: "<|im_end|>", 3: "<unk>", VISION_START: "<|vision_start|>",
+                VISION_END: "<|vision_end|>", IMAGE_ID: "<|image_pad|>"}
+    words = ["system", "user", "assistant"] + [f"w{i}" for i in range(60)]
+    vocab = {token: i for i, token in specials.items()}
+    vocab.update({word: i + 4 for i, word in enumerate(words)})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<|endoftext|>", eos_token="<|im_end|>")
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": [specials[k] for k in sorted(specials) if k not in (0, 3)]},
+        replace_extra_special_tokens=False,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    images = Qwen2VLImageProcessorPil(min_pixels=28 * 28, max_pixels=56 * 84, patch_size=14, merge_size=2)
+    wrap = dict(vision_start="<|vision_start|>", vision_end="<|vision_end|>") if wrap_images else {}
+    return DiffusionVLProcessor(images, tokenizer, **wrap)
+
+
+def write_image(path, height: int = 56, width: int = 84, seed: int = 0):
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return path
