@@ -1,4 +1,4 @@
-"""The `diffusionvl` command: generate text with a saved model, or run the decoding benchmark."""
+"""The `diffusionvl` command: generate with a saved model, convert a checkpoint, run the decoding benchmark."""
 
 import argparse
 import sys
@@ -50,6 +50,17 @@ def generate(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def convert(args: argparse.Namespace) -> None:
+    import torch
+
+    from .convert import convert as run_convert
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = run_convert(args.src, args.dst, args.block_size, args.position_mode, args.mask_token_id, dtype)
+    tokens = model.special_tokens
+    print(f"wrote {args.dst}: block size {model.block_size}, mask {tokens.mask}, end of turn {tokens.eot}")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="diffusionvl", description="Block-diffusion (vision-)language models.")
     commands = root.add_subparsers(dest="command", required=True)
@@ -68,6 +79,15 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
     gen.set_defaults(run=generate)
 
+    con = commands.add_parser("convert", help="turn a transformers checkpoint into a DiffusionVL one, ready to train")
+    con.add_argument("src", help="a Qwen2.5-VL or causal-LM directory with its tokenizer (and image processor)")
+    con.add_argument("dst", help="a new, empty directory")
+    con.add_argument("--block-size", type=int, default=8)
+    con.add_argument("--position-mode", choices=["1d", "mrope"], default="1d", help="Qwen2.5-VL positions")
+    con.add_argument("--mask-token-id", type=int, help="an unused embedding row; default: add <|mask|> by name")
+    con.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
+    con.set_defaults(run=convert)
+
     ben = commands.add_parser("bench", help="decoding benchmark: AR vs block decoding vs full-sequence diffusion")
     bench.add_arguments(ben)
     ben.set_defaults(run=bench.main)
@@ -78,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         args.run(args)
-    except ValueError as error:  # bad options or inputs: say what is wrong, without a traceback
+    except (ValueError, FileNotFoundError, FileExistsError) as error:  # say what is wrong, without a traceback
         raise SystemExit(f"error: {error}") from error
 
 

@@ -156,6 +156,7 @@ def tiny_vl_processor(wrap_images: bool = False):
     specials = {0: "<|endoftext|>", 1: "<|im_start|>", 2: "<|im_end|>", 3: "<unk>", VISION_START: "<|vision_start|>",
                 VISION_END: "<|vision_end|>", IMAGE_ID: "<|image_pad|>"}
     words = ["system", "user", "assistant"] + [f"w{i}" for i in range(60)]
+    words += [f"filler{i}" for i in range(VISION_START - 4 - len(words))]  # contiguous ids, like real vocabularies
     vocab = {token: i for i, token in specials.items()}
     vocab.update({word: i + 4 for i, word in enumerate(words)})
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

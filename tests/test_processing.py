@@ -73,3 +73,26 @@ def test_auto_processor_loads_what_the_project_saves(tmp_path):
     assert (loaded.image_token, loaded.vision_start, loaded.vision_end) == ("<|image_pad|>", "<|vision_start|>", "<|vision_end|>")
     image = write_image(tmp_path / "a.png")
     assert torch.equal(loaded("<image> w1", [image])["input_ids"], processor("<image> w1", [image])["input_ids"])
+
+
+def test_convert_turns_a_qwen_vl_directory_into_a_trainable_diffusionvl(tmp_path):
+    from diffusionvl import cli
+
+    source = tmp_path / "qwen"
+    tiny_qwen_vl().save_pretrained(source)
+    processor = tiny_vl_processor()
+    processor.tokenizer.save_pretrained(source)
+    processor.image_processor.save_pretrained(source)
+    cli.main(["convert", str(source), str(tmp_path / "dvl"), "--block-size", "4", "--position-mode", "mrope"])
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "dvl")
+    loaded = AutoProcessor.from_pretrained(tmp_path / "dvl")
+    assert isinstance(model, DiffusionVL) and model.config.position_mode == "mrope" and model.block_size == 4
+    assert loaded.tokenizer.convert_ids_to_tokens(model.special_tokens.mask) == "<|mask|>"
+    assert loaded.vision_start == "<|vision_start|>"
+    image = write_image(tmp_path / "a.png")
+    example = loaded.training_example(CONVERSATION, [image])
+    assert torch.isfinite(model(**example).loss)
+    with pytest.raises(SystemExit, match="not empty"):
+        cli.main(["convert", str(source), str(tmp_path / "dvl")])
