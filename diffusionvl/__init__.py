@@ -3,6 +3,7 @@
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
 from .compat import UnsupportedModelError, check_block_diffusion_support
+from .composite import VisionLanguageConfig, VisionLanguageModel
 from .config import DiffusionVLConfig
 from .loss import diffusion_loss
 from .model import CheckpointLayoutError, DiffusionOutput, DiffusionVL
@@ -14,6 +15,9 @@ __version__ = "0.1.0"
 AutoConfig.register(DiffusionVLConfig.model_type, DiffusionVLConfig)
 AutoModelForCausalLM.register(DiffusionVLConfig, DiffusionVL)
 AutoProcessor.register(DiffusionVLConfig, DiffusionVLProcessor)
+AutoConfig.register(VisionLanguageConfig.model_type, VisionLanguageConfig)
+AutoModelForCausalLM.register(VisionLanguageConfig, VisionLanguageModel)
+AutoProcessor.register(VisionLanguageConfig, DiffusionVLProcessor)
 
 __all__ = [
     "CheckpointLayoutError",
@@ -23,6 +27,8 @@ __all__ = [
     "DiffusionVLProcessor",
     "SpecialTokens",
     "UnsupportedModelError",
+    "VisionLanguageConfig",
+    "VisionLanguageModel",
     "check_block_diffusion_support",
     "diffusion_loss",
     "load_image",

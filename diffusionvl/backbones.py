@@ -15,17 +15,20 @@ import torch
 class VisionInputs:
     """Images of a batch, in the order their placeholders appear (row by row, left to right).
 
-    pixel_values: the processor's patches, (total patches, channels * temporal patch * patch * patch).
-    image_grid_thw: (images, 3) patch grid of each image.
+    pixel_values: Qwen's patches, (total patches, channels * temporal patch * patch * patch), or whole images
+        (images, 3, H, W) for fixed-size encoders such as SigLIP.
+    image_grid_thw: (images, 3) patch grid of each image; None for fixed-size encoders.
     """
 
     pixel_values: torch.Tensor
-    image_grid_thw: torch.Tensor
+    image_grid_thw: torch.Tensor | None = None
 
     def select(self, images: list[int]) -> "VisionInputs | None":
         """The inputs of a subset of images (e.g. one row's), in the given order."""
         if not images:
             return None
+        if self.image_grid_thw is None:
+            return VisionInputs(self.pixel_values[images])
         patches = self.image_grid_thw.prod(-1).tolist()
         starts = [sum(patches[:i]) for i in range(len(patches))]
         rows = torch.cat([torch.arange(starts[i], starts[i] + patches[i]) for i in images])
@@ -90,6 +93,8 @@ class Qwen2_5_VLBackbone(TextBackbone):
 
     def image_features(self, vision: VisionInputs) -> torch.Tensor:
         """(image tokens, H): every image's merged patch features, concatenated in order."""
+        if vision.image_grid_thw is None:
+            raise ValueError("Qwen2.5-VL pixel_values need image_grid_thw (the image processor returns both).")
         visual = self.model.model.visual
         out = visual(vision.pixel_values.type(visual.dtype), grid_thw=vision.image_grid_thw)
         return out.pooler_output if hasattr(out, "pooler_output") else out
@@ -133,3 +138,24 @@ class Qwen2_5_VLBackbone(TextBackbone):
         kinds = (ids == self.image_token_id).int()
         rope, _ = self.model.model.get_rope_index(ids, kinds, image_grid_thw=grid, attention_mask=valid.long())
         return rope
+
+
+class CompositeBackbone(TextBackbone):
+    """`VisionLanguageModel` (encoder + projector + causal LM): its LM decodes, its `embed` splices images."""
+
+    @property
+    def decoder(self):
+        return self.model.language_model.base_model
+
+    def embed(self, ids, vision=None):
+        return self.model.embed(ids, vision.pixel_values if vision is not None else None)
+
+    def split_rows(self, ids, vision):
+        if vision is None:
+            return [None] * len(ids)
+        per_image, rows, image = self.model.image_tokens_per_image, [], 0
+        for row in ids:
+            count = int((row == self.model.config.image_token_id).sum()) // per_image
+            rows.append(vision.select(list(range(image, image + count))))
+            image += count
+        return rows

@@ -12,7 +12,8 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreT
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
-from .backbones import Qwen2_5_VLBackbone, TextBackbone, VisionInputs
+from .backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackbone, VisionInputs
+from .composite import VisionLanguageModel
 from .compat import check_block_diffusion_support
 from .config import DiffusionVLConfig
 from .generation_config import DecodingConfig
@@ -45,8 +46,6 @@ def vision_inputs(pixel_values=None, image_grid_thw=None, images=None, image_gri
     image_grid_thw = image_grid_thw if image_grid_thw is not None else image_grid_thws
     if pixel_values is None:
         return None
-    if image_grid_thw is None:
-        raise ValueError("pixel_values need image_grid_thw (the processor returns both).")
     return VisionInputs(pixel_values, image_grid_thw)
 
 
@@ -270,6 +269,8 @@ class DiffusionVL(PreTrainedModel):
 def _backbone(model, config: DiffusionVLConfig):
     if type(model).__name__ == VISION_LANGUAGE_TYPES["qwen2_5_vl"]:
         return Qwen2_5_VLBackbone(model, config.position_mode, config.image_token_id)
+    if isinstance(model, VisionLanguageModel):
+        return CompositeBackbone(model)
     return TextBackbone(model)
 
 

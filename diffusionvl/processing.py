@@ -31,14 +31,16 @@ def load_image(source) -> Image.Image:
 class DiffusionVLProcessor(ProcessorMixin):
     """Text with `<image>` placeholders + images -> model inputs.
 
-    Each `<image>` becomes as many `image_token`s as the image has merged patches, wrapped in
+    Each `<image>` becomes as many `image_token`s as the image has merged patches (Qwen) or `image_seq_length`
+    (fixed-size encoders), wrapped in
     `vision_start`/`vision_end` when they are given (Qwen's own layout, for "mrope" models; the released
     DiffusionVL checkpoints use no wrapper).
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<|image_pad|>",
-                 vision_start=None, vision_end=None, **kwargs):
+                 vision_start=None, vision_end=None, image_seq_length=None, **kwargs):
         self.image_token, self.vision_start, self.vision_end = image_token, vision_start, vision_end
+        self.image_seq_length = image_seq_length  # tokens per image of a fixed-size encoder (SigLIP + newline)
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     def _expand(self, text: str, counts: list[int]) -> str:
@@ -65,8 +67,10 @@ class DiffusionVLProcessor(ProcessorMixin):
         counts = []
         if images:
             features = dict(self.image_processor(images=images, return_tensors="pt"))
-            merge = self.image_processor.merge_size
-            counts = (features["image_grid_thw"].prod(-1) // merge**2).tolist()
+            if "image_grid_thw" in features:  # Qwen: one token per merged patch, so it depends on the image size
+                counts = (features["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist()
+            else:
+                counts = [self.image_seq_length] * len(images)
         expanded, used = [], 0
         for t in texts:
             n = t.count(IMAGE_PLACEHOLDER)

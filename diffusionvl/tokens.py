@@ -79,8 +79,13 @@ def resolve_eot_token(model, tokenizer) -> int:
     for name in END_OF_TURN_TOKENS:
         if (found := _known_id(tokenizer, name)) is not None:
             return found
-    candidates = [getattr(tokenizer, "eos_token_id", None), _first_id(getattr(model.generation_config, "eos_token_id", None))]
-    candidates.append(_first_id(getattr(model.config, "eos_token_id", None)))
+    config = model.config
+    candidates = [
+        getattr(tokenizer, "eos_token_id", None),
+        _first_id(getattr(getattr(model, "generation_config", None), "eos_token_id", None)),
+        _first_id(getattr(config, "eos_token_id", None)),
+        _first_id(getattr(getattr(config, "text_config", None), "eos_token_id", None)),
+    ]
     for candidate in candidates:
         if candidate is not None:
             return candidate
@@ -89,6 +94,7 @@ def resolve_eot_token(model, tokenizer) -> int:
 
 def resolve_pad_token(model, tokenizer, eot: int) -> int:
     pad = getattr(tokenizer, "pad_token_id", None)
-    if pad is None:
-        pad = getattr(model.config, "pad_token_id", None)
+    for config in (model.config, getattr(model.config, "text_config", None)):
+        if pad is None:
+            pad = getattr(config, "pad_token_id", None)
     return eot if pad is None else pad

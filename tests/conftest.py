@@ -179,3 +179,21 @@ def write_image(path, height: int = 56, width: int = 84, seed: int = 0):
     pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path)
     return path
+
+
+def tiny_siglip_qwen(seed: int = 0):
+    """Modality shift: a tiny SigLIP (28 px, 4 patches) + projector + tiny Qwen2; 5 tokens per image with newline."""
+    from transformers import SiglipVisionConfig
+
+    from diffusionvl import VisionLanguageConfig, VisionLanguageModel
+
+    vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=28, patch_size=14, vision_use_head=False)
+    config = VisionLanguageConfig(vision_config=vision, text_config=FAMILIES["qwen2"](hidden_size=64, intermediate_size=128),
+                                  image_token_id=IMAGE_ID)
+    torch.manual_seed(seed)
+    return VisionLanguageModel(config).eval()
+
+
+def siglip_images(count: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(count, 3, 28, 28, generator=torch.Generator().manual_seed(seed))

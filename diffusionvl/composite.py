@@ -1,0 +1,104 @@
+"""Modality shift (SPEC §1): a vision encoder, a 2-layer GELU MLP projector and any causal LM, composed into an
+autoregressive VLM. Stage 1 trains the projector with the ordinary AR loss; stage 2 translates the whole model
+with `DiffusionVL.from_autoregressive` and trains it with block diffusion."""
+
+import torch
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
+from transformers.configuration_utils import SubConfigSpec
+
+
+@strict
+class VisionLanguageConfig(PreTrainedConfig):
+    """vision_config: the encoder (e.g. `SiglipVisionConfig`; give it one layer fewer than the released tower to
+    take its second-to-last layer). text_config: any causal LM. image_token_id: the placeholder each image's
+    features replace. image_newline: append one learnt embedding after every image's features."""
+
+    model_type = "diffusionvl_vlm"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="siglip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_id: int | None = None
+    image_newline: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
+
+
+class VisionLanguageModel(PreTrainedModel):
+    """Encoder features (before its post-layernorm) -> projector -> spliced into the LM's input embeddings."""
+
+    config_class = VisionLanguageConfig
+    base_model_prefix = "language_model"
+    _supports_sdpa = True
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: VisionLanguageConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.vision_tower.post_layernorm = nn.Identity()  # DiffusionVL/LLaVA take the features before it
+        vision, text = config.vision_config.hidden_size, config.text_config.hidden_size
+        self.projector = nn.Sequential(nn.Linear(vision, text), nn.GELU(), nn.Linear(text, text))
+        self.image_newline = nn.Parameter(torch.zeros(text)) if config.image_newline else None
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self._no_split_modules = self.language_model._no_split_modules
+        self.post_init()
+
+    @property
+    def image_tokens_per_image(self) -> int:
+        vision = self.config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2 + int(self.config.image_newline)
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def get_output_embeddings(self):
+        return self.language_model.get_output_embeddings()
+
+    def set_trainable(self, vision: bool, projector: bool, language: bool) -> None:
+        """Freeze switches: stage 1 is (False, True, False); stage 2 usually (False or True, True, True)."""
+        for module, on in ((self.vision_tower, vision), (self.projector, projector), (self.language_model, language)):
+            module.requires_grad_(on)
+        if self.image_newline is not None:
+            self.image_newline.requires_grad_(projector)
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(images, 3, H, W) -> (images * tokens per image, H_text)."""
+        hidden = self.vision_tower(pixel_values=pixel_values.to(self.projector[0].weight.dtype)).last_hidden_state
+        features = self.projector(hidden)  # (I, P, H)
+        if self.image_newline is not None:
+            features = torch.cat([features, self.image_newline.expand(len(features), 1, -1)], dim=1)
+        return features.flatten(0, 1)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        embeds = self.get_input_embeddings()(input_ids)
+        slots = input_ids == self.config.image_token_id
+        count = int(slots.sum())
+        if pixel_values is None:
+            if count:
+                raise ValueError(f"the input holds {count} image tokens but no images were given.")
+            return embeds
+        features = self.image_features(pixel_values).to(embeds.dtype)
+        if features.shape[0] != count:
+            raise ValueError(
+                f"the images give {features.shape[0]} image tokens but the text holds {count} placeholders; each "
+                f"image needs one placeholder expanded to {self.image_tokens_per_image} tokens (use the processor)."
+            )
+        return embeds.masked_scatter(slots[..., None].expand_as(embeds), features)
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+                inputs_embeds=None, labels=None, pixel_values=None, use_cache=None, **kwargs):
+        """The AR forward (with `labels`: the shifted next-token loss of stage 1)."""
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, pixel_values)
+        return self.language_model(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, labels=labels, use_cache=use_cache, **kwargs,
+        )
