@@ -1,5 +1,6 @@
 """Loaders for the layouts the original DiffusionVL release uses (SPEC §4). Strict: every weight of the model
-must be found and every tensor of the checkpoint must be used; the only allowed gap is a tied lm_head."""
+must be found and every tensor of the checkpoint must be used; the only allowed gaps are a tied lm_head and
+the SigLIP post-layernorm/head the release drops on purpose."""
 
 import json
 from pathlib import Path
@@ -52,6 +53,20 @@ def qwenvl_config(released: dict, vision: dict) -> Qwen2_5_VLConfig:
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied, **ids)
 
 
+RELEASED_SIGLIP_RENAMES = (
+    ("model.vision_tower.vision_tower.vision_model.", "vision_tower."),
+    ("model.mm_projector.", "projector."),
+    ("model.image_newline", "image_newline"),
+    ("model.embed_tokens.", "language_model.model.embed_tokens."),
+    ("model.layers.", "language_model.model.layers."),
+    ("model.norm.", "language_model.model.norm."),
+    ("lm_head.", "language_model.lm_head."),
+)
+# The released SigLIP tower loses its last layer and its features are taken before the post-layernorm: these
+# may be present in a checkpoint and are dropped on purpose.
+DROPPED = ("vision_tower.post_layernorm.", "vision_tower.head.")
+
+
 def _read(path: Path, files: list[str]) -> dict[str, torch.Tensor]:
     tensors = {}
     for name in files:
@@ -59,21 +74,68 @@ def _read(path: Path, files: list[str]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def released_tensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a released checkpoint under transformers' names: one file, shards + index, or split."""
+def _weight_files(path: Path) -> list[str]:
+    """The safetensors files of a checkpoint: the shards named by an index, or model.safetensors."""
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    elif (path / "model.safetensors").is_file():
-        files = ["model.safetensors"]
-    else:
-        raise FileNotFoundError(f"{path} has neither model.safetensors nor model.safetensors.index.json.")
-    renamed = {}
-    for key, tensor in _read(path, files).items():
-        prefix = next((p for p in RENAMES if key.startswith(p[0])), None)
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    if (path / "model.safetensors").is_file():
+        return ["model.safetensors"]
+    raise FileNotFoundError(f"{path} has neither model.safetensors nor model.safetensors.index.json.")
+
+
+def _renamed(path: Path, renames, layout: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under transformers' names; a name no rule covers is an error."""
+    out = {}
+    for key, tensor in _read(path, _weight_files(path)).items():
+        prefix = next((p for p in renames if key.startswith(p[0])), None)
         if prefix is None:
-            raise KeyError(f"unexpected tensor {key!r} in {path}: not a DiffusionVL-Qwen2.5VL weight name.")
-        renamed[prefix[1] + key[len(prefix[0]):]] = tensor
+            raise KeyError(f"unexpected tensor {key!r} in {path}: not a {layout} weight name.")
+        out[prefix[1] + key[len(prefix[0]):]] = tensor
+    return out
+
+
+def _vision_config(path: Path, released: dict) -> dict:
+    from .model import CheckpointLayoutError
+
+    if "vision_config" in released:
+        return released["vision_config"]
+    if (path / "vision_config.json").is_file():
+        return json.loads((path / "vision_config.json").read_text())
+    raise CheckpointLayoutError(f"{path}: the config has no vision_config and there is no vision_config.json.")
+
+
+def _diffusion_config(base, released: dict, mask_token_id, **fields) -> DiffusionVLConfig:
+    eot = base.text_config.eos_token_id
+    return DiffusionVLConfig(
+        base_config=base, block_size=released.get("bd3lm_block_size", 8),
+        mask_token_id=mask_token_id or released.get("mask_token_id", RELEASED_MASK_TOKEN_ID),
+        eot_token_id=eot[0] if isinstance(eot, list) else eot, pad_token_id=base.text_config.pad_token_id,
+        image_token_id=base.image_token_id, **fields,
+    )
+
+
+def _load_strict(config: DiffusionVLConfig, state: dict, path: Path, tied_head: str | None, dtype):
+    """Build without random init, load every tensor, and fail on any gap but a tied head."""
+    from .model import CheckpointLayoutError, DiffusionVL
+
+    with no_init_weights():
+        model = DiffusionVL(config)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k != tied_head]
+    if missing or result.unexpected_keys:
+        raise CheckpointLayoutError(
+            f"{path} does not match the released layout: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}."
+        )
+    if tied_head is not None:
+        model.tie_weights()
+    model.special_tokens  # the mask id must be a row of this vocabulary
+    return model.to(dtype) if dtype is not None else model
+
+
+def released_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a released Qwen2.5-VL checkpoint under transformers' names: one file, shards, or split."""
+    renamed = _renamed(path, RENAMES, "DiffusionVL-Qwen2.5VL")
     for name, target in SPLIT_FILES.items():  # the conversion script's split layout
         if (path / name).is_file():
             renamed.update({target + key: tensor for key, tensor in load_file(path / name).items()})
@@ -82,34 +144,35 @@ def released_tensors(path: Path) -> dict[str, torch.Tensor]:
 
 def load_released_qwenvl(path, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
     """A DiffusionVL-Qwen2.5VL checkpoint as a DiffusionVL (1-D positions, as it was trained)."""
-    from .model import CheckpointLayoutError, DiffusionVL
+    path = Path(path)
+    released = json.loads((path / "config.json").read_text())
+    base = qwenvl_config(released, _vision_config(path, released))
+    config = _diffusion_config(base, released, mask_token_id, position_mode="1d")
+    state = {"model." + key: tensor for key, tensor in released_tensors(path).items()}
+    return _load_strict(config, state, path, "model.lm_head.weight" if base.tie_word_embeddings else None, dtype)
+
+
+def load_released_siglip(path, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
+    """A DiffusionVL-Qwen2.5 (SigLIP + projector + Qwen2.5) checkpoint as a DiffusionVL.
+
+    The SigLIP config comes from `vision_config` in config.json or from vision_config.json beside it; its layer
+    count is taken from the weights, so the original tower's config (one layer more) can be given as is.
+    """
+    from .composite import VisionLanguageConfig
 
     path = Path(path)
     released = json.loads((path / "config.json").read_text())
-    vision = released.get("vision_config")
-    if vision is None and (path / "vision_config.json").is_file():
-        vision = json.loads((path / "vision_config.json").read_text())
-    if vision is None:
-        raise CheckpointLayoutError(f"{path}: the config has no vision_config and there is no vision_config.json.")
-    base = qwenvl_config(released, vision)
-    eot = base.text_config.eos_token_id
-    config = DiffusionVLConfig(
-        base_config=base, block_size=released.get("bd3lm_block_size", 8), position_mode="1d",
-        mask_token_id=mask_token_id or released.get("mask_token_id", RELEASED_MASK_TOKEN_ID),
-        eot_token_id=eot[0] if isinstance(eot, list) else eot, pad_token_id=base.text_config.pad_token_id,
-        image_token_id=base.image_token_id,
-    )
-    with no_init_weights():
-        model = DiffusionVL(config)
-    state = {"model." + key: tensor for key, tensor in released_tensors(path).items()}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not (base.tie_word_embeddings and k == "model.lm_head.weight")]
-    if missing or result.unexpected_keys:
-        raise CheckpointLayoutError(
-            f"{path} does not match the DiffusionVL-Qwen2.5VL layout: missing {missing[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}."
-        )
-    if base.tie_word_embeddings:
-        model.tie_weights()
-    model.special_tokens  # the mask id must be a row of this vocabulary
-    return model.to(dtype) if dtype is not None else model
+    vision = _vision_config(path, released)
+    state = {"model." + k: v for k, v in _renamed(path, RELEASED_SIGLIP_RENAMES, "DiffusionVL-Qwen2.5 (SigLIP)").items()
+             if not k.startswith(DROPPED)}
+    layers = {int(k.split("encoder.layers.")[1].split(".")[0]) for k in state if ".vision_tower.encoder.layers." in k}
+    vision = {**vision, "model_type": "siglip_vision_model", "num_hidden_layers": max(layers) + 1, "vision_use_head": False}
+    source = released.get("text_config") or released
+    text = {k: source[k] for k in TEXT_FIELDS if k in source}
+    text.update(model_type="qwen2", rope_theta=source.get("rope_theta", 1000000.0),
+                tie_word_embeddings=released.get("tie_word_embeddings", False))
+    base = VisionLanguageConfig(vision_config=vision, text_config=text, image_token_id=released.get("image_token_id"),
+                                image_newline="model.image_newline" in state)
+    config = _diffusion_config(base, released, mask_token_id)
+    tied = "model.language_model.lm_head.weight" if base.tie_word_embeddings else None
+    return _load_strict(config, state, path, tied, dtype)

@@ -37,7 +37,9 @@ class DiffusionOutput(ModelOutput):
 
 
 VISION_LANGUAGE_TYPES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
-RELEASED_QWENVL = "diffusionvl_qwenvl"  # model_type of the original release's Qwen2.5-VL checkpoints
+# model_type of the original release's checkpoints -> their loader in checkpoints.py. The Qwen2.5-VL name is
+# documented (SPEC §4); the SigLIP variant's is assumed from its repository name (DiffusionVL-Qwen2.5-7B).
+RELEASED_TYPES = {"diffusionvl_qwenvl": "load_released_qwenvl", "diffusionvl_qwen": "load_released_siglip"}
 
 
 def vision_inputs(pixel_values=None, image_grid_thw=None, images=None, image_grid_thws=None) -> VisionInputs | None:
@@ -251,10 +253,12 @@ class DiffusionVL(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Strict loading: any missing, unexpected or mis-shaped weight is an error, never a random init."""
         if not isinstance(kwargs.get("config"), DiffusionVLConfig):
-            if _check_model_type(pretrained_model_name_or_path, kwargs) == RELEASED_QWENVL:
-                from .checkpoints import load_released_qwenvl
+            found = _check_model_type(pretrained_model_name_or_path, kwargs)
+            if found in RELEASED_TYPES:
+                from . import checkpoints
 
-                return load_released_qwenvl(pretrained_model_name_or_path, dtype=kwargs.get("dtype"))
+                loader = getattr(checkpoints, RELEASED_TYPES[found])
+                return loader(pretrained_model_name_or_path, dtype=kwargs.get("dtype"))
         want_info = kwargs.pop("output_loading_info", False)
         model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
         problems = {key: sorted(info[key])[:5] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
@@ -278,7 +282,7 @@ def _check_model_type(path, kwargs) -> str:
     hub_keys = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
     config_dict, _ = PreTrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in hub_keys if k in kwargs})
     found = config_dict.get("model_type")
-    if found not in (DiffusionVLConfig.model_type, RELEASED_QWENVL):
+    if found != DiffusionVLConfig.model_type and found not in RELEASED_TYPES:
         raise CheckpointLayoutError(
             f"{path} holds a {found!r} checkpoint, not a DiffusionVL one. To translate an autoregressive model, "
             f"load it with AutoModelForCausalLM.from_pretrained and call DiffusionVL.from_autoregressive(model, tokenizer)."

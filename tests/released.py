@@ -6,6 +6,7 @@ The reverse of `diffusionvl.checkpoints`, written independently: names as SPEC Â
 import json
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 TEXT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -86,3 +87,41 @@ def write_split(model, path: Path) -> None:
     save_file(projector, path / "projector.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps(released_config(model, nested_vision=False)))
     (path / "vision_config.json").write_text(json.dumps(model.config.base_config.vision_config.to_dict()))
+
+
+def write_released_siglip(model, path: Path, extra_tower_layer: bool = True) -> None:
+    """The DiffusionVL-Qwen2.5 (SigLIP) layout from a translated `VisionLanguageModel`.
+
+    `extra_tower_layer`: the vision_config names one SigLIP layer more than the weights hold, as the original
+    tower's config does (the release drops its last layer). The unused post-layernorm is written too.
+    """
+    composite = model.model
+    tensors = {}
+    for key, tensor in composite.state_dict().items():
+        if key.startswith("vision_tower."):
+            name = "model.vision_tower.vision_tower.vision_model." + key[len("vision_tower."):]
+        elif key.startswith("projector."):
+            name = "model.mm_projector." + key[len("projector."):]
+        elif key == "image_newline":
+            name = "model.image_newline"
+        elif key.startswith("language_model.model."):
+            name = "model." + key[len("language_model.model."):]
+        elif key == "language_model.lm_head.weight":
+            if composite.config.tie_word_embeddings:
+                continue
+            name = "lm_head.weight"
+        else:
+            raise AssertionError(f"unmapped weight {key}")
+        tensors[name] = tensor.contiguous().clone()
+    hidden = composite.config.vision_config.hidden_size
+    tensors["model.vision_tower.vision_tower.vision_model.post_layernorm.weight"] = torch.ones(hidden)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    vision = composite.config.vision_config.to_dict()
+    vision["num_hidden_layers"] += int(extra_tower_layer)
+    text = composite.config.text_config.to_dict()
+    config = {k: text[k] for k in TEXT_KEYS}
+    config.update(model_type="diffusionvl_qwen", vision_config=vision, image_token_id=composite.config.image_token_id,
+                  bd3lm_block_size=model.config.block_size, tie_word_embeddings=composite.config.tie_word_embeddings,
+                  rope_theta=text["rope_parameters"]["rope_theta"], mask_token_id=model.config.mask_token_id)
+    (path / "config.json").write_text(json.dumps(config))

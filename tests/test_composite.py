@@ -73,3 +73,17 @@ def test_placeholder_count_must_match_the_images():
     with pytest.raises(ValueError, match="placeholders"):
         model(input_ids=image_prompt([5], TOKENS + 2, [1])[None], pixel_values=siglip_images(1))
     assert IMAGE_ID == model.config.image_token_id
+
+
+def test_released_siglip_layout_loads_every_tensor_and_generates_the_same_tokens(tmp_path):
+    from released import write_released_siglip
+
+    model = DiffusionVL.from_autoregressive(tiny_siglip_qwen(), mask_token_id=MASK_ID, block_size=4)
+    write_released_siglip(model, tmp_path)
+    loaded = DiffusionVL.from_pretrained(tmp_path)
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert sorted(ours) == sorted(theirs) and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    prompt, images = image_prompt([5], TOKENS, [7, 1])[None], siglip_images(1, seed=6)
+    out = loaded.generate(inputs=prompt, images=images, gen_length=8, steps=4, temperature=0.0,
+                          remasking_strategy="low_confidence_static")
+    assert torch.equal(out, model.generate(prompt, pixel_values=images, max_new_tokens=8, steps=4))
