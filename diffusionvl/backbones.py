@@ -35,6 +35,23 @@ class VisionInputs:
         return VisionInputs(self.pixel_values[rows.to(self.pixel_values.device)], self.image_grid_thw[images])
 
 
+def assign_images(ids: torch.Tensor, image_token_id: int, sizes: list[int], vision: VisionInputs):
+    """Each row's own images: rows take images in order until their placeholder count is used up.
+
+    sizes: image tokens of each image. Returns one VisionInputs (or None) per row.
+    """
+    rows, image = [], 0
+    for row in ids:
+        count, mine = int((row == image_token_id).sum()), []
+        while count > 0 and image < len(sizes):
+            mine.append(image)
+            count, image = count - sizes[image], image + 1
+        if count != 0:
+            raise ValueError("the image placeholders of a row do not match its images' sizes; use the processor.")
+        rows.append(vision.select(mine))
+    return rows
+
+
 class TextBackbone:
     """Any transformers causal LM: token embeddings in, `base_model` as decoder, 1-D positions."""
 
@@ -119,17 +136,7 @@ class Qwen2_5_VLBackbone(TextBackbone):
         if vision is None:
             return [None] * len(ids)
         merge = self.model.model.visual.spatial_merge_size
-        sizes = (vision.image_grid_thw.prod(-1) // merge**2).tolist()
-        rows, image = [], 0
-        for row in ids:
-            count, mine = int((row == self.image_token_id).sum()), []
-            while count > 0 and image < len(sizes):
-                mine.append(image)
-                count, image = count - sizes[image], image + 1
-            if count != 0:
-                raise ValueError("the image placeholders of a row do not match its images' sizes; use the processor.")
-            rows.append(vision.select(mine))
-        return rows
+        return assign_images(ids, self.image_token_id, (vision.image_grid_thw.prod(-1) // merge**2).tolist(), vision)
 
     def positions(self, ids, index, valid, vision=None):
         if self.position_mode == "1d":
@@ -148,14 +155,12 @@ class CompositeBackbone(TextBackbone):
         return self.model.language_model.base_model
 
     def embed(self, ids, vision=None):
-        return self.model.embed(ids, vision.pixel_values if vision is not None else None)
+        if vision is None:
+            return self.model.embed(ids, None)
+        return self.model.embed(ids, vision.pixel_values, vision.image_grid_thw)
 
     def split_rows(self, ids, vision):
         if vision is None:
             return [None] * len(ids)
-        per_image, rows, image = self.model.image_tokens_per_image, [], 0
-        for row in ids:
-            count = int((row == self.model.config.image_token_id).sum()) // per_image
-            rows.append(vision.select(list(range(image, image + count))))
-            image += count
-        return rows
+        sizes = self.model.image_token_counts(vision.image_grid_thw, len(vision.pixel_values))
+        return assign_images(ids, self.model.config.image_token_id, sizes, vision)

@@ -11,8 +11,8 @@ from transformers.configuration_utils import SubConfigSpec
 
 @strict
 class VisionLanguageConfig(PreTrainedConfig):
-    """vision_config: the encoder (e.g. `SiglipVisionConfig`; give it one layer fewer than the released tower to
-    take its second-to-last layer). text_config: any causal LM. image_token_id: the placeholder each image's
+    """vision_config: the encoder, a `SiglipVisionConfig` (give it one layer fewer than the released tower to take
+    its second-to-last layer) or a Qwen2.5-VL vision config (its merger output feeds the projector). text_config: any causal LM. image_token_id: the placeholder each image's
     features replace. image_newline: append one learnt embedding after every image's features."""
 
     model_type = "diffusionvl_vlm"
@@ -43,8 +43,11 @@ class VisionLanguageModel(PreTrainedModel):
     def __init__(self, config: VisionLanguageConfig):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
-        self.vision_tower.post_layernorm = nn.Identity()  # DiffusionVL/LLaVA take the features before it
-        vision, text = config.vision_config.hidden_size, config.text_config.hidden_size
+        if hasattr(self.vision_tower, "post_layernorm"):
+            self.vision_tower.post_layernorm = nn.Identity()  # DiffusionVL/LLaVA take SigLIP features before it
+        vision_config = config.vision_config
+        vision = getattr(vision_config, "out_hidden_size", None) if self.grid_encoder else vision_config.hidden_size
+        text = config.text_config.hidden_size
         self.projector = nn.Sequential(nn.Linear(vision, text), nn.GELU(), nn.Linear(text, text))
         self.image_newline = nn.Parameter(torch.zeros(text)) if config.image_newline else None
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
@@ -52,9 +55,16 @@ class VisionLanguageModel(PreTrainedModel):
         self.post_init()
 
     @property
-    def image_tokens_per_image(self) -> int:
-        vision = self.config.vision_config
-        return (vision.image_size // vision.patch_size) ** 2 + int(self.config.image_newline)
+    def grid_encoder(self) -> bool:
+        """True for the Qwen2.5-VL ViT: images of any size, cut into patches with a (t, h, w) grid each."""
+        return hasattr(self.config.vision_config, "spatial_merge_size")
+
+    def image_token_counts(self, image_grid_thw: torch.Tensor | None, images: int) -> list[int]:
+        """Tokens each image takes in the text: its merged patches (ViT) or a fixed count (SigLIP), + newline."""
+        vision, newline = self.config.vision_config, int(self.config.image_newline)
+        if self.grid_encoder:
+            return (image_grid_thw.prod(-1) // vision.spatial_merge_size**2 + newline).tolist()
+        return [(vision.image_size // vision.patch_size) ** 2 + newline] * images
 
     def get_input_embeddings(self):
         return self.language_model.get_input_embeddings()
@@ -69,15 +79,25 @@ class VisionLanguageModel(PreTrainedModel):
         if self.image_newline is not None:
             self.image_newline.requires_grad_(projector)
 
-    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(images, 3, H, W) -> (images * tokens per image, H_text)."""
-        hidden = self.vision_tower(pixel_values=pixel_values.to(self.projector[0].weight.dtype)).last_hidden_state
-        features = self.projector(hidden)  # (I, P, H)
-        if self.image_newline is not None:
-            features = torch.cat([features, self.image_newline.expand(len(features), 1, -1)], dim=1)
-        return features.flatten(0, 1)
+    def image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
+        """Images -> (image tokens, H_text): each image's projected features, then the newline if any.
 
-    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None) -> torch.Tensor:
+        SigLIP: pixel_values (images, 3, H, W). Qwen2.5-VL ViT: its patches and `image_grid_thw`; its merged
+        output feeds the projector.
+        """
+        pixel_values = pixel_values.to(self.projector[0].weight.dtype)
+        if self.grid_encoder:
+            merged = self.vision_tower(pixel_values, grid_thw=image_grid_thw).pooler_output
+            sizes = (image_grid_thw.prod(-1) // self.config.vision_config.spatial_merge_size**2).tolist()
+            per_image = list(torch.split(self.projector(merged), sizes))
+        else:
+            per_image = list(self.projector(self.vision_tower(pixel_values=pixel_values).last_hidden_state))
+        if self.image_newline is not None:
+            per_image = [torch.cat([f, self.image_newline[None]]) for f in per_image]
+        return torch.cat(per_image)
+
+    def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
+              image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
         embeds = self.get_input_embeddings()(input_ids)
         slots = input_ids == self.config.image_token_id
         count = int(slots.sum())
@@ -85,19 +105,19 @@ class VisionLanguageModel(PreTrainedModel):
             if count:
                 raise ValueError(f"the input holds {count} image tokens but no images were given.")
             return embeds
-        features = self.image_features(pixel_values).to(embeds.dtype)
+        features = self.image_features(pixel_values, image_grid_thw).to(embeds.dtype)
         if features.shape[0] != count:
             raise ValueError(
                 f"the images give {features.shape[0]} image tokens but the text holds {count} placeholders; each "
-                f"image needs one placeholder expanded to {self.image_tokens_per_image} tokens (use the processor)."
+                "image needs one placeholder, expanded by the processor to its number of tokens."
             )
         return embeds.masked_scatter(slots[..., None].expand_as(embeds), features)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
-                inputs_embeds=None, labels=None, pixel_values=None, use_cache=None, **kwargs):
+                inputs_embeds=None, labels=None, pixel_values=None, image_grid_thw=None, use_cache=None, **kwargs):
         """The AR forward (with `labels`: the shifted next-token loss of stage 1)."""
         if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids, pixel_values)
+            inputs_embeds = self.embed(input_ids, pixel_values, image_grid_thw)
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
             past_key_values=past_key_values, labels=labels, use_cache=use_cache, **kwargs,

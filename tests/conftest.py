@@ -197,3 +197,18 @@ def tiny_siglip_qwen(seed: int = 0):
 
 def siglip_images(count: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(count, 3, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def tiny_vit_qwen(seed: int = 0):
+    """Modality shift with the Qwen2.5-VL ViT as encoder (its merger output, 48 wide, feeds the projector)."""
+    from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
+
+    from diffusionvl import VisionLanguageConfig, VisionLanguageModel
+
+    vision = Qwen2_5_VLVisionConfig(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=48,
+                                    patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                                    fullatt_block_indexes=[1])
+    config = VisionLanguageConfig(vision_config=vision, text_config=FAMILIES["qwen2"](hidden_size=64, intermediate_size=128),
+                                  image_token_id=IMAGE_ID)
+    torch.manual_seed(seed)
+    return VisionLanguageModel(config).eval()

@@ -87,3 +87,28 @@ def test_released_siglip_layout_loads_every_tensor_and_generates_the_same_tokens
     out = loaded.generate(inputs=prompt, images=images, gen_length=8, steps=4, temperature=0.0,
                           remasking_strategy="low_confidence_static")
     assert torch.equal(out, model.generate(prompt, pixel_values=images, max_new_tokens=8, steps=4))
+
+
+def test_the_qwen_vit_can_be_the_encoder_with_images_of_different_sizes():
+    from conftest import fake_image, tiny_vit_qwen
+
+    model = DiffusionVL.from_autoregressive(tiny_vit_qwen(), mask_token_id=MASK_ID, block_size=4)
+    pixels_a, grid_a, n_a = fake_image(4, 6, seed=1)
+    pixels_b, grid_b, n_b = fake_image(4, 4, seed=2)
+    prompts = [image_prompt([5], n_a + 1, [9, 1]), image_prompt([5, 6], n_b + 1, [10, 1])]  # + image newline
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(2, width, dtype=torch.long)
+    mask = torch.zeros(2, width, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    images = dict(pixel_values=torch.cat([pixels_a, pixels_b]), image_grid_thw=torch.cat([grid_a, grid_b]))
+    options = dict(max_new_tokens=7, steps=2)
+    fast = model.generate(ids, mask, **images, **options)
+    assert torch.equal(fast, model.generate(ids, mask, use_cache=False, **images, **options))
+    alone = model.generate(prompts[1][None], pixel_values=pixels_b, image_grid_thw=grid_b, **options)
+    assert torch.equal(fast[1, : alone.shape[1]], alone[0])
+    labels = ids.clone()
+    labels[:, :-2] = -100
+    loss = model.train()(input_ids=ids, labels=labels, attention_mask=mask, **images).loss
+    loss.backward()
+    assert next(p.grad for n, p in model.named_parameters() if "vision_tower.blocks.0" in n).abs().sum() > 0
