@@ -1,4 +1,4 @@
-"""The `diffusionvl` command: generate with a saved model, convert a checkpoint, run the decoding benchmark."""
+"""The `diffusionvl` command: generate, convert a checkpoint, train, and run the benchmarks."""
 
 import argparse
 import sys
@@ -87,6 +87,12 @@ def parser() -> argparse.ArgumentParser:
     con.add_argument("--mask-token-id", type=int, help="an unused embedding row; default: add <|mask|> by name")
     con.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
     con.set_defaults(run=convert)
+
+    tra = commands.add_parser("train", help="train on LLaVA-format data (stage 'projector' or 'diffusion')")
+    from . import train as training
+
+    training.add_arguments(tra)
+    tra.set_defaults(run=training.main)
 
     ben = commands.add_parser("bench", help="decoding benchmark: AR vs block decoding vs full-sequence diffusion")
     bench.add_arguments(ben)

@@ -139,14 +139,19 @@ class DiffusionVL(PreTrainedModel):
         pixel_values=None,
         image_grid_thw=None,
         generator: torch.Generator | None = None,
+        autoregressive: bool = False,
         **kwargs,
     ):
-        """With `labels`: the block-diffusion loss (a fresh noise draw; fix it with `generator`).
+        """With `labels`: the block-diffusion loss (a fresh noise draw; fix it with `generator`); with
+        `autoregressive=True` as well, the wrapped model's own next-token loss (stage 1 of the modality shift).
 
         Without: block-causal logits of the clean sequence. A 2-D `attention_mask` (N, past + L) marks padding
         and may be left-padded; a 4-D mask is used as given (then pass `position_ids`).
         """
         vision = vision_inputs(pixel_values, image_grid_thw, kwargs.pop("images", None), kwargs.pop("image_grid_thws", None))
+        if autoregressive:
+            images = {} if vision is None else {"pixel_values": vision.pixel_values, "image_grid_thw": vision.image_grid_thw}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **images)
         if labels is not None:
             noisy = self.add_noise(input_ids, labels, attention_mask, generator)
             return self.diffusion_loss(noisy, vision)

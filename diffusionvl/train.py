@@ -1,0 +1,274 @@
+"""Training: stage 1 (projector, AR loss) and stage 2 (block diffusion) on LLaVA-format data, on one machine
+or many. A thin `Trainer` subclass: the loss comes from the model, checkpoints are written atomically, and
+logs carry the mean noise level, tokens/s and skipped records. Multi-GPU runs go through `accelerate launch`."""
+
+import argparse
+import json
+import os
+import shutil
+import time
+import typing
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from functools import partial
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoProcessor, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
+
+from .composite import VisionLanguageModel
+from .data import LlavaDataset, collate, read_llava
+from .model import DiffusionVL
+
+STAGING = ".staging"  # checkpoints are written under OUTPUT/.staging and renamed into OUTPUT when complete
+RUN_STATE = "diffusionvl_run.json"  # what a checkpoint keeps beside the Trainer's own state
+
+
+class EpochSeededLengthSampler(LengthGroupedSampler):
+    """Batches of similar length, in an order that depends only on (seed, epoch): a resumed run sees the same
+    order as an uninterrupted one, whatever else drew from the global RNG before."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + epoch)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One training run. Every field is also a `diffusionvl train` flag (underscores become dashes)."""
+
+    data: str = field(metadata={"help": "LLaVA JSON or JSONL file"})
+    model: str = field(metadata={"help": "a DiffusionVL checkpoint (diffusionvl convert) or a VisionLanguageModel"})
+    output_dir: str = field(metadata={"help": "checkpoints and metrics.jsonl go here"})
+    image_folder: str | None = field(default=None, metadata={"help": "image paths in the data are relative to it"})
+    stage: str = field(default="diffusion", metadata={"help": "'projector' (stage 1, AR loss) or 'diffusion'"})
+    train_vision: bool = field(default=False, metadata={"help": "stage 2: train the vision tower"})
+    train_projector: bool = field(default=True, metadata={"help": "stage 2: train the projector / merger"})
+    train_language: bool = field(default=True, metadata={"help": "stage 2: train the language model"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "language model learning rate"})
+    vision_learning_rate: float | None = field(default=None, metadata={"help": "default: learning_rate"})
+    projector_learning_rate: float | None = field(default=None, metadata={"help": "default: learning_rate"})
+    batch_size: int = field(default=4, metadata={"help": "per device"})
+    gradient_accumulation: int = 1
+    epochs: float = 1.0
+    max_steps: int = field(default=-1, metadata={"help": "overrides epochs when > 0"})
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    save_steps: int = 500
+    save_total_limit: int | None = None
+    logging_steps: int = 10
+    seed: int = 0
+    max_length: int | None = field(default=None, metadata={"help": "longer records are skipped and counted"})
+    bf16: str = field(default="auto", metadata={"help": "'auto' (on where the GPU has it), 'on' or 'off'"})
+    gradient_checkpointing: bool = False
+    group_by_length: bool = True
+    num_workers: int = 0
+    resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
+    report_to: str = field(default="none", metadata={"help": "'none', 'tensorboard' or 'wandb'"})
+
+    def __post_init__(self):
+        if self.stage not in ("projector", "diffusion"):
+            raise ValueError(f"stage must be 'projector' or 'diffusion', got {self.stage!r}.")
+        if self.bf16 not in ("auto", "on", "off"):
+            raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}.")
+        for name in ("batch_size", "gradient_accumulation", "save_steps", "logging_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+
+
+def parameter_part(name: str) -> str:
+    """Which part a weight belongs to: 'projector' (projector, image newline, Qwen merger), 'vision' or 'language'."""
+    if "projector." in name or "image_newline" in name or "visual.merger." in name:
+        return "projector"
+    if "vision_tower." in name or "visual." in name:
+        return "vision"
+    return "language"
+
+
+def set_trainable(model, config: TrainingConfig) -> None:
+    wanted = {"projector": True, "vision": False, "language": False} if config.stage == "projector" else {
+        "projector": config.train_projector, "vision": config.train_vision, "language": config.train_language}
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(wanted[parameter_part(name)])
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("nothing to train: every part is frozen; enable at least one of vision, projector, language.")
+
+
+class DiffusionTrainer(Trainer):
+    """Trainer with the DiffusionVL losses, per-part learning rates and atomic checkpoints."""
+
+    def __init__(self, *args, run: TrainingConfig, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run = run
+        self.totals = {"noise": 0.0, "losses": 0, "tokens": 0, "skipped": 0}
+        self.clock = time.perf_counter()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.totals["skipped"] += int(inputs.pop("num_skipped", 0))
+        self.totals["tokens"] += int(inputs["attention_mask"].sum())
+        if self.run.stage == "projector":
+            extra = {"autoregressive": True} if isinstance(self.accelerator.unwrap_model(model), DiffusionVL) else {}
+        else:
+            extra = {}
+        out = model(**inputs, **extra)
+        if getattr(out, "noise_level", None) is not None:
+            self.totals["noise"] += float(out.noise_level)
+            self.totals["losses"] += 1
+        return (out.loss, out) if return_outputs else out.loss
+
+    def create_optimizer(self):
+        """AdamW with one group per part, so vision tower, projector and LM can have their own learning rates."""
+        if self.optimizer is None:
+            rates = {"language": self.run.learning_rate,
+                     "vision": self.run.vision_learning_rate or self.run.learning_rate,
+                     "projector": self.run.projector_learning_rate or self.run.learning_rate}
+            groups = {part: [] for part in rates}
+            for name, parameter in self.model.named_parameters():
+                if parameter.requires_grad:
+                    groups[parameter_part(name)].append(parameter)
+            self.optimizer = torch.optim.AdamW(
+                [{"params": ps, "lr": rates[part]} for part, ps in groups.items() if ps],
+                weight_decay=self.run.weight_decay,
+            )
+        return self.optimizer
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.run.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return EpochSeededLengthSampler(batch, lengths=dataset.lengths, seed=self.args.seed)
+
+    def log(self, logs: dict, start_time=None) -> None:
+        now = time.perf_counter()
+        if "loss" in logs:
+            logs["tokens_per_second"] = round(self.totals["tokens"] / max(now - self.clock, 1e-9), 1)
+            if self.totals["losses"]:
+                logs["noise_level"] = round(self.totals["noise"] / self.totals["losses"], 4)
+            logs["skipped_records"] = self.totals["skipped"]
+            self.totals.update(noise=0.0, losses=0, tokens=0)
+            self.clock = now
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        """Write into OUTPUT/.staging/checkpoint-N, then rename into place: resuming only ever finds complete
+        checkpoints, whenever the run is killed."""
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._get_output_dir = lambda trial=None: str(run_dir / STAGING)  # shadows the method for this save only
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            (run_dir / STAGING / name / RUN_STATE).write_text(json.dumps({"skipped_records": self.totals["skipped"]}))
+            if (run_dir / name).exists():
+                shutil.rmtree(run_dir / name)
+            os.replace(run_dir / STAGING / name, run_dir / name)
+            rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        """Resume through the strict loader: transformers' own resume path reads the file without the key
+        conversion some architectures (Qwen2.5-VL) save with, and only warns when weights do not match."""
+        target = model if model is not None else self.model
+        saved = AutoModelForCausalLM.from_pretrained(resume_from_checkpoint)
+        target.load_state_dict(saved.state_dict())
+        state = Path(resume_from_checkpoint) / RUN_STATE
+        if state.is_file():
+            self.totals["skipped"] = json.loads(state.read_text())["skipped_records"]
+
+
+class MetricsFile(TrainerCallback):
+    """Every log line, with its step, appended to OUTPUT/metrics.jsonl by the main process."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def load_for_training(config: TrainingConfig):
+    """The model and processor at `config.model`, with the parts of this stage trainable."""
+    model = AutoModelForCausalLM.from_pretrained(config.model)
+    if config.stage == "projector":
+        inner = model.model if isinstance(model, DiffusionVL) else model
+        if not isinstance(inner, VisionLanguageModel):
+            raise ValueError("stage 'projector' trains the projector of a vision encoder + LM model; "
+                             f"{config.model} holds a {type(inner).__name__}.")
+    elif not isinstance(model, DiffusionVL):
+        raise ValueError(f"stage 'diffusion' needs a DiffusionVL checkpoint; translate {config.model} first "
+                         "(diffusionvl convert, or DiffusionVL.from_autoregressive).")
+    set_trainable(model, config)
+    return model, AutoProcessor.from_pretrained(config.model)
+
+
+def training_arguments(config: TrainingConfig) -> TrainingArguments:
+    bf16 = config.bf16 == "on" or (config.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return TrainingArguments(
+        output_dir=config.output_dir, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, seed=config.seed,
+        bf16=bf16, gradient_checkpointing=config.gradient_checkpointing, dataloader_num_workers=config.num_workers,
+        remove_unused_columns=False, report_to=config.report_to, use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTrainer:
+    """Run (or resume) a training run; returns the trainer, whose state holds the log history."""
+    records = read_llava(config.data)  # a malformed file fails here, before any model is loaded
+    output = Path(config.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(output / STAGING, ignore_errors=True)  # what a killed save left behind
+    resume_from = get_last_checkpoint(str(output)) if config.resume else None
+    if config.resume and resume_from is None:
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {output}; start without --resume.")
+    model, processor = load_for_training(config)
+    dataset = LlavaDataset(records, processor, config.image_folder, config.max_length)
+    trainer = DiffusionTrainer(
+        model=model, args=training_arguments(config), train_dataset=dataset,
+        data_collator=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
+        callbacks=[MetricsFile(output / "metrics.jsonl"), *(callbacks or [])], run=config,
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.args.should_save:
+        (output / "run.json").write_text(json.dumps({**asdict(config), "skipped_records": trainer.totals["skipped"]}))
+    return trainer
+
+
+def _flag_type(hint):
+    """int for `int`, float for `float | None`, and so on."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    return options[0] if options else hint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`diffusionvl train` flags, one per TrainingConfig field."""
+    hints = typing.get_type_hints(TrainingConfig)
+    for spec in fields(TrainingConfig):
+        flag, kind, help_text = "--" + spec.name.replace("_", "-"), _flag_type(hints[spec.name]), spec.metadata.get("help")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default, help=help_text)
+        elif spec.default is MISSING:
+            parser.add_argument(flag, type=kind, required=True, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=spec.default, help=help_text)
+
+
+def main(args) -> None:
+    config = TrainingConfig(**{spec.name: getattr(args, spec.name) for spec in fields(TrainingConfig)})
+    trainer = train(config)
+    print(f"done: {trainer.state.global_step} steps, {trainer.totals['skipped']} records skipped "
+          f"(missing or corrupt images, or over max_length); checkpoints in {config.output_dir}")

@@ -1,0 +1,148 @@
+"""Training on LLaVA-format data: checkpoints, exact resume after a kill, stage 1, data robustness."""
+
+import json
+
+import pytest
+import torch
+from conftest import MASK_ID, tiny_qwen_vl, tiny_siglip_qwen, tiny_vl_processor, write_image
+from transformers import TrainerCallback
+
+from diffusionvl import DiffusionVL
+from diffusionvl.data import read_llava
+from diffusionvl.train import TrainingConfig, train
+
+
+def llava_data(folder, broken: bool = True):
+    """Six records: four with generated images of two sizes, one text-only, one whose image is missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i in range(4):
+        write_image(folder / f"{i}.png", 56, 84 if i % 2 else 56, seed=i)
+        records.append({"id": str(i), "image": f"{i}.png", "conversations": [
+            {"from": "human", "value": f"<image>\nw{i} w{i + 1}"}, {"from": "gpt", "value": f"w{i + 10} w{i + 11} w{i + 12}"}]})
+    records.append({"id": "text", "conversations": [{"from": "human", "value": "w5 w6"}, {"from": "gpt", "value": "w20"}]})
+    if broken:
+        records.append({"id": "gone", "image": "missing.png", "conversations": [
+            {"from": "human", "value": "<image> w1"}, {"from": "gpt", "value": "w2"}]})
+    path = folder / "data.json"
+    path.write_text(json.dumps(records, indent=1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny Qwen2.5-VL translated to DiffusionVL, saved with its processor, as `diffusionvl convert` writes."""
+    path = tmp_path_factory.mktemp("dvl")
+    processor = tiny_vl_processor()
+    DiffusionVL.from_autoregressive(tiny_qwen_vl(), processor, mask_token_id=MASK_ID, block_size=4).save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def config(checkpoint, data, output, **overrides):
+    values = dict(data=str(data), model=str(checkpoint), output_dir=str(output), image_folder=str(data.parent),
+                  batch_size=2, max_steps=4, save_steps=2, logging_steps=1, learning_rate=1e-3, seed=0)
+    return TrainingConfig(**{**values, **overrides})
+
+
+def losses(output) -> dict[int, float]:
+    lines = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    return {line["step"]: line["loss"] for line in lines if "loss" in line}
+
+
+def test_training_writes_checkpoints_that_load_and_logs_the_run(tmp_path, checkpoint):
+    data = llava_data(tmp_path / "data")
+    trainer = train(config(checkpoint, data, tmp_path / "run"))
+    assert trainer.state.global_step == 4
+    loaded = DiffusionVL.from_pretrained(tmp_path / "run" / "checkpoint-4")
+    assert loaded.block_size == 4
+    logs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    step_logs = [line for line in logs if "loss" in line]
+    assert len(step_logs) == 4 and all(0 < line["noise_level"] <= 1 and line["tokens_per_second"] > 0 for line in step_logs)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["skipped_records"] >= 1  # the record whose image is missing was skipped and counted
+
+
+class Crash(TrainerCallback):
+    """Stands in for a kill: the run dies in step 3, after checkpoint-2 was written."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise KeyboardInterrupt("killed")
+
+
+def test_a_killed_run_resumes_exactly(tmp_path, checkpoint):
+    data = llava_data(tmp_path / "data")
+    uninterrupted = tmp_path / "a"
+    train(config(checkpoint, data, uninterrupted, max_steps=6))
+    killed = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(checkpoint, data, killed, max_steps=6), callbacks=[Crash()])
+    assert (killed / "checkpoint-2").is_dir() and not (killed / "checkpoint-4").exists()
+    (killed / ".staging" / "checkpoint-4").mkdir(parents=True)  # what a kill during a save leaves behind
+    train(config(checkpoint, data, killed, max_steps=6, resume=True))
+    expected, resumed = losses(uninterrupted), losses(killed)
+    assert sorted(resumed) == list(range(1, 7))
+    for step in range(3, 7):  # same data order, noise draws and optimizer state: the same losses
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-6), step
+
+
+def test_stage_one_changes_only_the_projector(tmp_path):
+    from transformers import SiglipImageProcessorPil
+
+    from diffusionvl.processing import DiffusionVLProcessor
+
+    model_dir = tmp_path / "composite"
+    composite = tiny_siglip_qwen()
+    composite.save_pretrained(model_dir)
+    tokenizer = tiny_vl_processor().tokenizer
+    images = SiglipImageProcessorPil(size={"height": 28, "width": 28})
+    DiffusionVLProcessor(images, tokenizer, image_seq_length=5).save_pretrained(model_dir)
+    before = {k: v.clone() for k, v in composite.state_dict().items()}
+    data = llava_data(tmp_path / "data", broken=False)
+    train(config(model_dir, data, tmp_path / "run", stage="projector", max_steps=2, save_steps=2))
+    from transformers import AutoModelForCausalLM
+
+    trained = AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "checkpoint-2").state_dict()
+    changed = {k for k in before if not torch.equal(before[k], trained[k])}
+    assert changed and all(k.startswith(("projector.", "image_newline")) for k in changed)
+
+
+def test_malformed_data_files_fail_at_start_naming_the_line(tmp_path):
+    jsonl = tmp_path / "data.jsonl"
+    good = json.dumps({"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "w1"}]})
+    jsonl.write_text(good + "\n" + good + "\n{not json\n")
+    with pytest.raises(ValueError, match="data.jsonl:3"):
+        read_llava(jsonl)
+    records = tmp_path / "data.json"
+    records.write_text('[\n  {"conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"}]},\n'
+                       '  {"id": "x", "conversations": [{"from": "robot", "value": "a"}]}\n]')
+    with pytest.raises(ValueError, match="data.json:3"):
+        read_llava(records)
+
+
+def test_ddp_over_two_cpu_processes_trains_and_writes_one_checkpoint(tmp_path, checkpoint):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free local port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = llava_data(tmp_path / "data")
+    command = [
+        # `--cpu` makes this accelerate start a single process; its torchrun launcher (`--multi_gpu`) starts two,
+        # and the Trainer (use_cpu on a machine without CUDA) joins them with gloo: DDP on the CPU.
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+        "-m", "diffusionvl.cli", "train", "--data", str(data), "--image-folder", str(data.parent),
+        "--model", str(checkpoint), "--output-dir", str(tmp_path / "run"), "--max-steps", "2", "--save-steps", "2",
+        "--batch-size", "1", "--logging-steps", "1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
+    assert (tmp_path / "run" / "checkpoint-2" / "rng_state_1.pth").is_file()  # both ranks took part
+    DiffusionVL.from_pretrained(tmp_path / "run" / "checkpoint-2")
