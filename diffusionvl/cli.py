@@ -97,6 +97,12 @@ def parser() -> argparse.ArgumentParser:
     ben = commands.add_parser("bench", help="decoding benchmark: AR vs block decoding vs full-sequence diffusion")
     bench.add_arguments(ben)
     ben.set_defaults(run=bench.main)
+
+    from . import bench_train
+
+    bt = commands.add_parser("bench-train", help="training benchmark: cheap vs full noisy stream on VLM batches")
+    bench_train.add_arguments(bt)
+    bt.set_defaults(run=bench_train.main)
     return root
 
 

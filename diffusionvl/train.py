@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoProcessor, Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
@@ -186,6 +187,18 @@ class DiffusionTrainer(Trainer):
             self.totals["skipped"] = json.loads(state.read_text())["skipped_records"]
 
 
+class TrainingProgress(ProgressCallback):
+    """The Trainer's progress bar (steps, ETA) with loss, mean noise level and tokens/s as its postfix, instead
+    of one printed dict per log; every log still goes to metrics.jsonl."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            shown = {"loss": f"{logs['loss']:.4f}", "tok/s": f"{logs.get('tokens_per_second', 0):.0f}"}
+            if "noise_level" in logs:
+                shown["t"] = f"{logs['noise_level']:.2f}"
+            self.training_bar.set_postfix(shown)
+
+
 class MetricsFile(TrainerCallback):
     """Every log line, with its step, appended to OUTPUT/metrics.jsonl by the main process."""
 
@@ -242,6 +255,8 @@ def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTra
         data_collator=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
         callbacks=[MetricsFile(output / "metrics.jsonl"), *(callbacks or [])], run=config,
     )
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(TrainingProgress())
     trainer.train(resume_from_checkpoint=resume_from)
     if trainer.args.should_save:
         (output / "run.json").write_text(json.dumps({**asdict(config), "skipped_records": trainer.totals["skipped"]}))

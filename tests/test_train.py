@@ -146,3 +146,39 @@ def test_ddp_over_two_cpu_processes_trains_and_writes_one_checkpoint(tmp_path, c
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*")) == ["checkpoint-2"]
     assert (tmp_path / "run" / "checkpoint-2" / "rng_state_1.pth").is_file()  # both ranks took part
     DiffusionVL.from_pretrained(tmp_path / "run" / "checkpoint-2")
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
+    from conftest import fake_image, image_prompt
+
+    model = DiffusionVL.from_autoregressive(tiny_qwen_vl(), mask_token_id=MASK_ID, block_size=4).train()
+    pixels, grid, n = fake_image(4, 6)
+    ids = image_prompt([5], n, [7, 1, 40, 41, 42, 2])[None]
+    labels = ids.clone()
+    labels[:, : n + 3] = -100
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model(input_ids=ids, labels=labels, pixel_values=pixels, image_grid_thw=grid,
+                    generator=torch.Generator().manual_seed(0))
+        out.loss.backward()
+        return out.loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    plain_loss, plain = loss_and_grads()
+    model.gradient_checkpointing_enable()
+    checkpointed_loss, checkpointed = loss_and_grads()
+    assert checkpointed_loss == plain_loss
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
+
+
+def test_shipped_accelerate_and_deepspeed_configs_are_valid():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    kinds = {p.stem: str(load_config_from_file(str(p)).distributed_type) for p in (root / "accelerate").glob("*.yaml")}
+    assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
+    for name, stage in (("zero2", 2), ("zero3", 3)):
+        assert json.loads((root / "deepspeed" / f"{name}.json").read_text())["zero_optimization"]["stage"] == stage
+        assert f"configs/deepspeed/{name}.json" in (root / "accelerate" / f"deepspeed_{name}.yaml").read_text()
