@@ -177,7 +177,7 @@ def test_shipped_accelerate_and_deepspeed_configs_are_valid():
     from accelerate.commands.config.config_args import load_config_from_file
 
     root = Path(__file__).resolve().parent.parent / "configs"
-    kinds = {p.stem: str(load_config_from_file(str(p)).distributed_type) for p in (root / "accelerate").glob("*.yaml")}
+    kinds = {p.stem: load_config_from_file(str(p)).distributed_type.name for p in (root / "accelerate").glob("*.yaml")}
     assert kinds == {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}
     for name, stage in (("zero2", 2), ("zero3", 3)):
         assert json.loads((root / "deepspeed" / f"{name}.json").read_text())["zero_optimization"]["stage"] == stage
