@@ -26,6 +26,7 @@ class DiffusionVLConfig(PreTrainedConfig):
         position_mode: for Qwen2.5-VL, "1d" (the sequence index on all M-RoPE axes, as the released DiffusionVL
             checkpoints were trained) or "mrope" (Qwen's 3-D image positions). Text models always use "1d".
         image_token_id: the placeholder token whose embeddings image features replace (vision models only).
+        lora: LoRA adapters inside the wrapped model (peft LoraConfig fields), or None for plain weights.
     """
 
     model_type = "diffusionvl"
@@ -42,6 +43,7 @@ class DiffusionVLConfig(PreTrainedConfig):
     noisy_stream: Literal["cheap", "full"] = "cheap"
     position_mode: Literal["1d", "mrope"] = "1d"
     image_token_id: int | None = None
+    lora: dict | None = None
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

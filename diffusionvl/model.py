@@ -69,6 +69,10 @@ class DiffusionVL(PreTrainedModel):
     def __init__(self, config: DiffusionVLConfig, model: PreTrainedModel | None = None):
         super().__init__(config)
         self.model = model if model is not None else _build_base(config)
+        if model is None and config.lora:
+            from .lora import inject_lora
+
+            inject_lora(self.model, config.lora)  # the checkpoint holds adapters: build them before loading
         self._no_split_modules = self.model._no_split_modules
         self.post_init()
 

@@ -20,6 +20,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 
 from .composite import VisionLanguageModel
 from .data import LlavaDataset, collate, read_llava
+from .lora import add_lora, merge_lora
 from .model import DiffusionVL
 
 STAGING = ".staging"  # checkpoints are written under OUTPUT/.staging and renamed into OUTPUT when complete
@@ -69,6 +70,10 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     group_by_length: bool = True
     num_workers: int = 0
+    lora_rank: int = field(default=0, metadata={"help": "LoRA adapters of this rank in the LM instead of full "
+                                                         "finetuning (0: off); needs peft"})
+    lora_alpha: int = 16
+    lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated layer names"})
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
     report_to: str = field(default="none", metadata={"help": "'none', 'tensorboard' or 'wandb'"})
 
@@ -77,6 +82,8 @@ class TrainingConfig:
             raise ValueError(f"stage must be 'projector' or 'diffusion', got {self.stage!r}.")
         if self.bf16 not in ("auto", "on", "off"):
             raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}.")
+        if self.lora_rank and self.stage != "diffusion":
+            raise ValueError("LoRA adapts the language model in stage 'diffusion'; stage 'projector' trains the projector only.")
         for name in ("batch_size", "gradient_accumulation", "save_steps", "logging_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
@@ -92,10 +99,13 @@ def parameter_part(name: str) -> str:
 
 
 def set_trainable(model, config: TrainingConfig) -> None:
+    """Freeze by part for the stage; with LoRA the LM's own weights stay frozen and its adapters train."""
     wanted = {"projector": True, "vision": False, "language": False} if config.stage == "projector" else {
         "projector": config.train_projector, "vision": config.train_vision, "language": config.train_language}
+    lora = bool(getattr(model.config, "lora", None))
     for name, parameter in model.named_parameters():
-        parameter.requires_grad_(wanted[parameter_part(name)])
+        part = parameter_part(name)
+        parameter.requires_grad_("lora_" in name if lora and part == "language" else wanted[part])
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: every part is frozen; enable at least one of vision, projector, language.")
 
@@ -222,6 +232,8 @@ def load_for_training(config: TrainingConfig):
     elif not isinstance(model, DiffusionVL):
         raise ValueError(f"stage 'diffusion' needs a DiffusionVL checkpoint; translate {config.model} first "
                          "(diffusionvl convert, or DiffusionVL.from_autoregressive).")
+    if config.lora_rank and not model.config.lora:
+        add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets.split(","))
     set_trainable(model, config)
     return model, AutoProcessor.from_pretrained(config.model)
 
@@ -258,6 +270,10 @@ def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTra
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TrainingProgress())
     trainer.train(resume_from_checkpoint=resume_from)
+    if trainer.args.should_save and getattr(model.config, "lora", None):
+        merge_lora(model)  # a plain DiffusionVL that loads anywhere, beside the adapter checkpoints
+        model.save_pretrained(output / "merged")
+        processor.save_pretrained(output / "merged")
     if trainer.args.should_save:
         (output / "run.json").write_text(json.dumps({**asdict(config), "skipped_records": trainer.totals["skipped"]}))
     return trainer

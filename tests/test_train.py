@@ -182,3 +182,25 @@ def test_shipped_accelerate_and_deepspeed_configs_are_valid():
     for name, stage in (("zero2", 2), ("zero3", 3)):
         assert json.loads((root / "deepspeed" / f"{name}.json").read_text())["zero_optimization"]["stage"] == stage
         assert f"configs/deepspeed/{name}.json" in (root / "accelerate" / f"deepspeed_{name}.yaml").read_text()
+
+
+def test_lora_trains_adapters_only_resumes_and_merges_into_a_plain_checkpoint(tmp_path, checkpoint):
+    data = llava_data(tmp_path / "data", broken=False)
+    base = DiffusionVL.from_pretrained(checkpoint).state_dict()
+    trainer = train(config(checkpoint, data, tmp_path / "run", lora_rank=4, max_steps=2, save_steps=2))
+    trained = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert all("lora_" in n or n.startswith(("model.model.visual.merger.",)) for n in trained)
+    adapters = DiffusionVL.from_pretrained(tmp_path / "run" / "checkpoint-2")  # adapters rebuilt from the config
+    assert adapters.config.lora["r"] == 4
+    merged = DiffusionVL.from_pretrained(tmp_path / "run" / "merged")
+    assert merged.config.lora is None and sorted(merged.state_dict()) == sorted(base)
+    frozen = "model.model.language_model.layers.0.mlp.up_proj.weight"  # not a LoRA target: unchanged
+    assert torch.equal(merged.state_dict()[frozen], base[frozen])
+    adapted = "model.model.language_model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[adapted], base[adapted])
+    from conftest import fake_image, image_prompt
+
+    pixels, grid, n = fake_image(4, 6)
+    prompt = image_prompt([5], n, [7, 1])[None]
+    logits = [m(input_ids=prompt, pixel_values=pixels, image_grid_thw=grid).logits for m in (adapters, merged)]
+    assert torch.allclose(logits[0], logits[1], atol=1e-5)
