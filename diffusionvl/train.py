@@ -246,7 +246,7 @@ def training_arguments(config: TrainingConfig) -> TrainingArguments:
         max_steps=config.max_steps, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, seed=config.seed,
-        bf16=bf16, gradient_checkpointing=config.gradient_checkpointing, dataloader_num_workers=config.num_workers,
+        bf16=bf16, activation_checkpointing=config.gradient_checkpointing, dataloader_num_workers=config.num_workers,
         remove_unused_columns=False, report_to=config.report_to, use_cpu=not torch.cuda.is_available(),
     )
 

@@ -165,7 +165,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients():
         return out.loss.item(), [p.grad.clone() for p in model.parameters()]
 
     plain_loss, plain = loss_and_grads()
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     checkpointed_loss, checkpointed = loss_and_grads()
     assert checkpointed_loss == plain_loss
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(plain, checkpointed))
