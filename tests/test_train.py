@@ -204,3 +204,18 @@ def test_lora_trains_adapters_only_resumes_and_merges_into_a_plain_checkpoint(tm
     prompt = image_prompt([5], n, [7, 1])[None]
     logits = [m(input_ids=prompt, pixel_values=pixels, image_grid_thw=grid).logits for m in (adapters, merged)]
     assert torch.allclose(logits[0], logits[1], atol=1e-5)
+
+
+def test_training_errors_say_what_to_do(tmp_path, checkpoint, capsys):
+    from diffusionvl import cli
+
+    data = llava_data(tmp_path / "data")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train(config(checkpoint, data, tmp_path / "fresh", resume=True))
+    with pytest.raises(SystemExit, match="data file not found"):
+        cli.main(["train", "--data", str(tmp_path / "none.json"), "--model", str(checkpoint), "--output-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="stage must be 'projector' or 'diffusion'"):
+        cli.main(["train", "--data", str(data), "--model", str(checkpoint), "--output-dir", str(tmp_path), "--stage", "x"])
+    with pytest.raises(SystemExit, match="needs a DiffusionVL checkpoint"):
+        tiny_siglip_qwen().save_pretrained(tmp_path / "ar")
+        cli.main(["train", "--data", str(data), "--model", str(tmp_path / "ar"), "--output-dir", str(tmp_path / "o")])
