@@ -5,38 +5,48 @@ import sys
 from pathlib import Path
 
 from . import bench
+from .processing import IMAGE_PLACEHOLDER
 
 
 def _load(path: str):
-    from transformers import AutoTokenizer
+    """The model and its processor: a DiffusionVLProcessor for vision-language checkpoints, else the tokenizer."""
+    from transformers import AutoProcessor, AutoTokenizer
 
     from .model import DiffusionVL
 
     if not Path(path, "config.json").is_file():
         raise SystemExit(f"error: {path} holds no config.json; pass a directory written by save_pretrained.")
-    return DiffusionVL.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+    has_images = any(Path(path, name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
+    return DiffusionVL.from_pretrained(path), (AutoProcessor if has_images else AutoTokenizer).from_pretrained(path)
 
 
-def prompt_ids(tokenizer, prompt: str, chat: bool):
-    """Token ids of the prompt, wrapped in the tokenizer's chat template when it has one and `chat` is on."""
+def prompt_inputs(processor, prompt: str, images: list[str], chat: bool) -> dict:
+    """Model inputs for one user turn: the chat template when there is one (and `chat`), images first."""
     if not prompt.strip():
         raise SystemExit("error: the prompt is empty; pass some text with --prompt.")
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if images and tokenizer is processor:
+        raise SystemExit("error: --image needs a vision-language checkpoint; this one has no image processor.")
+    if images and chat:
+        content = [{"type": "image"}] * len(images) + [{"type": "text", "text": prompt}]
+        return dict(processor(processor.chat_text([{"role": "user", "content": content}], True), images))
+    if images:
+        return dict(processor(IMAGE_PLACEHOLDER * len(images) + prompt, images))
+    text = prompt
     if chat and getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    else:
-        text = prompt
-    return tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+    return {"input_ids": tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids}
 
 
 def generate(args: argparse.Namespace) -> None:
     from transformers import TextStreamer
 
-    model, tokenizer = _load(args.model)
-    ids = prompt_ids(tokenizer, args.prompt, chat=not args.raw)
+    model, processor = _load(args.model)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    inputs = prompt_inputs(processor, args.prompt, args.image or [], chat=not args.raw)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     out = model.generate(
-        ids,
+        **inputs,
         max_new_tokens=args.max_new_tokens,
         steps=args.steps,
         remasking_strategy=args.strategy,
@@ -68,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
     gen = commands.add_parser("generate", help="generate an answer with a saved DiffusionVL model")
     gen.add_argument("model", help="directory written by save_pretrained, with its tokenizer")
     gen.add_argument("--prompt", required=True)
+    gen.add_argument("--image", action="append", help="an image file (repeat for several); needs a VLM checkpoint")
     gen.add_argument("--max-new-tokens", type=int, default=128)
     gen.add_argument("--steps", type=int, default=8, help="denoising steps per block")
     gen.add_argument(

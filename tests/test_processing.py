@@ -96,3 +96,21 @@ def test_convert_turns_a_qwen_vl_directory_into_a_trainable_diffusionvl(tmp_path
     assert torch.isfinite(model(**example).loss)
     with pytest.raises(SystemExit, match="not empty"):
         cli.main(["convert", str(source), str(tmp_path / "dvl")])
+
+
+def test_cli_generate_with_an_image_prints_what_the_python_api_returns(tmp_path, capsys):
+    from diffusionvl import cli
+
+    processor = tiny_vl_processor()
+    model = DiffusionVL.from_autoregressive(tiny_qwen_vl(), processor, mask_token_id=MASK_ID, block_size=4)
+    model.save_pretrained(tmp_path / "dvl")
+    processor.save_pretrained(tmp_path / "dvl")
+    image = write_image(tmp_path / "a.png")
+    cli.main(["generate", str(tmp_path / "dvl"), "--prompt", "w1 w2", "--image", str(image), "--max-new-tokens", "8"])
+    printed = capsys.readouterr().out
+    content = [{"type": "image"}, {"type": "text", "text": "w1 w2"}]
+    inputs = processor(processor.chat_text([{"role": "user", "content": content}], True), [image])
+    expected = processor.tokenizer.decode(model.generate(**inputs, max_new_tokens=8)[0], skip_special_tokens=True)
+    assert printed.strip() == expected.strip()
+    with pytest.raises(SystemExit, match="missing.png"):
+        cli.main(["generate", str(tmp_path / "dvl"), "--prompt", "w1", "--image", str(tmp_path / "missing.png")])
