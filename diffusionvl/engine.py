@@ -9,9 +9,9 @@ prefilled once; generation block g occupies columns [(C+g)B, (C+g+1)B).
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from .generation_config import DecodingConfig
+from .kv_cache import BlockCache
 from .masks import block_causal_mask, positions_from_padding
 from .policies import StepContext, commit_step, static_schedule
 from .sampling import propose
@@ -104,7 +104,8 @@ class BlockDecoder:
         self.row_forwards = torch.zeros(len(prompts), dtype=torch.long, device=layout.ids.device)
         self.nfe = 0
         self._mask: tuple[tuple, torch.Tensor] | None = None  # (shape key, mask): reused by every step of a block
-        self.cache = DynamicCache(config=self.backbone.decoder.config)
+        capacity = (layout.full_blocks + -(-config.max_new_tokens // self.size) + 3) * self.size
+        self.cache = BlockCache(self.backbone.decoder.config.num_hidden_layers, capacity)
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (embeds, rope) of a block not cached yet
         start = layout.full_blocks * self.size
         self.column = start  # first column of the current block
@@ -114,6 +115,7 @@ class BlockDecoder:
         self.fixed, self.fixed_embeds, self.first_rope = self.block != self.tokens.mask, layout.embeds[:, start:], layout.rope[:, :, start:]
         if start:
             self._forward(layout.embeds[:, :start], layout.rope[:, :, :start], head=False)
+            self.cache.commit(start)
 
     def _block_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (n, B, H) and rope positions (A, n, B) of the current block."""
@@ -125,7 +127,8 @@ class BlockDecoder:
         return embeds, rope
 
     def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, head: bool = True) -> torch.Tensor | None:
-        """Run `embeds` (n, Q, H) after the cache, appending their K/V; returns logits of the last block."""
+        """Run `embeds` (n, Q, H) after the committed cache (their K/V are written, not kept: see kv_cache.py);
+        returns the logits of the last block."""
         past, q = self.cache.get_seq_length(), embeds.shape[1]
         columns = torch.arange(past + q, device=embeds.device)[None]
         index = (columns - self.offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
@@ -140,7 +143,7 @@ class BlockDecoder:
         return self.backbone.head(hidden[:, -self.size :]) if head else None
 
     def denoise_block(self) -> None:
-        """Fill every mask of the current block. Its K/V never stay in the cache here."""
+        """Fill every mask of the current block. Its K/V are never committed here."""
         config = self.config
         masked = self.block == self.tokens.mask
         schedule = static_schedule(masked.sum(1), self.steps)  # (n, S)
@@ -152,7 +155,8 @@ class BlockDecoder:
             if self.pending is not None:  # fused commit: the finished block rides along and stays cached
                 embeds, rope = torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
             logits = self._forward(embeds, rope)
-            self.cache.crop(-self.size)  # drop the current block's K/V, keep the committed one's
+            if self.pending is not None:
+                self.cache.commit(self.size)  # keep the finished block's K/V; the current block's are not kept
             self.pending = None
             token, confidence = propose(
                 logits, self.tokens.never_generated, config.temperature, config.top_k, config.top_p, self.generator
@@ -180,6 +184,7 @@ class BlockDecoder:
             self.block, finished = self.block[index], (finished[0][index], finished[1][:, index])
         if keep and self.config.commit == "separate":
             self._forward(*finished, head=False)
+            self.cache.commit(self.size)
         elif keep:
             self.pending = finished
         self.column += self.size

@@ -1,0 +1,57 @@
+"""A KV cache for block decoding: preallocated once, written in place, advanced only by `commit`.
+
+A forward writes its tokens' K/V right after the committed ones and attends to views of the buffer; nothing
+is kept unless `commit(n)` says so. A denoising step therefore leaves the cache as it found it without a copy
+or a crop (transformers' DynamicCache concatenates the whole cache on every step), and the next step simply
+overwrites the same slots. Shapes: (N, heads, capacity, head_dim) per layer.
+"""
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+class BlockLayer(DynamicLayer):
+    """One layer's buffer; `length` tokens of it are committed."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        n, heads, _, dim = key_states.shape
+        self.keys = key_states.new_zeros(n, heads, self.capacity, dim)
+        self.values = value_states.new_zeros(n, value_states.shape[1], self.capacity, value_states.shape[-1])
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"block cache overflow: {end} tokens for a capacity of {self.capacity}.")
+        self.keys[:, :, self.length : end] = key_states
+        self.values[:, :, self.length : end] = value_states
+        return self.keys[:, :, :end], self.values[:, :, :end]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self.keys, self.values = self.keys[indices], self.values[indices]
+
+
+class BlockCache(Cache):
+    """Committed K/V of every layer, with room for `capacity` tokens per row."""
+
+    def __init__(self, num_layers: int, capacity: int):
+        super().__init__(layers=[BlockLayer(capacity) for _ in range(num_layers)])
+
+    def commit(self, tokens: int) -> None:
+        """Keep the first `tokens` tokens written by the last forward."""
+        for layer in self.layers:
+            layer.length += tokens
