@@ -38,5 +38,7 @@ def propose(
         return token, confidence
     probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
-    token = torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
+    if generator is not None:  # sample where the generator lives, so a CPU seed also drives a GPU model
+        flat = flat.to(generator.device)
+    token = torch.multinomial(flat, 1, generator=generator).to(probs.device).view(probs.shape[:-1])
     return token, probs.gather(-1, token[..., None])[..., 0]
