@@ -66,6 +66,11 @@ def wrap(family="qwen2", attn="sdpa", block_size=4, seed=0, **options):
     )
 
 
+def random_ids(*shape: int, seed: int = 0) -> torch.Tensor:
+    """Token ids in [3, 60) from a seeded generator, so a test's inputs do not depend on the tests before it."""
+    return torch.randint(3, 60, shape, generator=torch.Generator().manual_seed(seed))
+
+
 def prompt_answer_batch(n=3, length=14, prompt=5, seed=0):
     """Random ids in [3, 60) with the first `prompt` positions unsupervised."""
     g = torch.Generator().manual_seed(seed)

@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 import torch
-from conftest import EOT_ID, MASK_ID, tiny_causal_lm, tiny_tokenizer, toy_prompt
+from conftest import EOT_ID, MASK_ID, random_ids, tiny_causal_lm, tiny_tokenizer, toy_prompt
 
 from diffusionvl import DiffusionVL, bench, cli
 from diffusionvl.baselines import autoregressive_generate, full_sequence_generate
@@ -41,7 +41,7 @@ def test_cli_errors_name_the_problem(saved, tmp_path):
 
 def test_autoregressive_baseline_is_greedy_and_counts_its_forwards():
     ar = tiny_causal_lm()
-    prompt = torch.randint(3, 60, (1, 7))
+    prompt = random_ids(1, 7, seed=1)
     out = autoregressive_generate(ar, prompt, max_new_tokens=6, eot_id=EOT_ID, pad_id=0)
     sequence = prompt[0].tolist()
     with torch.no_grad():

@@ -1,7 +1,7 @@
 """The block cache: forwards write without keeping, commit keeps, rows can leave."""
 
 import torch
-from conftest import wrap
+from conftest import random_ids, wrap
 
 from diffusionvl.kv_cache import BlockCache
 
@@ -9,7 +9,7 @@ from diffusionvl.kv_cache import BlockCache
 def test_a_forward_is_kept_only_when_committed_and_matches_a_dynamic_cache():
     model = wrap(block_size=4)
     decoder = model.model.base_model
-    ids = torch.randint(3, 60, (2, 12))
+    ids = random_ids(2, 12, seed=1)
     cache = BlockCache(model.config.base_config.num_hidden_layers, capacity=16)
     decoder(input_ids=ids[:, :8], past_key_values=cache, use_cache=True)
     assert cache.get_seq_length() == 0  # written, not kept

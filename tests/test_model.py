@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import EOT_ID, MASK_ID, VOCAB, prompt_answer_batch, tiny_causal_lm, tiny_tokenizer, wrap
+from conftest import EOT_ID, MASK_ID, VOCAB, prompt_answer_batch, random_ids, tiny_causal_lm, tiny_tokenizer, wrap
 from transformers import AutoModelForCausalLM, MambaConfig
 
 from diffusionvl import CheckpointLayoutError, DiffusionVL, UnsupportedModelError
@@ -43,10 +43,10 @@ def test_sdpa_and_eager_agree():
 
 def test_block_causality_of_the_inference_forward(family):
     model = wrap(family, block_size=4)
-    ids = torch.randint(3, 60, (1, 12))
+    ids = random_ids(1, 12, seed=1)
     base = model(input_ids=ids).logits
     later = ids.clone()
-    later[0, 8:] = torch.randint(3, 60, (4,))  # block 2 changes
+    later[0, 8:] = random_ids(4, seed=2)  # block 2 changes
     assert torch.equal(model(input_ids=later).logits[:, :8], base[:, :8])
     same_block = ids.clone()
     same_block[0, 7] = (ids[0, 7] + 1 - 3) % 57 + 3  # last token of block 1 changes
@@ -57,7 +57,7 @@ def test_block_causality_of_the_inference_forward(family):
 
 def test_left_padding_keeps_blocks_aligned_to_each_rows_start():
     model = wrap(block_size=4)
-    ids = torch.randint(3, 60, (1, 6))
+    ids = random_ids(1, 6, seed=3)
     alone = model(input_ids=ids).logits
     padded = torch.cat([torch.zeros(1, 4, dtype=torch.long), ids], dim=1)
     mask = torch.tensor([[0] * 4 + [1] * 6])
@@ -102,7 +102,7 @@ def test_save_and_load_give_identical_logits(tmp_path, family):
     auto = AutoModelForCausalLM.from_pretrained(tmp_path)
     assert isinstance(auto, DiffusionVL)
     assert loaded.config.block_size == 4 and loaded.special_tokens == model.special_tokens
-    ids = torch.randint(3, 60, (2, 10))
+    ids = random_ids(2, 10, seed=4)
     assert torch.equal(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
     assert torch.equal(auto(input_ids=ids).logits, model(input_ids=ids).logits)
 
@@ -138,7 +138,7 @@ def test_bad_block_size_is_rejected(block_size):
 
 def test_all_ignored_labels_are_rejected():
     model = wrap()
-    ids = torch.randint(3, 60, (2, 8))
+    ids = random_ids(2, 8, seed=5)
     with pytest.raises(ValueError, match="-100"):
         model(input_ids=ids, labels=torch.full_like(ids, -100))
 

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import EOT_ID, MASK_ID, prompt_answer_batch, wrap
+from conftest import EOT_ID, MASK_ID, prompt_answer_batch, random_ids, wrap
 
 from diffusionvl import diffusion_loss
 from diffusionvl.masks import CLEAN, NOISY, block_diffusion_rule
@@ -48,7 +48,7 @@ def test_noise_levels_are_stratified_and_in_random_block_order():
 
 
 def test_masking_touches_supervised_positions_only_with_probability_t():
-    ids = torch.randint(3, 60, (64, 16))
+    ids = random_ids(64, 16, seed=1)
     labels = ids.clone()
     labels[:, :4] = IGNORE
     t = torch.tensor([1.0, 0.5, 0.5, 0.001]).repeat(64, 1)
