@@ -23,6 +23,10 @@ class VisionInputs:
     pixel_values: torch.Tensor
     image_grid_thw: torch.Tensor | None = None
 
+    def as_kwargs(self) -> dict:
+        """The names a model's forward takes them under."""
+        return {"pixel_values": self.pixel_values, "image_grid_thw": self.image_grid_thw}
+
     def select(self, images: list[int]) -> "VisionInputs | None":
         """The inputs of a subset of images (e.g. one row's), in the given order."""
         if not images:
@@ -33,6 +37,24 @@ class VisionInputs:
         starts = [sum(patches[:i]) for i in range(len(patches))]
         rows = torch.cat([torch.arange(starts[i], starts[i] + patches[i]) for i in images])
         return VisionInputs(self.pixel_values[rows.to(self.pixel_values.device)], self.image_grid_thw[images])
+
+
+def splice_images(embeds: torch.Tensor, slots: torch.Tensor, features) -> torch.Tensor:
+    """Put image features where the placeholder tokens stand. embeds (N, L, H); slots (N, L) bool;
+    features: a callable giving (image tokens, H), or None when no images were given (then no slot may be set).
+    Callable, so the encoder runs only when there are images."""
+    count = int(slots.sum())
+    if features is None:
+        if count:
+            raise ValueError(f"the input holds {count} image tokens but no images were given.")
+        return embeds
+    features = features().to(embeds.dtype)
+    if features.shape[0] != count:
+        raise ValueError(
+            f"the images give {features.shape[0]} image tokens but the text holds {count} placeholders; each "
+            "image needs exactly one placeholder, expanded by the processor to its number of tokens."
+        )
+    return embeds.masked_scatter(slots[..., None].expand_as(embeds), features)
 
 
 def assign_images(ids: torch.Tensor, image_token_id: int, sizes: list[int], vision: VisionInputs):
@@ -117,20 +139,8 @@ class Qwen2_5_VLBackbone(TextBackbone):
         return out.pooler_output if hasattr(out, "pooler_output") else out
 
     def embed(self, ids: torch.Tensor, vision: VisionInputs | None = None) -> torch.Tensor:
-        embeds = self.model.get_input_embeddings()(ids)
-        slots = ids == self.image_token_id
-        count = int(slots.sum())
-        if vision is None:
-            if count:
-                raise ValueError(f"the input holds {count} image tokens but no images were given.")
-            return embeds
-        features = self.image_features(vision).to(embeds.dtype)
-        if features.shape[0] != count:
-            raise ValueError(
-                f"the images give {features.shape[0]} image tokens but the text holds {count} placeholders; each "
-                "image needs exactly one placeholder, expanded by the processor to its number of tokens."
-            )
-        return embeds.masked_scatter(slots[..., None].expand_as(embeds), features)
+        features = None if vision is None else lambda: self.image_features(vision)
+        return splice_images(self.model.get_input_embeddings()(ids), ids == self.image_token_id, features)
 
     def split_rows(self, ids, vision):
         if vision is None:

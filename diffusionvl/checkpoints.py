@@ -31,6 +31,12 @@ RENAMES = (
 SPLIT_FILES = {"vision_tower.safetensors": "model.visual.", "projector.safetensors": "model.visual.merger."}
 
 
+def _text_config(released: dict) -> tuple[dict, dict]:
+    """(where the text fields live, the known ones of them): a `text_config`, or the top level."""
+    source = released.get("text_config") or released
+    return source, {k: source[k] for k in TEXT_FIELDS if k in source}
+
+
 def _rope_parameters(config: dict) -> dict:
     """Released configs carry `rope_scaling` {"type": "mrope", "mrope_section": [...]} and `rope_theta`."""
     if "rope_parameters" in config:
@@ -44,8 +50,7 @@ def _rope_parameters(config: dict) -> dict:
 
 def qwenvl_config(released: dict, vision: dict) -> Qwen2_5_VLConfig:
     """transformers' Qwen2.5-VL config from the released one (text fields at the top level or in text_config)."""
-    text_source = released.get("text_config") or released
-    text = {k: text_source[k] for k in TEXT_FIELDS if k in text_source}
+    text_source, text = _text_config(released)
     text["rope_parameters"] = _rope_parameters(text_source)
     ids = {k: released[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
            if k in released}
@@ -167,8 +172,7 @@ def load_released_siglip(path, mask_token_id: int | None = None, dtype: torch.dt
              if not k.startswith(DROPPED)}
     layers = {int(k.split("encoder.layers.")[1].split(".")[0]) for k in state if ".vision_tower.encoder.layers." in k}
     vision = {**vision, "model_type": "siglip_vision_model", "num_hidden_layers": max(layers) + 1, "vision_use_head": False}
-    source = released.get("text_config") or released
-    text = {k: source[k] for k in TEXT_FIELDS if k in source}
+    source, text = _text_config(released)
     text.update(model_type="qwen2", rope_theta=source.get("rope_theta", 1000000.0),
                 tie_word_embeddings=released.get("tie_word_embeddings", False))
     base = VisionLanguageConfig(vision_config=vision, text_config=text, image_token_id=released.get("image_token_id"),

@@ -8,6 +8,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
 
+from .backbones import splice_images
+
 
 @strict
 class VisionLanguageConfig(PreTrainedConfig):
@@ -98,20 +100,8 @@ class VisionLanguageModel(PreTrainedModel):
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None,
               image_grid_thw: torch.Tensor | None = None) -> torch.Tensor:
-        embeds = self.get_input_embeddings()(input_ids)
-        slots = input_ids == self.config.image_token_id
-        count = int(slots.sum())
-        if pixel_values is None:
-            if count:
-                raise ValueError(f"the input holds {count} image tokens but no images were given.")
-            return embeds
-        features = self.image_features(pixel_values, image_grid_thw).to(embeds.dtype)
-        if features.shape[0] != count:
-            raise ValueError(
-                f"the images give {features.shape[0]} image tokens but the text holds {count} placeholders; each "
-                "image needs one placeholder, expanded by the processor to its number of tokens."
-            )
-        return embeds.masked_scatter(slots[..., None].expand_as(embeds), features)
+        features = None if pixel_values is None else lambda: self.image_features(pixel_values, image_grid_thw)
+        return splice_images(self.get_input_embeddings()(input_ids), input_ids == self.config.image_token_id, features)
 
     def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
                 inputs_embeds=None, labels=None, pixel_values=None, image_grid_thw=None, use_cache=None, **kwargs):

@@ -154,7 +154,7 @@ class DiffusionVL(PreTrainedModel):
         """
         vision = vision_inputs(pixel_values, image_grid_thw, kwargs.pop("images", None), kwargs.pop("image_grid_thws", None))
         if autoregressive:
-            images = {} if vision is None else {"pixel_values": vision.pixel_values, "image_grid_thw": vision.image_grid_thw}
+            images = {} if vision is None else vision.as_kwargs()
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **images)
         if labels is not None:
             noisy = self.add_noise(input_ids, labels, attention_mask, generator)

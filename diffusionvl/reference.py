@@ -23,7 +23,7 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
             if not bool(masked.any()):
                 break
             # block-causal attention; later blocks do not exist yet; images are encoded again every step
-            images = {} if vision is None else {"pixel_values": vision.pixel_values, "image_grid_thw": vision.image_grid_thw}
+            images = {} if vision is None else vision.as_kwargs()
             logits = model(input_ids=canvas, **images).logits[:, start:]
             forwards, used = forwards + 1, used + 1
             token, confidence = propose(
