@@ -2,12 +2,14 @@
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
 
-from .compat import UnsupportedModelError, check_block_diffusion_support
+from .compat import check_block_diffusion_support
 from .composite import VisionLanguageConfig, VisionLanguageModel
 from .config import DiffusionVLConfig
 from .loss import diffusion_loss
-from .model import CheckpointLayoutError, DiffusionOutput, DiffusionVL
-from .processing import DiffusionVLProcessor, load_image
+from .errors import CheckpointLayoutError, DataError, DiffusionVLError, ImageError, UnsupportedModelError
+from .model import DiffusionOutput, DiffusionVL
+from .images import load_image
+from .processing import DiffusionVLProcessor
 from .tokens import SpecialTokens
 
 __version__ = "0.1.0"
@@ -21,10 +23,13 @@ AutoProcessor.register(VisionLanguageConfig, DiffusionVLProcessor)
 
 __all__ = [
     "CheckpointLayoutError",
+    "DataError",
     "DiffusionOutput",
     "DiffusionVL",
     "DiffusionVLConfig",
+    "DiffusionVLError",
     "DiffusionVLProcessor",
+    "ImageError",
     "SpecialTokens",
     "UnsupportedModelError",
     "VisionLanguageConfig",

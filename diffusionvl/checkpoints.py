@@ -11,6 +11,7 @@ from transformers import Qwen2_5_VLConfig
 from transformers.initialization import no_init_weights
 
 from .config import DiffusionVLConfig
+from .errors import CheckpointLayoutError
 from .tokens import RELEASED_MASK_TOKEN_ID
 
 TEXT_FIELDS = (
@@ -101,8 +102,6 @@ def _renamed(path: Path, renames, layout: str) -> dict[str, torch.Tensor]:
 
 
 def _vision_config(path: Path, released: dict) -> dict:
-    from .model import CheckpointLayoutError
-
     if "vision_config" in released:
         return released["vision_config"]
     if (path / "vision_config.json").is_file():
@@ -122,7 +121,7 @@ def _diffusion_config(base, released: dict, mask_token_id, **fields) -> Diffusio
 
 def _load_strict(config: DiffusionVLConfig, state: dict, path: Path, tied_head: str | None, dtype):
     """Build without random init, load every tensor, and fail on any gap but a tied head."""
-    from .model import CheckpointLayoutError, DiffusionVL
+    from .model import DiffusionVL
 
     with no_init_weights():
         model = DiffusionVL(config)

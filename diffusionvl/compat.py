@@ -4,15 +4,12 @@ import torch
 from transformers import PreTrainedModel
 
 from .backbones import TextBackbone
+from .errors import UnsupportedModelError
 from .masks import to_attention_mask
 
 # Flash-attention kernels take no arbitrary mask, so they cannot express block-causal attention.
 SUPPORTED_ATTENTION = ("sdpa", "eager")
 PROBE_LENGTH = 8
-
-
-class UnsupportedModelError(ValueError):
-    """The model cannot be turned into a block-diffusion model as it is loaded."""
 
 
 def _fail(model, why: str):

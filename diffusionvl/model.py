@@ -16,15 +16,12 @@ from .backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackbone, Visi
 from .composite import VisionLanguageModel
 from .compat import check_block_diffusion_support
 from .config import DiffusionVLConfig
+from .errors import CheckpointLayoutError
 from .generation_config import DecodingConfig
 from .loss import diffusion_loss
 from .masks import block_causal_mask, positions_from_padding
 from .noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
 from .tokens import SpecialTokens, resolve_eot_token, resolve_mask_token, resolve_pad_token
-
-
-class CheckpointLayoutError(ValueError):
-    """A checkpoint does not have the layout the loader expects."""
 
 
 @dataclass

@@ -2,30 +2,15 @@
 serving. A `DiffusionVLProcessor` is an image processor plus a tokenizer, composed rather than subclassed
 (Qwen's own processor wants a video processor, which needs torchvision)."""
 
-from pathlib import Path
-
 import torch
-from PIL import Image, UnidentifiedImageError
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
+
+from .images import load_image
 
 IMAGE_PLACEHOLDER = "<image>"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 IGNORE = -100
-
-
-def load_image(source) -> Image.Image:
-    """A PIL image from a path or an image, as RGB. Missing and undecodable files raise errors that name them."""
-    if isinstance(source, Image.Image):
-        return source.convert("RGB")
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}; check the path (and the image folder it is joined to).")
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"image file {path} cannot be decoded ({error}); replace or drop it.") from error
 
 
 class DiffusionVLProcessor(ProcessorMixin):
