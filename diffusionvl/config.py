@@ -19,8 +19,15 @@ class DiffusionVLConfig(PreTrainedConfig):
         eot_token_id: the end-of-turn token. It pads the last block of every training sample and ends generation.
         pad_token_id: fills padding positions; never attended to. Falls back to `eot_token_id`.
         noise_eps_min, noise_eps_max: per-block noise levels t are drawn from U[eps_min, eps_max].
-        antithetic_noise: stratify the noise levels of all supervised blocks of a batch (lower variance); strata
-            are assigned to blocks in random order so later blocks are not always noisier.
+        antithetic_noise: stratify the noise levels of a batch's blocks (lower variance); `noise_strata` says which
+            blocks share the strata and in which order.
+        noise_strata: which blocks share the noise draws. "supervised_shuffled" (default): only the supervised
+            blocks of the batch, strata in random order. "all_blocks_ordered": the original DiffusionVL/BD3-LM
+            rule, every block of the block-aligned batch (prompt and image blocks too), row-major, block k gets
+            stratum k. Either way only supervised positions are masked.
+        loss_average: "supervised_rows" (default) averages the per-sample losses over the samples that hold
+            supervised tokens; "all_rows" (the original code) over every sample of the batch, a sample without
+            supervision adding 0.
         noisy_stream: "cheap" keeps only blocks holding supervised tokens in the noisy stream (same loss, less
             work); "full" is the reference two-stream layout of BD3-LM with every block duplicated.
         position_mode: for Qwen2.5-VL, "1d" (the sequence index on all M-RoPE axes, as the released DiffusionVL
@@ -40,11 +47,14 @@ class DiffusionVLConfig(PreTrainedConfig):
     noise_eps_min: float = 1e-3
     noise_eps_max: float = 1.0
     antithetic_noise: bool = True
+    noise_strata: Literal["supervised_shuffled", "all_blocks_ordered"] = "supervised_shuffled"
+    loss_average: Literal["supervised_rows", "all_rows"] = "supervised_rows"
     noisy_stream: Literal["cheap", "full"] = "cheap"
     position_mode: Literal["1d", "mrope"] = "1d"
     image_token_id: int | None = None
     lora: dict | None = None
 
+    # The Literal fields are checked by @strict itself (its error names the field and the allowed values).
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or self.block_size <= 0:
@@ -54,7 +64,3 @@ class DiffusionVLConfig(PreTrainedConfig):
                 f"noise levels need 0 < noise_eps_min <= noise_eps_max <= 1, got "
                 f"[{self.noise_eps_min}, {self.noise_eps_max}]; the defaults are [1e-3, 1]."
             )
-        if self.noisy_stream not in ("cheap", "full"):
-            raise ValueError(f"noisy_stream must be 'cheap' or 'full', got {self.noisy_stream!r}.")
-        if self.position_mode not in ("1d", "mrope"):
-            raise ValueError(f"position_mode must be '1d' or 'mrope', got {self.position_mode!r}.")

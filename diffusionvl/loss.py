@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+LOSS_AVERAGES = ("supervised_rows", "all_rows")
+
 
 def diffusion_loss(
     logits: torch.Tensor,
@@ -10,17 +12,22 @@ def diffusion_loss(
     noise_level: torch.Tensor,
     sample_index: torch.Tensor,
     num_supervised: torch.Tensor,
+    average: str = "supervised_rows",
 ) -> torch.Tensor:
     """Mean over samples of  sum_{masked i} CE(logits_i, x0_i) / t_i  /  (supervised tokens of the sample).
 
     logits (M, V) and targets (M,) at the M masked positions of the batch; noise_level (M,) the t of each
     position's block; sample_index (M,) the sample each position belongs to; num_supervised (N,).
-    Samples without supervised tokens are left out of the mean. With one block per sample this is LLaDA's
-    masked-diffusion SFT loss.
+    average "supervised_rows": samples without supervised tokens are left out of the mean. "all_rows" (the
+    original DiffusionVL code): the mean is over all N samples, those without supervision adding 0. With one
+    block per sample this is LLaDA's masked-diffusion SFT loss.
     """
+    if average not in LOSS_AVERAGES:
+        raise ValueError(f"average must be one of {', '.join(map(repr, LOSS_AVERAGES))}, got {average!r}.")
     if not bool((num_supervised > 0).any()):
         raise ValueError("no supervised tokens in the batch: every label is -100. Label at least the answer tokens.")
     ce = F.cross_entropy(logits.float(), targets, reduction="none")
     per_token = ce / noise_level.float() / num_supervised[sample_index].float()
     per_sample = torch.zeros(num_supervised.shape, device=logits.device).index_add(0, sample_index, per_token)
-    return per_sample.sum() / (num_supervised > 0).sum()
+    rows = (num_supervised > 0).sum() if average == "supervised_rows" else num_supervised.numel()
+    return per_sample.sum() / rows

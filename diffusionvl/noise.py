@@ -49,24 +49,48 @@ def align_to_blocks(input_ids, labels, attention_mask, block_size: int, eot_id: 
     return ids, labels, pos < aligned[:, None]
 
 
+NOISE_STRATA = ("supervised_shuffled", "all_blocks_ordered")
+
+
+def _unit_draws(count: int, antithetic: bool, shuffled: bool, generator, device) -> torch.Tensor:
+    """`count` draws in [0, 1), (count,). Antithetic: draw k lies in stratum [s_k/count, (s_k+1)/count), with
+    s a random permutation when `shuffled` and s_k = k otherwise."""
+    u = _rand((count,), generator, device)
+    if not antithetic or count == 0:
+        return u
+    if shuffled:
+        gen_device = generator.device if generator is not None else device
+        strata = torch.randperm(count, generator=generator, device=gen_device).to(device)
+    else:
+        strata = torch.arange(count, device=device)
+    return (strata + u) / count
+
+
 def sample_noise_levels(
-    supervised_blocks: torch.Tensor, eps_min: float, eps_max: float, antithetic: bool, generator=None
+    supervised_blocks: torch.Tensor,
+    eps_min: float,
+    eps_max: float,
+    antithetic: bool,
+    generator=None,
+    strata: str = "supervised_shuffled",
 ) -> torch.Tensor:
     """One noise level t per block, (N, nb) -> (N, nb). Blocks without supervision get t = 1 (never used).
 
-    Antithetic: the M supervised blocks of the batch get one draw from each stratum [k/M, (k+1)/M), with the
-    strata handed to blocks in random order.
+    strata "supervised_shuffled": the M supervised blocks of the batch share the draws; antithetic gives one
+    draw from each stratum [k/M, (k+1)/M), handed to blocks in random order.
+    strata "all_blocks_ordered" (the original DiffusionVL/BD3-LM rule): all N * nb blocks share the draws,
+    row-major, and block k gets stratum k: t_k = eps_min + (eps_max - eps_min) * (k + u_k) / (N * nb). Prompt,
+    image and padding blocks use up strata too, and later blocks of a row are always noisier.
     """
-    count = int(supervised_blocks.sum())
+    if strata not in NOISE_STRATA:
+        raise ValueError(f"strata must be one of {', '.join(map(repr, NOISE_STRATA))}, got {strata!r}.")
+    ordered = strata == "all_blocks_ordered"
+    drawn = torch.ones_like(supervised_blocks) if ordered else supervised_blocks  # (N, nb): blocks that get a draw
     device = supervised_blocks.device
-    u = _rand((count,), generator, device)
-    if antithetic and count > 0:
-        gen_device = generator.device if generator is not None else device
-        strata = torch.randperm(count, generator=generator, device=gen_device).to(device)
-        u = (strata + u) / count
+    u = _unit_draws(int(drawn.sum()), antithetic, not ordered, generator, device)
     t = torch.ones(supervised_blocks.shape, device=device)
-    t[supervised_blocks] = eps_min + (eps_max - eps_min) * u
-    return t
+    t[drawn] = eps_min + (eps_max - eps_min) * u  # boolean indexing is row-major: block k of the batch gets u[k]
+    return t.masked_fill(~supervised_blocks, 1.0)
 
 
 @dataclass

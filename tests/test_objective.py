@@ -3,8 +3,9 @@
 import pytest
 import torch
 from conftest import EOT_ID, MASK_ID, prompt_answer_batch, random_ids, wrap
+from huggingface_hub.errors import StrictDataclassError
 
-from diffusionvl import diffusion_loss
+from diffusionvl import DiffusionVLConfig, diffusion_loss
 from diffusionvl.masks import CLEAN, NOISY, block_diffusion_rule
 from diffusionvl.noise import IGNORE, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
 
@@ -45,6 +46,58 @@ def test_noise_levels_are_stratified_and_in_random_block_order():
     strata = (u * supervised.sum()).floor().long().sort().values
     assert strata.tolist() == list(range(int(supervised.sum())))  # exactly one draw per stratum
     assert not torch.equal(t[0], t[0].sort().values)  # strata are not handed out in block order
+
+
+# A 2 x 3 block batch whose first block is prompt-only, and the first draws of torch.rand under seed 0.
+TINY_SUPERVISED = torch.tensor([[False, True, True], [True, True, True]])
+SEED0_RAND = [0.49625658988952637, 0.7682217955589294, 0.08847743272781372, 0.13203048706054688,
+              0.30742281675338745, 0.6340786814689636]
+SEED0_PERM_AFTER_5 = [4, 0, 3, 1, 2]  # torch.randperm(5) right after 5 torch.rand draws
+
+
+def test_seed0_draws_are_the_ones_the_hand_computations_use():
+    assert torch.rand(6, generator=torch.Generator().manual_seed(0)).tolist() == SEED0_RAND
+    g = torch.Generator().manual_seed(0)
+    torch.rand(5, generator=g)
+    assert torch.randperm(5, generator=g).tolist() == SEED0_PERM_AFTER_5
+
+
+def test_original_strata_cover_every_block_in_block_order():
+    t = sample_noise_levels(TINY_SUPERVISED, 1e-3, 1.0, True, torch.Generator().manual_seed(0), "all_blocks_ordered")
+    u = SEED0_RAND
+    # t_k = eps_min + (eps_max - eps_min) * (k + u_k) / (N * nb), N * nb = 6. Prompt-only block 0 uses up stratum 0
+    # and reads t = 1 (never used).
+    expected = [[1.0, 1e-3 + 0.999 * (1 + u[1]) / 6, 1e-3 + 0.999 * (2 + u[2]) / 6],
+                [1e-3 + 0.999 * (3 + u[3]) / 6, 1e-3 + 0.999 * (4 + u[4]) / 6, 1e-3 + 0.999 * (5 + u[5]) / 6]]
+    assert torch.allclose(t, torch.tensor(expected), rtol=0, atol=1e-6)
+    assert torch.allclose(t[1], torch.tensor([0.52248308, 0.71818590, 0.93907410]), rtol=0, atol=1e-6)
+
+
+def test_default_strata_cover_supervised_blocks_in_shuffled_order():
+    g = torch.Generator().manual_seed(0)
+    t = sample_noise_levels(TINY_SUPERVISED, 1e-3, 1.0, True, g)
+    # 5 supervised blocks, row-major: draws u_0..u_4, then their strata from randperm(5) on the same generator.
+    u, strata = SEED0_RAND[:5], SEED0_PERM_AFTER_5
+    expected = [1e-3 + 0.999 * (s + v) / 5 for s, v in zip(strata, u)]
+    assert t[0, 0] == 1 and torch.allclose(t[TINY_SUPERVISED], torch.tensor(expected), rtol=0, atol=1e-6)
+    hit = ((t[TINY_SUPERVISED] - 1e-3) / 0.999 * 5).floor().long()
+    assert sorted(hit.tolist()) == list(range(5))  # one draw per stratum
+
+
+def test_sample_noise_levels_rejects_unknown_strata():
+    with pytest.raises(ValueError, match="supervised_shuffled"):
+        sample_noise_levels(TINY_SUPERVISED, 1e-3, 1.0, True, strata="random")
+
+
+def test_model_with_original_strata_hands_block_k_of_the_batch_stratum_k():
+    model = wrap(block_size=4, noise_strata="all_blocks_ordered")
+    ids, labels = prompt_answer_batch(n=2, length=16, prompt=9)  # blocks 0, 1 of each row are prompt-only
+    batch = model.add_noise(ids, labels, generator=torch.Generator().manual_seed(0))
+    supervised = batch.supervised_blocks  # (2, 4)
+    stratum = ((batch.block_noise - 1e-3) / 0.999 * 8).floor().long()  # N * nb = 8 strata
+    assert stratum[supervised].tolist() == [2, 3, 6, 7]
+    assert (batch.block_noise[~supervised] == 1).all()
+    assert not batch.masked[batch.labels == IGNORE].any()
 
 
 def test_masking_touches_supervised_positions_only_with_probability_t():
@@ -105,3 +158,55 @@ def test_loss_rejects_a_batch_without_supervision():
     with pytest.raises(ValueError, match="-100"):
         diffusion_loss(torch.randn(0, 5), torch.zeros(0, dtype=torch.long), torch.ones(0), torch.zeros(0).long(),
                        torch.tensor([0, 0]))
+
+
+def test_loss_over_all_rows_counts_a_row_without_supervision_as_zero():
+    logits = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    targets, t, sample = torch.tensor([1, 2, 3]), torch.tensor([0.5, 0.25, 1.0]), torch.tensor([0, 0, 1])
+    num_supervised = torch.tensor([4, 2, 0])
+    ce = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    expected = ((ce[0] / 0.5 + ce[1] / 0.25) / 4 + (ce[2] / 1.0) / 2) / 3  # 3 rows, the third adds 0
+    all_rows = diffusion_loss(logits, targets, t, sample, num_supervised, "all_rows")
+    assert torch.allclose(all_rows, expected)
+    assert torch.allclose(all_rows, diffusion_loss(logits, targets, t, sample, num_supervised) * 2 / 3)
+    with pytest.raises(ValueError, match="all_rows"):
+        diffusion_loss(logits, targets, t, sample, num_supervised, "tokens")
+
+
+# Losses of `wrap(block_size=4)` under seed 0 computed before noise_strata and loss_average existed, on
+# `prompt_answer_batch()` and on `prompt_answer_batch(length=16)` with row 1 unlabelled: the defaults keep them.
+PINNED_LOSS = 3.3399276733398438
+PINNED_LOSS_ROW_1_UNSUPERVISED = 3.3031187057495117
+
+
+def test_default_options_keep_the_pinned_loss():
+    ids, labels = prompt_answer_batch()
+    loss = wrap(block_size=4)(input_ids=ids, labels=labels, generator=torch.Generator().manual_seed(0)).loss
+    assert loss.item() == pytest.approx(PINNED_LOSS, rel=1e-6)
+
+
+def test_all_rows_average_scales_the_model_loss_by_supervised_rows_over_rows():
+    ids, labels = prompt_answer_batch(length=16)
+    # 2 of 3 rows supervised. The rows are block-aligned, so no EOT padding labels row 1 again; the noise draw
+    # does not depend on loss_average.
+    labels[1] = IGNORE
+    losses = {
+        average: wrap(block_size=4, loss_average=average)(
+            input_ids=ids, labels=labels, generator=torch.Generator().manual_seed(0)
+        ).loss.item()
+        for average in ("supervised_rows", "all_rows")
+    }
+    assert losses["supervised_rows"] == pytest.approx(PINNED_LOSS_ROW_1_UNSUPERVISED, rel=1e-6)
+    assert losses["all_rows"] == pytest.approx(losses["supervised_rows"] * 2 / 3, rel=1e-6)
+
+
+def test_config_without_the_new_fields_loads_the_defaults_and_rejects_unknown_values():
+    old = DiffusionVLConfig(mask_token_id=MASK_ID).to_dict()
+    del old["noise_strata"], old["loss_average"]
+    config = DiffusionVLConfig.from_dict(old)
+    assert (config.noise_strata, config.loss_average) == ("supervised_shuffled", "supervised_rows")
+    # huggingface_hub's strict dataclass checks the Literal before __post_init__; either error lists the values.
+    with pytest.raises((ValueError, StrictDataclassError), match="all_blocks_ordered"):
+        DiffusionVLConfig(noise_strata="ordered")
+    with pytest.raises((ValueError, StrictDataclassError), match="all_rows"):
+        DiffusionVLConfig(loss_average="mean")
