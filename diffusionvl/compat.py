@@ -23,6 +23,17 @@ def _probe_logits(model, backbone, ids: torch.Tensor, allowed: torch.Tensor, pos
     return backbone.head(backbone.decode(backbone.embed(ids), mask, positions[None]))
 
 
+def check_wrappable(model) -> None:
+    """The cheap checks of what is passed, before anything reads its config."""
+    if type(model).__name__ == "DiffusionVL":  # by name: model.py imports this module
+        raise UnsupportedModelError("the model is already a DiffusionVL; it needs no second translation (train or "
+                                    "generate with it as it is).")
+    if not isinstance(model, PreTrainedModel):
+        raise UnsupportedModelError(
+            f"from_autoregressive takes a transformers causal LM (a PreTrainedModel, e.g. from "
+            f"AutoModelForCausalLM.from_pretrained, or a Qwen2.5-VL), got a {type(model).__name__}.")
+
+
 def check_block_diffusion_support(model, backbone=None) -> None:
     """Raise UnsupportedModelError unless the model honours a custom 4-D mask and explicit position ids.
 
@@ -30,7 +41,8 @@ def check_block_diffusion_support(model, backbone=None) -> None:
     bidirectional mask must change the first position (the mask is read); reversed positions must change the
     last position (position ids are read).
     """
-    if not isinstance(model, PreTrainedModel) or getattr(model.config, "is_encoder_decoder", False):
+    check_wrappable(model)
+    if getattr(model.config, "is_encoder_decoder", False):
         _fail(model, "it is not a decoder-only transformers causal LM.")
     if model.get_output_embeddings() is None or model.base_model is model:
         _fail(model, "it has no separate decoder and output head (load it with AutoModelForCausalLM).")

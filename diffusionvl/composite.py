@@ -103,12 +103,12 @@ class VisionLanguageModel(PreTrainedModel):
         features = None if pixel_values is None else lambda: self.image_features(pixel_values, image_grid_thw)
         return splice_images(self.get_input_embeddings()(input_ids), input_ids == self.config.image_token_id, features)
 
-    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None,
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None,
                 inputs_embeds=None, labels=None, pixel_values=None, image_grid_thw=None, use_cache=None, **kwargs):
         """The AR forward (with `labels`: the shifted next-token loss of stage 1)."""
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, pixel_values, image_grid_thw)
         return self.language_model(
             inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, labels=labels, use_cache=use_cache, **kwargs,
+            cache=cache, labels=labels, use_cache=use_cache, **kwargs,
         )

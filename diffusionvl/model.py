@@ -8,16 +8,17 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackbone, VisionInputs
 from .composite import VisionLanguageModel
-from .compat import check_block_diffusion_support
+from .compat import check_block_diffusion_support, check_wrappable
 from .config import DiffusionVLConfig
 from .errors import CheckpointLayoutError
 from .generation_config import DecodingConfig
+from .loading import RELEASED_TYPES, check_checkpoint, local_folder
 from .loss import diffusion_loss
 from .masks import block_causal_mask, positions_from_padding
 from .noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
@@ -34,9 +35,9 @@ class DiffusionOutput(ModelOutput):
 
 
 VISION_LANGUAGE_TYPES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
-# model_type of the original release's checkpoints -> their loader in checkpoints.py. The Qwen2.5-VL name is
-# documented (SPEC §4); the SigLIP variant's is assumed from its repository name (DiffusionVL-Qwen2.5-7B).
-RELEASED_TYPES = {"diffusionvl_qwenvl": "load_released_qwenvl", "diffusionvl_qwen": "load_released_siglip"}
+# DiffusionVLConfig fields `from_autoregressive(**options)` may set; the special ids have arguments of their own.
+WRAP_OPTIONS = set(DiffusionVLConfig.__annotations__) - {
+    "base_config", "block_size", "mask_token_id", "eot_token_id", "pad_token_id"}
 
 
 def vision_inputs(pixel_values=None, image_grid_thw=None, images=None, image_grid_thws=None) -> VisionInputs | None:
@@ -75,14 +76,21 @@ class DiffusionVL(PreTrainedModel):
 
     @classmethod
     def from_autoregressive(
-        cls, model: PreTrainedModel, tokenizer=None, *, block_size: int = 8, mask_token_id: int | None = None, **options
+        cls, model: PreTrainedModel, tokenizer=None, *, block_size: int = 8, mask_token_id: int | None = None,
+        eot_token_id: int | None = None, pad_token_id: int | None = None, **options
     ) -> "DiffusionVL":
         """Wrap a pretrained causal LM or Qwen2.5-VL. `options` are further `DiffusionVLConfig` fields
-        (e.g. noisy_stream, position_mode). `tokenizer` may be a processor holding one.
+        (e.g. noisy_stream, position_mode); an unknown name is a TypeError. `tokenizer` may be a processor.
 
         The mask token is `mask_token_id` if given, else `<|mask|>` found in or added to the tokenizer (the
-        embedding matrix grows only if the new id has no row yet). Remember to save the tokenizer too.
+        embedding matrix grows only if the new id has no row yet). `eot_token_id` and `pad_token_id` override
+        what the tokenizer and config say. Remember to save the tokenizer too.
         """
+        check_wrappable(model)
+        unknown = sorted(set(options) - WRAP_OPTIONS)
+        if unknown:
+            raise TypeError(f"from_autoregressive got unknown option(s) {unknown}; valid ones are "
+                            f"{sorted(WRAP_OPTIONS | {'block_size', 'mask_token_id', 'eot_token_id', 'pad_token_id'})}.")
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
         config = DiffusionVLConfig(
             base_config=model.config,
@@ -91,10 +99,15 @@ class DiffusionVL(PreTrainedModel):
             image_token_id=getattr(model.config, "image_token_id", None),
             **options,
         )
+        limit = _max_positions(config.base_config)
+        if limit is not None and block_size > limit:
+            raise ValueError(f"block_size={block_size} is larger than the model's {limit} positions; choose a block "
+                             f"size of at most {limit} (8 is typical).")
         check_block_diffusion_support(model, _backbone(model, config))
         config.mask_token_id = resolve_mask_token(model, tokenizer, mask_token_id)
-        config.eot_token_id = resolve_eot_token(model, tokenizer)
-        config.pad_token_id = resolve_pad_token(model, tokenizer, config.eot_token_id)
+        config.eot_token_id = eot_token_id if eot_token_id is not None else resolve_eot_token(model, tokenizer)
+        config.pad_token_id = pad_token_id if pad_token_id is not None else resolve_pad_token(
+            model, tokenizer, config.eot_token_id)
         wrapped = cls(config, model)
         wrapped.special_tokens  # validates the ids against the vocabulary now, not at the first forward
         return wrapped
@@ -104,7 +117,9 @@ class DiffusionVL(PreTrainedModel):
         config = self.config
         rows = self.model.get_input_embeddings().weight.shape[0]
         if config.mask_token_id is None or config.eot_token_id is None:
-            raise ValueError("the config names no mask or end-of-turn token; build the model with from_autoregressive.")
+            raise CheckpointLayoutError(
+                "the config names no mask or end-of-turn token (mask_token_id, eot_token_id): set them in the config, "
+                "or wrap the AR model with DiffusionVL.from_autoregressive.")
         pad = config.eot_token_id if config.pad_token_id is None else config.pad_token_id
         return SpecialTokens(config.mask_token_id, config.eot_token_id, pad, rows)
 
@@ -119,8 +134,7 @@ class DiffusionVL(PreTrainedModel):
 
     @property
     def max_positions(self) -> int | None:
-        base = self.config.base_config
-        return getattr(getattr(base, "text_config", base), "max_position_embeddings", None)
+        return _max_positions(self.config.base_config)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -134,7 +148,7 @@ class DiffusionVL(PreTrainedModel):
         attention_mask=None,
         labels=None,
         position_ids=None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds=None,
         use_cache=None,
         pixel_values=None,
@@ -159,15 +173,15 @@ class DiffusionVL(PreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.backbone.embed(input_ids, vision)
         if attention_mask is None or attention_mask.dim() == 2:
-            attention_mask, position_ids = self._block_causal_inputs(input_ids, attention_mask, past_key_values, vision)
+            attention_mask, position_ids = self._block_causal_inputs(input_ids, attention_mask, cache, vision)
         elif position_ids is not None and position_ids.dim() == 2:
             position_ids = position_ids[None]
-        hidden = self.backbone.decode(inputs_embeds, attention_mask, position_ids, past_key_values, bool(use_cache))
-        return CausalLMOutputWithPast(logits=self.backbone.head(hidden), past_key_values=past_key_values)
+        hidden = self.backbone.decode(inputs_embeds, attention_mask, position_ids, cache, bool(use_cache))
+        return CausalLMOutputWithPast(logits=self.backbone.head(hidden), past_key_values=cache)
 
-    def _block_causal_inputs(self, input_ids, attention_mask, past_key_values, vision):
+    def _block_causal_inputs(self, input_ids, attention_mask, cache, vision):
         """4-D block-causal mask and (A, N, L) rope positions of a sequence after `past` cached tokens."""
-        past = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past = cache.get_seq_length() if cache is not None else 0
         n, length = input_ids.shape
         if attention_mask is None:
             attention_mask = torch.ones(n, past + length, dtype=torch.long, device=input_ids.device)
@@ -193,7 +207,8 @@ class DiffusionVL(PreTrainedModel):
         ids, labels, valid = align_to_blocks(input_ids, labels, attention_mask, self.block_size, tokens.eot, tokens.pad)
         supervised_blocks = (labels != IGNORE).view(labels.shape[0], -1, self.block_size).any(-1)
         t = sample_noise_levels(
-            supervised_blocks, config.noise_eps_min, config.noise_eps_max, config.antithetic_noise, generator
+            supervised_blocks, config.noise_eps_min, config.noise_eps_max, config.antithetic_noise, generator,
+            strata=config.noise_strata,
         )
         return apply_noise(ids, labels, valid, t, self.block_size, tokens.mask, generator)
 
@@ -218,7 +233,7 @@ class DiffusionVL(PreTrainedModel):
         t = batch.noise_level.gather(1, noisy_pos)[take]
         sample = torch.arange(take.shape[0], device=take.device)[:, None].expand_as(take)[take]
         num_supervised = (batch.labels != IGNORE).sum(1)
-        loss = diffusion_loss(logits, targets, t, sample, num_supervised)
+        loss = diffusion_loss(logits, targets, t, sample, num_supervised, self.config.loss_average)
         if logits.shape[0] == 0:  # nothing masked this draw: keep every weight in the graph for DDP
             loss = loss + 0.0 * backbone.head(hidden[:, :1]).sum()
         mean_t = batch.block_noise[batch.supervised_blocks].mean()
@@ -257,23 +272,33 @@ class DiffusionVL(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """Strict loading: any missing, unexpected or mis-shaped weight is an error, never a random init."""
-        if not isinstance(kwargs.get("config"), DiffusionVLConfig):
-            found = _check_model_type(pretrained_model_name_or_path, kwargs)
+        """Strict loading: any missing, unexpected or mis-shaped weight is an error, never a random init. A local
+        folder is checked first (loading.check_checkpoint), so a wrong one fails before anything is built."""
+        path = pretrained_model_name_or_path
+        folder = local_folder(path)
+        if folder is not None and not isinstance(kwargs.get("config"), DiffusionVLConfig):
+            found = check_checkpoint(folder)
             if found in RELEASED_TYPES:
                 from . import checkpoints
 
-                loader = getattr(checkpoints, RELEASED_TYPES[found])
-                return loader(pretrained_model_name_or_path, dtype=kwargs.get("dtype"))
+                return getattr(checkpoints, RELEASED_TYPES[found])(folder, dtype=kwargs.get("dtype"))
         want_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
+        except (OSError, RuntimeError) as error:  # e.g. transformers' report of mis-shaped weights
+            raise CheckpointLayoutError(f"{path}: the weights do not load into the architecture its config.json "
+                                        f"describes ({error}).") from error
         problems = {key: sorted(info[key])[:5] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if any(problems.values()):
             raise CheckpointLayoutError(
-                f"{pretrained_model_name_or_path} does not match the DiffusionVL layout: {problems}. "
+                f"{path} does not match the DiffusionVL layout: {problems}. "
                 "Was it saved by DiffusionVL.save_pretrained from the same architecture?"
             )
         return (model, info) if want_info else model
+
+
+def _max_positions(base) -> int | None:
+    return getattr(getattr(base, "text_config", base), "max_position_embeddings", None)
 
 
 def _backbone(model, config: DiffusionVLConfig):
@@ -282,15 +307,3 @@ def _backbone(model, config: DiffusionVLConfig):
     if isinstance(model, VisionLanguageModel):
         return CompositeBackbone(model)
     return TextBackbone(model)
-
-
-def _check_model_type(path, kwargs) -> str:
-    hub_keys = ("cache_dir", "revision", "token", "local_files_only", "subfolder")
-    config_dict, _ = PreTrainedConfig.get_config_dict(path, **{k: kwargs[k] for k in hub_keys if k in kwargs})
-    found = config_dict.get("model_type")
-    if found != DiffusionVLConfig.model_type and found not in RELEASED_TYPES:
-        raise CheckpointLayoutError(
-            f"{path} holds a {found!r} checkpoint, not a DiffusionVL one. To translate an autoregressive model, "
-            f"load it with AutoModelForCausalLM.from_pretrained and call DiffusionVL.from_autoregressive(model, tokenizer)."
-        )
-    return found

@@ -2,11 +2,21 @@
 
 from dataclasses import dataclass
 
+from .errors import DiffusionVLError
+
 MASK_TOKEN = "<|mask|>"
 # The released DiffusionVL-Qwen checkpoints use this unused Qwen embedding row as [MASK] (their model card).
 RELEASED_MASK_TOKEN_ID = 151671
 # Chat templates end an assistant turn with one of these; the first one the tokenizer knows wins.
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>")
+
+
+# What fixes an id outside the vocabulary, per token (from_autoregressive's arguments).
+FIXES = {
+    "mask": "pass mask_token_id= an unused row of the embedding matrix, or the tokenizer so '<|mask|>' is added.",
+    "eot": "pass eot_token_id= the id of the end-of-turn token (the config's eos_token_id does not fit this model).",
+    "pad": "pass pad_token_id= a row of the embedding matrix (or the end-of-turn id).",
+}
 
 
 @dataclass(frozen=True)
@@ -25,15 +35,13 @@ class SpecialTokens:
     vocab_size: int
 
     def __post_init__(self):
-        for name in ("mask", "eot", "pad"):
+        for name, fix in FIXES.items():
             token_id = getattr(self, name)
             if not 0 <= token_id < self.vocab_size:
-                raise ValueError(
-                    f"{name} token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1}). "
-                    f"Pass an id that is a row of the embedding matrix, or pass the tokenizer so it can be added."
-                )
+                raise DiffusionVLError(
+                    f"{name} token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1}); {fix}")
         if self.mask in (self.eot, self.pad):
-            raise ValueError(
+            raise DiffusionVLError(
                 f"the mask token ({self.mask}) must differ from end-of-turn ({self.eot}) and pad ({self.pad}); "
                 f"pick an unused vocabulary row as mask_token_id."
             )
@@ -60,7 +68,7 @@ def resolve_mask_token(model, tokenizer, mask_token_id: int | None) -> int:
     if mask_token_id is not None:
         return mask_token_id
     if tokenizer is None:
-        raise ValueError(
+        raise DiffusionVLError(
             "no mask token: pass the tokenizer (a '<|mask|>' token is then added) or mask_token_id= "
             f"(an unused embedding row; the released Qwen DiffusionVL checkpoints use {RELEASED_MASK_TOKEN_ID})."
         )
@@ -89,7 +97,8 @@ def resolve_eot_token(model, tokenizer) -> int:
     for candidate in candidates:
         if candidate is not None:
             return candidate
-    raise ValueError("no end-of-turn token found: the tokenizer and config name no EOS; set eot_token_id explicitly.")
+    raise DiffusionVLError("no end-of-turn token found: the tokenizer and config name no EOS; pass eot_token_id= "
+                           "(e.g. DiffusionVL.from_autoregressive(model, eot_token_id=...)).")
 
 
 def resolve_pad_token(model, tokenizer, eot: int) -> int:

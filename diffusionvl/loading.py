@@ -1,0 +1,151 @@
+"""Opening a checkpoint folder: check it before building anything, then load the model and its processor.
+
+Every problem a folder can have (missing, not a DiffusionVL checkpoint, corrupt or incomplete config,
+missing or truncated weights, no tokenizer) becomes a `CheckpointLayoutError` that names the folder, the file
+or field, and the fix, before a single weight is allocated. Generation, evaluation, training and serving all
+open models through `load_model` and `load_processor`.
+"""
+
+import json
+import re
+import struct
+from pathlib import Path
+
+from .errors import CheckpointLayoutError
+
+DIFFUSIONVL_TYPE, COMPOSITE_TYPE = "diffusionvl", "diffusionvl_vlm"
+# model_type of the original release's checkpoints -> their loader in checkpoints.py. The Qwen2.5-VL name is
+# documented (SPEC §4); the SigLIP variant's is assumed from its repository name (DiffusionVL-Qwen2.5-7B).
+RELEASED_TYPES = {"diffusionvl_qwenvl": "load_released_qwenvl", "diffusionvl_qwen": "load_released_siglip"}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
+REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def _read_config(path: Path) -> dict:
+    if not path.exists():
+        raise CheckpointLayoutError(f"model folder not found: {path}; pass a directory written by save_pretrained "
+                                    "or diffusionvl convert.")
+    if not (path / "config.json").is_file():
+        raise CheckpointLayoutError(f"{path} holds no config.json; pass a directory written by save_pretrained "
+                                    "or diffusionvl convert.")
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointLayoutError(f"{path / 'config.json'} is not valid JSON ({error}); restore it from the saved "
+                                    "checkpoint.") from error
+    if not isinstance(config, dict):
+        raise CheckpointLayoutError(f"{path / 'config.json'} must hold a JSON object, got {type(config).__name__}.")
+    return config
+
+
+def _known_model_type(model_type) -> bool:
+    from transformers import CONFIG_MAPPING
+
+    return model_type in CONFIG_MAPPING
+
+
+def _check_diffusionvl_config(path: Path, config: dict) -> None:
+    base = config.get("base_config")
+    where = path / "config.json"
+    if not isinstance(base, dict):
+        raise CheckpointLayoutError(
+            f"{where} has no base_config (the wrapped model's config), so the architecture is unknown; it was not "
+            "written by DiffusionVL.save_pretrained. Save the model again, or restore the file.")
+    if not _known_model_type(base.get("model_type")):
+        raise CheckpointLayoutError(
+            f"{where}: base_config.model_type {base.get('model_type')!r} is not an architecture this transformers "
+            "knows; fix the field, or upgrade transformers if the model is newer than it.")
+    for field in ("mask_token_id", "eot_token_id"):
+        if not isinstance(config.get(field), int):
+            raise CheckpointLayoutError(
+                f"{where} names no {field} (got {config.get(field)!r}); a DiffusionVL checkpoint needs its mask and "
+                "end-of-turn ids. Save the model again, or set the field to the token's id.")
+
+
+def check_checkpoint(path) -> str:
+    """Check a local checkpoint folder before anything is built; returns its model_type."""
+    path = Path(path)
+    config = _read_config(path)
+    found = config.get("model_type")
+    if found == DIFFUSIONVL_TYPE:
+        _check_diffusionvl_config(path, config)
+    elif found not in RELEASED_TYPES and found != COMPOSITE_TYPE:
+        raise CheckpointLayoutError(
+            f"{path} holds a {found!r} checkpoint, not a DiffusionVL one. Translate an autoregressive model first: "
+            f"`diffusionvl convert {path} NEW_DIR` (or DiffusionVL.from_autoregressive(model, tokenizer) in Python).")
+    check_weights(path)
+    return found
+
+
+def check_weights(path: Path) -> None:
+    """The weight files exist and none is truncated (safetensors headers name every tensor's byte range)."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, AttributeError) as error:
+            raise CheckpointLayoutError(f"{index} is not a valid weight index ({error}).") from error
+    elif (path / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    elif (path / "pytorch_model.bin").is_file():
+        return
+    else:
+        raise CheckpointLayoutError(f"{path} holds no weights (model.safetensors, an index with shards, or "
+                                    "pytorch_model.bin); copy them from where the model was saved.")
+    for name in files:
+        check_safetensors(path / name)
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file is 8 bytes of header length, a JSON header, then the tensors' bytes."""
+    if not file.is_file():
+        raise CheckpointLayoutError(f"weight file {file} is missing; the checkpoint is incomplete.")
+    size = file.stat().st_size
+    try:
+        with file.open("rb") as handle:
+            (header_length,) = struct.unpack("<Q", handle.read(8))
+            if header_length > size - 8:
+                raise ValueError(f"the header claims {header_length} bytes")
+            header = json.loads(handle.read(header_length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise CheckpointLayoutError(f"weight file {file} is corrupt ({error}); copy it again.") from error
+    if 8 + header_length + end > size:
+        raise CheckpointLayoutError(
+            f"weight file {file} is truncated: {size} bytes, its header needs {8 + header_length + end}; copy it again.")
+
+
+def local_folder(path) -> Path | None:
+    """The folder if `path` is local; None for a hub id (org/name) that is not a local path."""
+    if Path(path).exists() or not REPO_ID.match(str(path)):
+        return Path(path)
+    return None
+
+
+def load_model(path, dtype=None, device=None):
+    """The model saved in a folder: a DiffusionVL (ours or a released layout) or a VisionLanguageModel."""
+    from .composite import VisionLanguageModel
+    from .model import DiffusionVL
+
+    folder = local_folder(path)
+    kind = check_checkpoint(folder) if folder is not None else DIFFUSIONVL_TYPE
+    cls = VisionLanguageModel if kind == COMPOSITE_TYPE else DiffusionVL
+    model = cls.from_pretrained(str(path), dtype=dtype)
+    return model.to(device) if device is not None else model
+
+
+def load_processor(path):
+    """A DiffusionVLProcessor when the folder has an image processor, else its tokenizer."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    folder = local_folder(path)
+    if folder is not None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise CheckpointLayoutError(
+            f"no tokenizer in {folder}: save it beside the model (tokenizer.save_pretrained), or copy the tokenizer "
+            "files of the model it was made from.")
+    has_images = folder is not None and any((folder / name).is_file() for name in PROCESSOR_FILES)
+    try:
+        return (AutoProcessor if has_images else AutoTokenizer).from_pretrained(str(path))
+    except (OSError, ValueError) as error:
+        raise CheckpointLayoutError(f"the tokenizer or processor in {path} cannot be loaded ({error}).") from error
