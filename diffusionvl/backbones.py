@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import DiffusionVLError
+
 
 @dataclass
 class VisionInputs:
@@ -46,11 +48,14 @@ def splice_images(embeds: torch.Tensor, slots: torch.Tensor, features) -> torch.
     count = int(slots.sum())
     if features is None:
         if count:
-            raise ValueError(f"the input holds {count} image tokens but no images were given.")
+            raise DiffusionVLError(
+                f"the input holds {count} image tokens but no images were given; pass their pixel_values (and "
+                "image_grid_thw), or drop the image tokens from the prompt."
+            )
         return embeds
     features = features().to(embeds.dtype)
     if features.shape[0] != count:
-        raise ValueError(
+        raise DiffusionVLError(
             f"the images give {features.shape[0]} image tokens but the text holds {count} placeholders; each "
             "image needs exactly one placeholder, expanded by the processor to its number of tokens."
         )
@@ -69,7 +74,10 @@ def assign_images(ids: torch.Tensor, image_token_id: int, sizes: list[int], visi
             mine.append(image)
             count, image = count - sizes[image], image + 1
         if count != 0:
-            raise ValueError("the image placeholders of a row do not match its images' sizes; use the processor.")
+            raise DiffusionVLError(
+                f"row {len(rows)} holds {int((row == image_token_id).sum())} image tokens, which do not add up to the "
+                "sizes of the images left for it; build the ids and images together with the processor."
+            )
         rows.append(vision.select(mine))
     return rows
 
@@ -109,7 +117,7 @@ class TextBackbone:
         """Hidden states (N, Q, H) of `embeds` (N, Q, H) after the cache; positions (A, N, Q)."""
         position_ids = positions[0] if positions.shape[0] == 1 else positions
         return self.decoder(
-            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, past_key_values=cache,
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, cache=cache,
             use_cache=use_cache,
         ).last_hidden_state
 
@@ -130,10 +138,33 @@ class Qwen2_5_VLBackbone(TextBackbone):
     def decoder(self):
         return self.model.model.language_model
 
+    def check_grid(self, vision: VisionInputs) -> None:
+        """image_grid_thw (images, 3) must describe pixel_values' rows exactly, in whole merge windows; else the
+        ViT fails deep inside with an IndexError."""
+        grid, merge = vision.image_grid_thw, self.model.model.visual.spatial_merge_size
+        if grid is None:
+            raise DiffusionVLError("Qwen2.5-VL pixel_values need image_grid_thw (the image processor returns both).")
+        fix = "pass the pixel_values and image_grid_thw that the image processor returned together."
+        if grid.dim() != 2 or grid.shape[1] != 3 or grid.is_floating_point():
+            raise DiffusionVLError(
+                f"image_grid_thw must be an integer (images, 3) tensor of (t, h, w), got {tuple(grid.shape)} "
+                f"{grid.dtype}; {fix}"
+            )
+        patches, rows = int(grid.prod(-1).sum()), vision.pixel_values.shape[0]
+        if patches != rows:
+            raise DiffusionVLError(
+                f"image_grid_thw describes {patches} patches (t*h*w summed over {len(grid)} images) but pixel_values "
+                f"holds {rows} rows; {fix}"
+            )
+        if bool((grid[:, 1:] % merge).any()):
+            raise DiffusionVLError(
+                f"image_grid_thw {grid.tolist()} has an h or w that is not a multiple of the spatial merge size "
+                f"{merge}; {fix}"
+            )
+
     def image_features(self, vision: VisionInputs) -> torch.Tensor:
         """(image tokens, H): every image's merged patch features, concatenated in order."""
-        if vision.image_grid_thw is None:
-            raise ValueError("Qwen2.5-VL pixel_values need image_grid_thw (the image processor returns both).")
+        self.check_grid(vision)
         visual = self.model.model.visual
         out = visual(vision.pixel_values.type(visual.dtype), grid_thw=vision.image_grid_thw)
         return out.pooler_output if hasattr(out, "pooler_output") else out
@@ -145,6 +176,7 @@ class Qwen2_5_VLBackbone(TextBackbone):
     def split_rows(self, ids, vision):
         if vision is None:
             return [None] * len(ids)
+        self.check_grid(vision)
         merge = self.model.model.visual.spatial_merge_size
         return assign_images(ids, self.image_token_id, (vision.image_grid_thw.prod(-1) // merge**2).tolist(), vision)
 

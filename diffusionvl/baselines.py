@@ -5,7 +5,7 @@ import math
 import torch
 
 from .engine import DecodingOutput
-from .policies import LowConfidenceStatic, StepContext, commit_step, static_schedule
+from .policies import LowConfidenceStatic, StepContext, commit_step, static_schedule, step_quota
 from .sampling import propose
 
 
@@ -63,14 +63,14 @@ def full_sequence_generate(
             start = len(prompt) + block * block_length
             end = min(start + block_length, length)
             masked = canvas[:, start:end] == tokens.mask
-            schedule = static_schedule(masked.sum(1), per_block)
+            schedule = static_schedule(end - start, per_block)  # every position of a canvas block starts masked
             for step in range(per_block):
                 if not bool(masked.any()):
                     break
                 logits = model.model(input_ids=canvas, attention_mask=everywhere, position_ids=positions).logits
                 forwards += 1
                 token, confidence = propose(logits[:, start:end], tokens.never_generated, temperature)
-                context = StepContext(step, per_block, schedule[:, step])
+                context = StepContext(step, per_block, step_quota(schedule, step, masked))
                 canvas[:, start:end], masked = commit_step(policy, token, confidence, canvas[:, start:end], masked, context)
         rows.append(_until_end(canvas[0, len(prompt) :].tolist(), tokens.eot))
     return DecodingOutput.from_rows(rows, forwards, tokens.pad)

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import DiffusionVLError
 from .generation_config import DecodingConfig
 from .kv_cache import BlockCache
 from .masks import block_causal_mask, positions_from_padding
-from .policies import StepContext, commit_step, static_schedule
+from .policies import StepContext, commit_step, static_schedule, step_quota
 from .sampling import propose
 
 
@@ -146,7 +147,7 @@ class BlockDecoder:
         """Fill every mask of the current block. Its K/V are never committed here."""
         config = self.config
         masked = self.block == self.tokens.mask
-        schedule = static_schedule(masked.sum(1), self.steps)  # (n, S)
+        schedule = static_schedule(self.size, self.steps)  # B over S steps, whatever the first block holds
         taken = torch.zeros(len(self.active), dtype=torch.long, device=self.block.device)
         for step in range(self.steps):
             if not bool(masked.any()):
@@ -162,7 +163,7 @@ class BlockDecoder:
                 logits, self.tokens.never_generated, config.temperature, config.top_k, config.top_p, self.generator
             )
             taken += masked.any(1)
-            context = StepContext(step, self.steps, schedule[:, step])
+            context = StepContext(step, self.steps, step_quota(schedule, step, masked))
             self.block, masked = commit_step(self.policy, token, confidence, self.block, masked, context)
         for row, steps in zip(self.active.tolist(), taken.tolist()):
             self.block_steps[row].append(steps)
@@ -224,7 +225,7 @@ class BlockDecoder:
 def _cut_at_stop_string(out: list[int], stop_strings, tokenizer) -> bool:
     """Truncate `out` after the shortest prefix whose text holds a stop string; True if one was found."""
     if tokenizer is None:
-        raise ValueError("stop_strings need the tokenizer: pass generate(..., tokenizer=tokenizer).")
+        raise DiffusionVLError("stop_strings need the tokenizer: pass generate(..., tokenizer=tokenizer).")
     if not any(s in tokenizer.decode(out) for s in stop_strings):
         return False
     for end in range(1, len(out) + 1):
@@ -234,60 +235,121 @@ def _cut_at_stop_string(out: list[int], stop_strings, tokenizer) -> bool:
     return False
 
 
-def check_positions(model, prompts: list[torch.Tensor], config: DecodingConfig) -> None:
+def check_inputs(model, input_ids, attention_mask, config: DecodingConfig, streamer=None):
+    """Every check on the prompt tensors, before any forward; returns (ids, valid), both (N, L).
+
+    (L,) is one prompt and extra leading dimensions fold into the batch ((1, 1, L) is one prompt). Padded
+    positions get the pad id, so whatever the caller padded with never reaches the embedding.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() == 0:
+        raise DiffusionVLError(
+            f"generate needs input_ids, a (N, L) or (L,) tensor of token ids, got {_describe(input_ids)}; "
+            "e.g. tokenizer(text, return_tensors='pt').input_ids."
+        )
+    if input_ids.numel() == 0:
+        raise DiffusionVLError(
+            f"input_ids of shape {tuple(input_ids.shape)} hold no token: the prompt is empty; generation needs "
+            "at least one token (e.g. a chat header)."
+        )
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise DiffusionVLError(f"input_ids must hold integer token ids, got {input_ids.dtype}; convert with .long().")
+    ids = input_ids.reshape(-1, input_ids.shape[-1]).long()  # (N, L)
+    valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else _valid(attention_mask, input_ids, ids)
+    tokens = model.special_tokens
+    ids = ids.masked_fill(~valid, tokens.pad)
+    empty = (~valid.any(1)).nonzero()
+    if len(empty):
+        raise DiffusionVLError(
+            f"prompt {int(empty[0])} is empty; generation needs at least one token (e.g. a chat header)."
+        )
+    _check_ids(ids, valid, tokens)
+    check_positions(model, valid.sum(1).tolist(), config)
+    if streamer is not None and len(ids) != 1:
+        raise DiffusionVLError(f"streaming takes one prompt at a time, got {len(ids)}; call generate once per prompt.")
+    if streamer is not None and not config.use_cache:
+        raise DiffusionVLError("streaming needs the cached decoder; drop use_cache=False.")
+    return ids, valid
+
+
+def _describe(value) -> str:
+    if value is None:
+        return "None"
+    return f"the 0-D tensor {value!r}" if isinstance(value, torch.Tensor) else f"a {type(value).__name__}"
+
+
+def _valid(attention_mask, input_ids: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The attention mask as (N, L) bool, folded like input_ids into `ids` (N, L); it needs one entry per token."""
+    is_tensor = isinstance(attention_mask, torch.Tensor) and attention_mask.dim() > 0
+    flat = attention_mask.reshape(-1, attention_mask.shape[-1]) if is_tensor else None
+    if flat is None or flat.shape != ids.shape:
+        got = f"shape {tuple(attention_mask.shape)}" if is_tensor else _describe(attention_mask)
+        raise DiffusionVLError(
+            f"attention_mask ({got}) does not match input_ids (shape {tuple(input_ids.shape)}); pass one entry per "
+            "token (1 keeps it, 0 marks padding), as the tokenizer returns them, or no attention_mask for unpadded ids."
+        )
+    return flat.bool()
+
+
+def _check_ids(ids: torch.Tensor, valid: torch.Tensor, tokens) -> None:
+    """Prompt ids must be rows of the embedding, and never the mask id: that one marks the positions to fill."""
+    outside = (ids < 0) | (ids >= tokens.vocab_size)
+    if bool(outside.any()):
+        row, column = outside.nonzero()[0].tolist()
+        raise DiffusionVLError(
+            f"prompt {row} holds token id {int(ids[row, column])} at position {column}, but the vocabulary has "
+            f"{tokens.vocab_size} ids (0..{tokens.vocab_size - 1}); tokenize with this model's own tokenizer and mark "
+            "padding with attention_mask 0."
+        )
+    reserved = (ids == tokens.mask) & valid
+    if bool(reserved.any()):
+        row, column = reserved.nonzero()[0].tolist()
+        raise DiffusionVLError(
+            f"prompt {row} holds the mask token id {tokens.mask} at position {column}; that id is reserved for the "
+            "positions generate fills and must not appear in prompts. Remove it (or the '<|mask|>' text) from the "
+            "prompt."
+        )
+
+
+def check_positions(model, lengths: list[int], config: DecodingConfig) -> None:
     """Fail before any forward if a prompt plus its answer would run past the model's positions."""
     limit = model.max_positions
     if limit is None:
         return
     size = model.block_size
-    for index, prompt in enumerate(prompts):
-        length = len(prompt)
+    for index, length in enumerate(lengths):
         needed = -(-(length + config.max_new_tokens) // size) * size  # whole blocks
         if length >= limit:
-            raise ValueError(f"prompt {index} has {length} tokens but the model has only {limit} positions; shorten it.")
+            raise DiffusionVLError(
+                f"prompt {index} has {length} tokens but the model has only {limit} positions; shorten it."
+            )
         if needed > limit:
             room = limit // size * size - length
-            raise ValueError(
-                f"prompt {index} ({length} tokens) plus max_new_tokens={config.max_new_tokens} needs {needed} positions "
-                f"(whole blocks of {size}) but the model has {limit}; lower max_new_tokens to at most {room}."
+            raise DiffusionVLError(
+                f"prompt {index} ({length} tokens) plus max_new_tokens={config.max_new_tokens} needs {needed} "
+                f"positions (whole blocks of {size}) but the model has {limit}; lower max_new_tokens to at most {room}."
             )
 
 
-def build_prompts(model, input_ids, attention_mask, vision=None) -> list[Prompt]:
-    """Embed the batch once (images spliced in), compute its rope positions, and cut it into rows."""
-    if input_ids is None:
-        raise ValueError("generate needs input_ids (the tokenised prompt).")
-    if input_ids.dim() == 1:
-        input_ids = input_ids[None]
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.reshape(input_ids.shape)
-    for index, keep in enumerate(attention_mask):
-        if not bool(keep.any()):
-            raise ValueError(f"prompt {index} is empty; generation needs at least one token (e.g. a chat header).")
-    valid = attention_mask.bool()
-    embeds = model.backbone.embed(input_ids, vision)
-    rope = model.backbone.positions(input_ids, positions_from_padding(attention_mask), valid, vision)
-    return [Prompt(input_ids[i][valid[i]], embeds[i][valid[i]], rope[:, i][:, valid[i]]) for i in range(len(valid))]
+def build_prompts(model, ids: torch.Tensor, valid: torch.Tensor, vision=None) -> list[Prompt]:
+    """Embed the checked batch (N, L) once (images spliced in), compute its rope positions, cut it into rows."""
+    embeds = model.backbone.embed(ids, vision)
+    rope = model.backbone.positions(ids, positions_from_padding(valid), valid, vision)
+    return [Prompt(ids[i][valid[i]], embeds[i][valid[i]], rope[:, i][:, valid[i]]) for i in range(len(valid))]
 
 
 def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=None, tokenizer=None, generator=None,
              vision=None):
     """Decode a batch of prompts. `config.use_cache=False` runs the reference decoder instead."""
-    if streamer is not None and input_ids is not None and input_ids.dim() == 2 and len(input_ids) != 1:
-        raise ValueError(f"streaming takes one prompt at a time, got {len(input_ids)}.")
-    if streamer is not None and not config.use_cache:
-        raise ValueError("streaming needs the cached decoder (use_cache=True).")
+    ids, valid = check_inputs(model, input_ids, attention_mask, config, streamer)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            prompts = build_prompts(model, input_ids, attention_mask, vision)
-            check_positions(model, [p.ids for p in prompts], config)
+            prompts = build_prompts(model, ids, valid, vision)  # also for the reference: same image errors, first
             if not config.use_cache:
                 from .reference import reference_decode
 
-                return reference_decode(model, input_ids, attention_mask, vision, config, tokenizer, generator)
+                return reference_decode(model, ids, valid, vision, config, tokenizer, generator)
             if streamer is not None:
                 streamer.put(prompts[0].ids.cpu())  # transformers' streamers expect the prompt first (skip_prompt)
             return BlockDecoder(model, prompts, config, tokenizer, generator).run(streamer)

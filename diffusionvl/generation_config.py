@@ -1,7 +1,12 @@
 """Settings of block decoding, one frozen dataclass validated on construction."""
 
+import math
+import operator
 from dataclasses import dataclass, field, fields
 
+import torch
+
+from .errors import DiffusionVLError
 from .policies import UnmaskingPolicy, resolve_policy
 
 
@@ -12,11 +17,12 @@ class DecodingConfig:
     max_new_tokens: the only length limit; generation also stops at end-of-turn. Alias: gen_length.
     steps: denoising steps per block. More steps than the block size are clamped to the block size, since a
         step that commits nothing for any row would be a wasted forward.
-    remasking_strategy: "low_confidence_static" (B tokens over `steps` steps), "low_confidence_dynamic"
+    remasking_strategy: "low_confidence_static" (the block size B spread over `steps` steps, as the original
+        does: a first block that already holds prompt tokens finishes in fewer steps), "low_confidence_dynamic"
         (every token above the threshold, the static quota as a floor), "threshold" (every token above the
         threshold, at least one, `steps` a cap), or any object with a `select` method (see policies.py).
-    confidence_threshold: the threshold of the dynamic policies.
-    temperature, top_k, top_p: sampling; temperature 0 is greedy.
+    confidence_threshold: the threshold of the dynamic policies, in [0, 1].
+    temperature, top_k, top_p: sampling; temperature 0 is greedy. Integers may be NumPy or torch scalars.
     stop_strings: text that ends a row once it appears in a committed block (needs `tokenizer=`).
     use_cache: False runs the reference decoder: no cache, everything recomputed each step.
     commit: "fused" stores a finished block's K/V during the next block's first forward; "separate" spends an
@@ -35,18 +41,21 @@ class DecodingConfig:
     commit: str = "fused"
 
     def __post_init__(self):
-        _positive_int("max_new_tokens", self.max_new_tokens)
-        _positive_int("steps", self.steps)
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}.")
-        if self.top_k is not None:
-            _positive_int("top_k", self.top_k)
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}; 1 keeps every token.")
-        if not 0 <= self.confidence_threshold <= 1:
-            raise ValueError(f"confidence_threshold must lie in [0, 1], got {self.confidence_threshold}.")
+        for name in ("max_new_tokens", "steps") + (("top_k",) if self.top_k is not None else ()):
+            object.__setattr__(self, name, _positive_int(name, getattr(self, name)))
+        temperature = _finite(self.temperature)
+        if temperature is None or temperature < 0:  # inf would reach torch.multinomial as nan probabilities
+            raise DiffusionVLError(f"temperature must be a finite number >= 0 (0 is greedy), got {self.temperature!r}.")
+        top_p = None if self.top_p is None else _finite(self.top_p)
+        if self.top_p is not None and (top_p is None or not 0 < top_p <= 1):
+            raise DiffusionVLError(f"top_p must lie in (0, 1], got {self.top_p!r}; 1 keeps every token.")
+        threshold = _finite(self.confidence_threshold)
+        if threshold is None or not 0 <= threshold <= 1:
+            raise DiffusionVLError(f"confidence_threshold must lie in [0, 1], got {self.confidence_threshold!r}.")
+        for name, value in (("temperature", temperature), ("top_p", top_p), ("confidence_threshold", threshold)):
+            object.__setattr__(self, name, value)
         if self.commit not in ("fused", "separate"):
-            raise ValueError(f"commit must be 'fused' or 'separate', got {self.commit!r}.")
+            raise DiffusionVLError(f"commit must be 'fused' or 'separate', got {self.commit!r}.")
         if isinstance(self.stop_strings, str):
             object.__setattr__(self, "stop_strings", (self.stop_strings,))
         resolve_policy(self.remasking_strategy, self.confidence_threshold)
@@ -69,6 +78,25 @@ class DecodingConfig:
         return cls(**values)
 
 
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+def _positive_int(name: str, value) -> int:
+    """`value` as a Python int: NumPy and one-element torch integers count (operator.index), bools and floats do not."""
+    number = None
+    if not (isinstance(value, bool) or getattr(value, "dtype", None) == torch.bool):
+        try:
+            number = operator.index(value)
+        except TypeError:
+            pass
+    if number is None or number <= 0:
+        raise DiffusionVLError(f"{name} must be a positive integer, got {value!r}.")
+    return number
+
+
+def _finite(value) -> float | None:
+    """`value` as a finite float (NumPy and one-element torch numbers count); None for bools, text, nan and inf."""
+    if isinstance(value, (bool, str)) or getattr(value, "dtype", None) == torch.bool:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return None
+    return number if math.isfinite(number) else None

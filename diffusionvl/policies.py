@@ -8,21 +8,31 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import DiffusionVLError
+
 
 @dataclass(frozen=True)
 class StepContext:
-    """What a policy knows besides the scores. `quota` (N,) is what the static schedule commits this step."""
+    """What a policy knows besides the scores. `quota` (N,) is what the static schedule commits this step:
+    its share of the block, capped at the positions still masked (see `step_quota`)."""
 
     step: int
     steps: int
     quota: torch.Tensor
 
 
-def static_schedule(masked_count: torch.Tensor, steps: int) -> torch.Tensor:
-    """Spread each row's masked positions over `steps` steps, the first `count % steps` steps one more. (N, S)."""
-    base = (masked_count // steps)[:, None]
-    extra = torch.arange(steps, device=masked_count.device)[None] < (masked_count % steps)[:, None]
-    return base + extra.long()
+def static_schedule(block_size: int, steps: int) -> list[int]:
+    """Tokens each of `steps` steps may commit: B spread over S, the first B % S steps one more (SPEC §3.3).
+
+    The original spreads the block size, not the masked count: a first block that holds leftover prompt tokens
+    then finishes early (B = 4, S = 3, 3 masks: [2, 1, 1] commits 2 then 1, two steps).
+    """
+    return [block_size // steps + int(step < block_size % steps) for step in range(steps)]
+
+
+def step_quota(schedule: list[int], step: int, masked: torch.Tensor) -> torch.Tensor:
+    """(N,) quota of this step: min(schedule[step], masked positions left) per row; masked is (N, B)."""
+    return masked.sum(1).clamp(max=schedule[step])
 
 
 def top_k_mask(confidence: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -41,7 +51,8 @@ class UnmaskingPolicy:
 
 
 class LowConfidenceStatic(UnmaskingPolicy):
-    """Commit the `quota` most confident masked positions: exactly B tokens over S steps per block."""
+    """Commit the `quota` most confident masked positions: the block size B spread over S steps, so a block
+    whose first positions hold prompt tokens needs fewer steps."""
 
     def select(self, confidence, masked, context):
         return top_k_mask(confidence, masked, context.quota)
@@ -77,10 +88,24 @@ def commit_step(policy, token, confidence, block, masked, context: StepContext):
 
     token, confidence (N, B) are the proposals; returns the updated (block, still masked).
     """
-    commit = policy.select(confidence, masked, context) & masked
+    commit = policy.select(confidence, masked, context)
+    _check_selection(policy, commit, masked)
+    commit = commit & masked
     if context.step >= context.steps - 1:
         commit = masked
     return torch.where(commit, token, block), masked & ~commit
+
+
+def _check_selection(policy, commit, masked: torch.Tensor) -> None:
+    """A user policy's mistake is named here, not as a broadcast error further down."""
+    is_tensor = isinstance(commit, torch.Tensor)
+    if is_tensor and commit.dtype == torch.bool and commit.shape == masked.shape:
+        return
+    got = f"a {commit.dtype} tensor of shape {tuple(commit.shape)}" if is_tensor else f"a {type(commit).__name__}"
+    raise DiffusionVLError(
+        f"{type(policy).__name__}.select returned {got}; a policy must return a bool tensor of the shape of `masked`, "
+        f"(N, B) = {tuple(masked.shape)}, True where a position is committed now (e.g. `(confidence > 0.9) & masked`)."
+    )
 
 
 POLICIES = {
@@ -95,5 +120,7 @@ def resolve_policy(strategy, threshold: float) -> UnmaskingPolicy:
     if hasattr(strategy, "select"):
         return strategy
     if strategy not in POLICIES:
-        raise ValueError(f"unknown remasking_strategy {strategy!r}; choose one of {sorted(POLICIES)} or pass a policy object.")
+        raise DiffusionVLError(
+            f"unknown remasking_strategy {strategy!r}; choose one of {sorted(POLICIES)} or pass a policy object."
+        )
     return POLICIES[strategy](threshold)

@@ -4,7 +4,7 @@ recomputes the whole sequence. The fast engine must produce the same tokens at t
 import torch
 
 from .engine import DecodingOutput, _cut_at_stop_string
-from .policies import StepContext, commit_step, static_schedule
+from .policies import StepContext, commit_step
 from .sampling import propose
 
 
@@ -17,7 +17,6 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
         start = len(sequence) // size * size  # the block that holds the next new token
         canvas = torch.tensor(sequence + [tokens.mask] * (start + size - len(sequence)), device=prompt.device)[None]
         masked = canvas[:, start:] == tokens.mask  # (1, B)
-        schedule = static_schedule(masked.sum(1), steps)
         used = 0
         for step in range(steps):
             if not bool(masked.any()):
@@ -29,7 +28,9 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
             token, confidence = propose(
                 logits, tokens.never_generated, config.temperature, config.top_k, config.top_p, generator
             )
-            context = StepContext(step, steps, schedule[:, step])
+            # the original's quota: B spread over the steps (the first B % S one more), at most the masks left
+            quota = min(size // steps + (1 if step < size % steps else 0), int(masked.sum()))
+            context = StepContext(step, steps, torch.tensor([quota], device=canvas.device))
             canvas[:, start:], masked = commit_step(policy, token, confidence, canvas[:, start:], masked, context)
         block_steps.append(used)
         new = canvas[0, len(sequence) :].tolist()
@@ -43,10 +44,9 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
             return produced, forwards, block_steps
 
 
-def reference_decode(model, input_ids, attention_mask, vision, config, tokenizer=None, generator=None) -> DecodingOutput:
-    """Decode every row alone: its unpadded prompt and its own images."""
-    ids = input_ids if input_ids.dim() == 2 else input_ids[None]
-    valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool().reshape(ids.shape)
+def reference_decode(model, ids, valid, vision, config, tokenizer=None, generator=None) -> DecodingOutput:
+    """Decode every row alone: its unpadded prompt and its own images. ids, valid: (N, L), as engine.check_inputs
+    returns them."""
     images = model.backbone.split_rows(ids, vision)
     rows = [
         reference_decode_row(model, row[keep], config, tokenizer, generator, image)

@@ -26,6 +26,23 @@ def test_fast_equals_reference_on_a_random_model(size, steps, prompt_length, str
     assert fast.block_steps == reference.block_steps
 
 
+def test_the_static_quota_spreads_the_block_size_so_a_first_block_with_prompt_tokens_ends_sooner():
+    out = run(wrap(block_size=4), random_ids(1, 5, seed=7), max_new_tokens=7, steps=3)
+    assert out.block_steps[0] == [2, 3]  # 3 masks: quota [2, 1, 1] commits 2 then 1; a full block takes 3 steps
+
+
+@pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
+def test_fast_equals_reference_for_every_prompt_remainder_and_step_count(strategy):
+    model = wrap(block_size=4, seed=3)
+    for length in range(1, 9):
+        ids = random_ids(1, length, seed=length)
+        for steps in range(1, 5):
+            options = dict(max_new_tokens=6, steps=steps, remasking_strategy=strategy, confidence_threshold=0.02)
+            fast, reference = run(model, ids, **options), run(model, ids, use_cache=False, **options)
+            assert torch.equal(fast.sequences, reference.sequences), (length, steps)
+            assert fast.block_steps == reference.block_steps, (length, steps)
+
+
 @pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic", "threshold"])
 def test_fast_equals_reference_on_the_trained_model(trained, strategy):
     for tokens in ([5, 6, 7], [10, 11, 12, 13, 14, 15, 16, 17], [3, 4]):
@@ -151,7 +168,8 @@ def test_a_user_policy_object_drives_the_block_loop():
     [
         (dict(steps=0), "steps must be a positive integer"),
         (dict(max_new_tokens=0), "max_new_tokens must be a positive integer"),
-        (dict(temperature=-0.5), "temperature must be >= 0"),
+        (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+        (dict(temperature=float("inf")), "temperature must be a finite number >= 0"),
         (dict(top_p=1.5), r"top_p must lie in \(0, 1\]"),
         (dict(top_p=0.0), r"top_p must lie in \(0, 1\]"),
         (dict(remasking_strategy="random_guess"), "unknown remasking_strategy"),

@@ -2,7 +2,15 @@
 
 import torch
 
-from diffusionvl.policies import LowConfidenceDynamic, LowConfidenceStatic, StepContext, Threshold, static_schedule
+from diffusionvl.policies import (
+    LowConfidenceDynamic,
+    LowConfidenceStatic,
+    StepContext,
+    Threshold,
+    commit_step,
+    static_schedule,
+    step_quota,
+)
 from diffusionvl.sampling import filter_logits, propose
 
 CONFIDENCE = torch.tensor([[0.95, 0.20, 0.91, 0.50], [0.10, 0.30, 0.20, 0.40]])
@@ -13,8 +21,36 @@ def context(quota):
     return StepContext(step=0, steps=4, quota=torch.tensor(quota))
 
 
-def test_static_schedule_spreads_the_remainder_over_the_first_steps():
-    assert static_schedule(torch.tensor([8, 3, 10]), 4).tolist() == [[2, 2, 2, 2], [1, 1, 1, 0], [3, 3, 2, 2]]
+def test_static_schedule_spreads_the_block_size_the_remainder_over_the_first_steps():
+    assert static_schedule(8, 4) == [2, 2, 2, 2]
+    assert static_schedule(4, 3) == [2, 1, 1]
+    assert static_schedule(10, 4) == [3, 3, 2, 2]
+    assert static_schedule(4, 1) == [4]
+    assert static_schedule(3, 4) == [1, 1, 1, 0]  # the full-sequence baseline may ask for more steps than tokens
+
+
+def test_the_quota_is_capped_at_the_masks_left():
+    masked = torch.tensor([[False, True, True, True], [False, False, False, True]])
+    assert step_quota([2, 1, 1], 0, masked).tolist() == [2, 1]
+    assert step_quota([2, 1, 1], 1, masked).tolist() == [1, 1]
+
+
+def test_a_first_block_with_a_prompt_token_commits_2_then_1_in_two_steps():
+    """P = 5, B = 4, S = 3: one fixed prompt token and 3 masks. The quota spreads B = 4 as [2, 1, 1], so the
+    block is full after two steps (spreading the 3 masks would commit 1, 1, 1 in three)."""
+    confidence = torch.tensor([[0.0, 0.3, 0.9, 0.5]])
+    token = torch.tensor([[0, 11, 12, 13]])
+    block = torch.tensor([[7, 95, 95, 95]])
+    masked = block == 95
+    schedule, committed = static_schedule(4, 3), []
+    for step in range(3):
+        if not masked.any():
+            break
+        context = StepContext(step, 3, step_quota(schedule, step, masked))
+        block, left = commit_step(LowConfidenceStatic(), token, confidence, block, masked, context)
+        committed.append(int((masked & ~left).sum()))
+        masked = left
+    assert committed == [2, 1] and block.tolist() == [[7, 11, 12, 13]]
 
 
 def test_static_commits_the_quota_most_confident_masked_positions():
