@@ -1,40 +1,39 @@
-"""diffusionvl: translate autoregressive (vision-)language models into block-diffusion models."""
+"""diffusionvl: translate autoregressive (vision-)language models into block-diffusion models.
 
-from transformers import AutoConfig, AutoModelForCausalLM, AutoProcessor
+Names are imported on first use (so `diffusionvl --help` does not pay for torch). Importing the model classes
+registers them with transformers' Auto classes: after `from diffusionvl import DiffusionVL`,
+`AutoModelForCausalLM.from_pretrained(folder)` and `AutoProcessor.from_pretrained(folder)` load our checkpoints.
+"""
 
-from .compat import check_block_diffusion_support
-from .composite import VisionLanguageConfig, VisionLanguageModel
-from .config import DiffusionVLConfig
-from .loss import diffusion_loss
-from .errors import CheckpointLayoutError, DataError, DiffusionVLError, ImageError, UnsupportedModelError
-from .model import DiffusionOutput, DiffusionVL
-from .images import load_image
-from .processing import DiffusionVLProcessor
-from .tokens import SpecialTokens
+import importlib
 
 __version__ = "0.1.0"
 
-AutoConfig.register(DiffusionVLConfig.model_type, DiffusionVLConfig)
-AutoModelForCausalLM.register(DiffusionVLConfig, DiffusionVL)
-AutoProcessor.register(DiffusionVLConfig, DiffusionVLProcessor)
-AutoConfig.register(VisionLanguageConfig.model_type, VisionLanguageConfig)
-AutoModelForCausalLM.register(VisionLanguageConfig, VisionLanguageModel)
-AutoProcessor.register(VisionLanguageConfig, DiffusionVLProcessor)
+# public name -> the module that defines it
+_EXPORTS = {
+    "CheckpointLayoutError": "errors", "DataError": "errors", "DiffusionVLError": "errors", "ImageError": "errors",
+    "UnsupportedModelError": "errors",
+    "DiffusionVLConfig": "config",
+    "DiffusionOutput": "model", "DiffusionVL": "model",
+    "VisionLanguageConfig": "composite", "VisionLanguageModel": "composite",
+    "DiffusionVLProcessor": "processing",
+    "SpecialTokens": "tokens",
+    "check_block_diffusion_support": "compat",
+    "diffusion_loss": "loss",
+    "load_image": "images",
+    "load_model": "loading", "load_processor": "loading",
+}
+__all__ = sorted(_EXPORTS)
 
-__all__ = [
-    "CheckpointLayoutError",
-    "DataError",
-    "DiffusionOutput",
-    "DiffusionVL",
-    "DiffusionVLConfig",
-    "DiffusionVLError",
-    "DiffusionVLProcessor",
-    "ImageError",
-    "SpecialTokens",
-    "UnsupportedModelError",
-    "VisionLanguageConfig",
-    "VisionLanguageModel",
-    "check_block_diffusion_support",
-    "diffusion_loss",
-    "load_image",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'diffusionvl' has no attribute {name!r}")
+    importlib.import_module(".model", __name__)  # registers every class with the Auto classes
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -12,6 +12,7 @@ from transformers.initialization import no_init_weights
 
 from .config import DiffusionVLConfig
 from .errors import CheckpointLayoutError
+from .loading import check_safetensors
 from .tokens import RELEASED_MASK_TOKEN_ID
 
 TEXT_FIELDS = (
@@ -53,8 +54,9 @@ def qwenvl_config(released: dict, vision: dict) -> Qwen2_5_VLConfig:
     """transformers' Qwen2.5-VL config from the released one (text fields at the top level or in text_config)."""
     text_source, text = _text_config(released)
     text["rope_parameters"] = _rope_parameters(text_source)
+    # A null id (e.g. "video_token_id": null in a release without video) is unused, not an error: leave it out.
     ids = {k: released[k] for k in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
-           if k in released}
+           if released.get(k) is not None}
     text["tie_word_embeddings"] = tied = released.get("tie_word_embeddings", text.get("tie_word_embeddings", False))
     return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=tied, **ids)
 
@@ -73,10 +75,15 @@ RELEASED_SIGLIP_RENAMES = (
 DROPPED = ("vision_tower.post_layernorm.", "vision_tower.head.")
 
 
+def _load(file: Path) -> dict[str, torch.Tensor]:
+    check_safetensors(file)  # a truncated file gets an error naming it, not safetensors' "incomplete metadata"
+    return load_file(file)
+
+
 def _read(path: Path, files: list[str]) -> dict[str, torch.Tensor]:
     tensors = {}
     for name in files:
-        tensors.update(load_file(path / name))
+        tensors.update(_load(path / name))
     return tensors
 
 
@@ -96,7 +103,8 @@ def _renamed(path: Path, renames, layout: str) -> dict[str, torch.Tensor]:
     for key, tensor in _read(path, _weight_files(path)).items():
         prefix = next((p for p in renames if key.startswith(p[0])), None)
         if prefix is None:
-            raise KeyError(f"unexpected tensor {key!r} in {path}: not a {layout} weight name.")
+            raise CheckpointLayoutError(f"unexpected tensor {key!r} in {path}: not a {layout} weight name; remove it "
+                                        "or load the checkpoint it belongs to.")
         out[prefix[1] + key[len(prefix[0]):]] = tensor
     return out
 
@@ -111,6 +119,10 @@ def _vision_config(path: Path, released: dict) -> dict:
 
 def _diffusion_config(base, released: dict, mask_token_id, **fields) -> DiffusionVLConfig:
     eot = base.text_config.eos_token_id
+    if eot is None or eot == []:
+        raise CheckpointLayoutError(
+            "the released config.json has eos_token_id null: set it to the id of the end-of-turn token "
+            "(<|im_end|> in Qwen's vocabulary), which ends every answer.")
     return DiffusionVLConfig(
         base_config=base, block_size=released.get("bd3lm_block_size", 8),
         mask_token_id=mask_token_id or released.get("mask_token_id", RELEASED_MASK_TOKEN_ID),
@@ -142,7 +154,7 @@ def released_tensors(path: Path) -> dict[str, torch.Tensor]:
     renamed = _renamed(path, RENAMES, "DiffusionVL-Qwen2.5VL")
     for name, target in SPLIT_FILES.items():  # the conversion script's split layout
         if (path / name).is_file():
-            renamed.update({target + key: tensor for key, tensor in load_file(path / name).items()})
+            renamed.update({target + key: tensor for key, tensor in _load(path / name).items()})
     return renamed
 
 

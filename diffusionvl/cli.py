@@ -1,128 +1,165 @@
-"""The `diffusionvl` command: generate, convert a checkpoint, train, and run the benchmarks."""
+"""The `diffusionvl` command: generate, convert a checkpoint, train, and run the benchmarks.
+
+Heavy modules (torch, transformers) are imported only by the command that runs, so `--help` and `--version`
+answer at once. A user error prints `error: ...` and exits with status 2; `--debug` shows the traceback.
+"""
 
 import argparse
+import importlib
 import sys
-from pathlib import Path
 
-from . import bench
-from .processing import IMAGE_PLACEHOLDER
+from . import __version__
+
+IMAGE_PLACEHOLDER = "<image>"  # the same string as processing.IMAGE_PLACEHOLDER, without importing transformers
+# Errors the user can fix from the message alone. DiffusionVLError is a ValueError; the others come from the
+# standard library (paths) and huggingface_hub (a config field of the wrong type).
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
 
 
-def _load(path: str):
-    """The model and its processor: a DiffusionVLProcessor for vision-language checkpoints, else the tokenizer."""
-    from transformers import AutoProcessor, AutoTokenizer
-
-    from .model import DiffusionVL
-
-    if not Path(path, "config.json").is_file():
-        raise SystemExit(f"error: {path} holds no config.json; pass a directory written by save_pretrained.")
-    has_images = any(Path(path, name).is_file() for name in ("processor_config.json", "preprocessor_config.json"))
-    return DiffusionVL.from_pretrained(path), (AutoProcessor if has_images else AutoTokenizer).from_pretrained(path)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show each flag's default next to its help, keep descriptions as written."""
 
 
 def prompt_inputs(processor, prompt: str, images: list[str], chat: bool) -> dict:
-    """Model inputs for one user turn: the chat template when there is one (and `chat`), images first."""
+    """Model inputs for one user turn: the chat template when there is one (and `chat`).
+
+    Images go where the prompt's `<image>` placeholders stand; a prompt without placeholders gets one per image
+    in front of the text."""
     if not prompt.strip():
-        raise SystemExit("error: the prompt is empty; pass some text with --prompt.")
+        raise ValueError("the prompt is empty; pass some text with --prompt.")
     tokenizer = getattr(processor, "tokenizer", processor)
+    placed = prompt.count(IMAGE_PLACEHOLDER) if tokenizer is not processor else 0  # plain text to a text model
     if images and tokenizer is processor:
-        raise SystemExit("error: --image needs a vision-language checkpoint; this one has no image processor.")
-    if images and chat:
-        content = [{"type": "image"}] * len(images) + [{"type": "text", "text": prompt}]
-        return dict(processor(processor.chat_text([{"role": "user", "content": content}], True), images))
+        raise ValueError("--image needs a vision-language checkpoint; this one has no image processor.")
+    if placed != len(images) and placed:
+        raise ValueError(f"the prompt holds {placed} {IMAGE_PLACEHOLDER} placeholder(s) but {len(images)} --image "
+                         f"file(s) were given; pass one --image per placeholder, or leave the placeholders out.")
     if images:
-        return dict(processor(IMAGE_PLACEHOLDER * len(images) + prompt, images))
-    text = prompt
+        text = prompt if placed else IMAGE_PLACEHOLDER * len(images) + prompt
+        if chat:
+            text = processor.chat_text([{"role": "user", "content": text}], True)
+        return dict(processor(text, images))
     if chat and getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-    return {"input_ids": tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids}
+        prompt = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True)
+    return {"input_ids": tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids}
+
+
+def torch_dtype(name: str):
+    """None for 'auto' (the checkpoint's own dtype), else the torch dtype of that name."""
+    import torch
+
+    return None if name == "auto" else getattr(torch, name)
 
 
 def generate(args: argparse.Namespace) -> None:
+    import torch
     from transformers import TextStreamer
 
-    model, processor = _load(args.model)
-    tokenizer = getattr(processor, "tokenizer", processor)
+    from .generation_config import DecodingConfig
+    from .loading import load_model, load_processor
+
+    config = DecodingConfig(  # bad options fail before any weight is read
+        max_new_tokens=args.max_new_tokens, steps=args.steps, remasking_strategy=args.strategy,
+        confidence_threshold=args.threshold, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    processor = load_processor(args.model)
     inputs = prompt_inputs(processor, args.prompt, args.image or [], chat=not args.raw)
-    streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    model = load_model(args.model, dtype=torch_dtype(args.dtype), device=device)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
     out = model.generate(
-        **inputs,
-        max_new_tokens=args.max_new_tokens,
-        steps=args.steps,
-        remasking_strategy=args.strategy,
-        confidence_threshold=args.threshold,
-        temperature=args.temperature,
-        streamer=streamer,
-        tokenizer=tokenizer,
-        return_dict_in_generate=True,
+        **{k: v.to(device) for k, v in inputs.items()}, generation_config=config, generator=generator,
+        tokenizer=tokenizer, return_dict_in_generate=True,
+        streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
     )
     print(f"[{out.sequences.shape[1]} tokens, {out.nfe} forwards, {out.tokens_per_forward:.2f} tokens/forward]",
           file=sys.stderr)
 
 
 def convert(args: argparse.Namespace) -> None:
-    import torch
-
     from .convert import convert as run_convert
 
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = run_convert(args.src, args.dst, args.block_size, args.position_mode, args.mask_token_id, dtype)
+    model = run_convert(args.src, args.dst, args.block_size, args.position_mode, args.mask_token_id,
+                        torch_dtype(args.dtype))
     tokens = model.special_tokens
     print(f"wrote {args.dst}: block size {model.block_size}, mask {tokens.mask}, end of turn {tokens.eot}")
 
 
-def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="diffusionvl", description="Block-diffusion (vision-)language models.")
-    commands = root.add_subparsers(dest="command", required=True)
-
-    gen = commands.add_parser("generate", help="generate an answer with a saved DiffusionVL model")
-    gen.add_argument("model", help="directory written by save_pretrained, with its tokenizer")
-    gen.add_argument("--prompt", required=True)
+def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
+    gen.add_argument("model", help="directory written by save_pretrained or diffusionvl convert, with its tokenizer")
+    gen.add_argument("--prompt", required=True, help="the user's message; <image> marks where an image goes")
     gen.add_argument("--image", action="append", help="an image file (repeat for several); needs a VLM checkpoint")
-    gen.add_argument("--max-new-tokens", type=int, default=128)
+    gen.add_argument("--max-new-tokens", type=int, default=128, help="the answer's length limit")
     gen.add_argument("--steps", type=int, default=8, help="denoising steps per block")
-    gen.add_argument(
-        "--strategy", default="low_confidence_static",
-        choices=["low_confidence_static", "low_confidence_dynamic", "threshold"],
-    )
+    gen.add_argument("--strategy", default="low_confidence_static",
+                     choices=["low_confidence_static", "low_confidence_dynamic", "threshold"], help="unmasking policy")
     gen.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the dynamic policies")
-    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    gen.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens reaching this probability")
+    gen.add_argument("--seed", type=int, help="seed of the sampling (with --temperature > 0)")
+    gen.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                     help="weights' dtype; auto keeps the checkpoint's")
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
-    gen.set_defaults(run=generate)
 
-    con = commands.add_parser("convert", help="turn a transformers checkpoint into a DiffusionVL one, ready to train")
+
+def add_convert_arguments(con: argparse.ArgumentParser) -> None:
     con.add_argument("src", help="a Qwen2.5-VL or causal-LM directory with its tokenizer (and image processor)")
     con.add_argument("dst", help="a new, empty directory")
-    con.add_argument("--block-size", type=int, default=8)
+    con.add_argument("--block-size", type=int, default=8, help="tokens per diffusion block")
     con.add_argument("--position-mode", choices=["1d", "mrope"], default="1d", help="Qwen2.5-VL positions")
     con.add_argument("--mask-token-id", type=int, help="an unused embedding row; default: add <|mask|> by name")
-    con.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto")
-    con.set_defaults(run=convert)
+    con.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                     help="weights' dtype; auto keeps the source's")
 
-    tra = commands.add_parser("train", help="train on LLaVA-format data (stage 'projector' or 'diffusion')")
-    from . import train as training
 
-    training.add_arguments(tra)
-    tra.set_defaults(run=training.main)
+# name -> (help, module holding add_arguments and the runner, names of both); modules load only when used
+COMMANDS = {
+    "generate": ("generate an answer with a saved DiffusionVL model", "cli", "add_generate_arguments", "generate"),
+    "convert": ("turn a transformers checkpoint into a DiffusionVL one, ready to train", "cli",
+                "add_convert_arguments", "convert"),
+    "train": ("train on LLaVA-format data (stage 'projector' or 'diffusion')", "train", "add_arguments", "main"),
+    "bench": ("decoding benchmark: AR vs block decoding vs full-sequence diffusion", "bench", "add_arguments", "main"),
+    "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches", "bench_train", "add_arguments",
+                    "main"),
+}
 
-    ben = commands.add_parser("bench", help="decoding benchmark: AR vs block decoding vs full-sequence diffusion")
-    bench.add_arguments(ben)
-    ben.set_defaults(run=bench.main)
 
-    from . import bench_train
-
-    bt = commands.add_parser("bench-train", help="training benchmark: cheap vs full noisy stream on VLM batches")
-    bench_train.add_arguments(bt)
-    bt.set_defaults(run=bench_train.main)
+def parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line, with only `command`'s own flags built (and its module imported)."""
+    root = argparse.ArgumentParser(prog="diffusionvl", description="Block-diffusion (vision-)language models.")
+    root.add_argument("--version", action="version", version=f"diffusionvl {__version__}")
+    root.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help_text, module, add, run) in COMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
+        if command == name:
+            owner = importlib.import_module(f".{module}", __package__)
+            getattr(owner, add)(sub)
+            sub.set_defaults(run=getattr(owner, run))
     return root
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if arg in COMMANDS), None)
+    args = parser(command).parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:  # say what is wrong, without a traceback
-        raise SystemExit(f"error: {error}") from error
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:  # noqa: BLE001 - every failure reaches the user as one line unless --debug
+        if args.debug:
+            raise
+        user = isinstance(error, USER_ERRORS) or type(error).__module__.startswith("huggingface_hub")
+        message = str(error) if user else f"unexpected {type(error).__name__}: {error} (rerun with --debug for the " \
+                                          "traceback, and please report it)"
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2 if user else 1) from None
 
 
 if __name__ == "__main__":

@@ -140,6 +140,8 @@ def load_processor(path):
     from transformers import AutoProcessor, AutoTokenizer
 
     folder = local_folder(path)
+    if folder is not None:
+        check_checkpoint(folder)  # a wrong folder is named as such, not as a missing tokenizer
     if folder is not None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise CheckpointLayoutError(
             f"no tokenizer in {folder}: save it beside the model (tokenizer.save_pretrained), or copy the tokenizer "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
@@ -16,7 +17,7 @@ from .backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackbone, Visi
 from .composite import VisionLanguageModel
 from .compat import check_block_diffusion_support, check_wrappable
 from .config import DiffusionVLConfig
-from .errors import CheckpointLayoutError
+from .errors import CheckpointLayoutError, DiffusionVLError
 from .generation_config import DecodingConfig
 from .loading import RELEASED_TYPES, check_checkpoint, local_folder
 from .loss import diffusion_loss
@@ -92,13 +93,16 @@ class DiffusionVL(PreTrainedModel):
             raise TypeError(f"from_autoregressive got unknown option(s) {unknown}; valid ones are "
                             f"{sorted(WRAP_OPTIONS | {'block_size', 'mask_token_id', 'eot_token_id', 'pad_token_id'})}.")
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
-        config = DiffusionVLConfig(
-            base_config=model.config,
-            block_size=block_size,
-            attn_implementation=model.config._attn_implementation,
-            image_token_id=getattr(model.config, "image_token_id", None),
-            **options,
-        )
+        try:
+            config = DiffusionVLConfig(
+                base_config=model.config,
+                block_size=block_size,
+                attn_implementation=model.config._attn_implementation,
+                image_token_id=getattr(model.config, "image_token_id", None),
+                **options,
+            )
+        except StrictDataclassError as error:  # a field of the wrong type or an unknown choice; the text names it
+            raise DiffusionVLError(str(error)) from error
         limit = _max_positions(config.base_config)
         if limit is not None and block_size > limit:
             raise ValueError(f"block_size={block_size} is larger than the model's {limit} positions; choose a block "
@@ -307,3 +311,19 @@ def _backbone(model, config: DiffusionVLConfig):
     if isinstance(model, VisionLanguageModel):
         return CompositeBackbone(model)
     return TextBackbone(model)
+
+
+def _register() -> None:
+    """Let transformers' Auto classes open our checkpoints: the wrapper and the modality-shift composite."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from .composite import VisionLanguageConfig
+    from .processing import DiffusionVLProcessor
+
+    for config_class, model_class in ((DiffusionVLConfig, DiffusionVL), (VisionLanguageConfig, VisionLanguageModel)):
+        AutoConfig.register(config_class.model_type, config_class, exist_ok=True)
+        AutoModelForCausalLM.register(config_class, model_class, exist_ok=True)
+        AutoProcessor.register(config_class, DiffusionVLProcessor, exist_ok=True)
+
+
+_register()

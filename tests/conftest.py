@@ -217,3 +217,16 @@ def tiny_vit_qwen(seed: int = 0):
                                   image_token_id=IMAGE_ID)
     torch.manual_seed(seed)
     return VisionLanguageModel(config).eval()
+
+
+def cli_error(capsys, *argv) -> str:
+    """Run the command line, expect a user error (exit status 2, one `error:` line); return what it printed."""
+    from diffusionvl import cli
+
+    capsys.readouterr()  # drop what earlier steps printed
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([str(arg) for arg in argv])
+    printed = capsys.readouterr().err
+    assert exit_info.value.code == 2, printed
+    assert printed.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in printed, printed
+    return printed

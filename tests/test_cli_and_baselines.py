@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 import torch
-from conftest import EOT_ID, MASK_ID, random_ids, tiny_causal_lm, tiny_tokenizer, toy_prompt
+from conftest import EOT_ID, MASK_ID, cli_error, random_ids, tiny_causal_lm, tiny_tokenizer, toy_prompt
 
 from diffusionvl import DiffusionVL, bench, cli
 from diffusionvl.baselines import autoregressive_generate, full_sequence_generate
@@ -29,14 +29,11 @@ def test_cli_generate_prints_what_the_python_api_returns(saved, capsys):
     assert "tokens/forward" in printed.err
 
 
-def test_cli_errors_name_the_problem(saved, tmp_path):
+def test_cli_errors_name_the_problem(saved, tmp_path, capsys):
     path, _, _ = saved
-    with pytest.raises(SystemExit, match="no config.json"):
-        cli.main(["generate", str(tmp_path / "nowhere"), "--prompt", "w1"])
-    with pytest.raises(SystemExit, match="prompt is empty"):
-        cli.main(["generate", str(path), "--prompt", "  "])
-    with pytest.raises(SystemExit, match="steps must be a positive integer"):
-        cli.main(["generate", str(path), "--prompt", "w1", "--steps", "0"])
+    assert "not found" in cli_error(capsys, "generate", tmp_path / "nowhere", "--prompt", "w1")
+    assert "prompt is empty" in cli_error(capsys, "generate", path, "--prompt", "  ")
+    assert "steps must be a positive integer" in cli_error(capsys, "generate", path, "--prompt", "w1", "--steps", "0")
 
 
 def test_autoregressive_baseline_is_greedy_and_counts_its_forwards():

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import IMAGE_ID, MASK_ID, VISION_START, tiny_qwen_vl, tiny_vl_processor, write_image
+from conftest import IMAGE_ID, MASK_ID, VISION_START, cli_error, tiny_qwen_vl, tiny_vl_processor, write_image
 from transformers import AutoProcessor
 
 from diffusionvl import DiffusionVL
@@ -75,7 +75,7 @@ def test_auto_processor_loads_what_the_project_saves(tmp_path):
     assert torch.equal(loaded("<image> w1", [image])["input_ids"], processor("<image> w1", [image])["input_ids"])
 
 
-def test_convert_turns_a_qwen_vl_directory_into_a_trainable_diffusionvl(tmp_path):
+def test_convert_turns_a_qwen_vl_directory_into_a_trainable_diffusionvl(tmp_path, capsys):
     from diffusionvl import cli
 
     source = tmp_path / "qwen"
@@ -94,8 +94,7 @@ def test_convert_turns_a_qwen_vl_directory_into_a_trainable_diffusionvl(tmp_path
     image = write_image(tmp_path / "a.png")
     example = loaded.training_example(CONVERSATION, [image])
     assert torch.isfinite(model(**example).loss)
-    with pytest.raises(SystemExit, match="not empty"):
-        cli.main(["convert", str(source), str(tmp_path / "dvl")])
+    assert "not empty" in cli_error(capsys, "convert", source, tmp_path / "dvl")
 
 
 def test_cli_generate_with_an_image_prints_what_the_python_api_returns(tmp_path, capsys):
@@ -112,5 +111,5 @@ def test_cli_generate_with_an_image_prints_what_the_python_api_returns(tmp_path,
     inputs = processor(processor.chat_text([{"role": "user", "content": content}], True), [image])
     expected = processor.tokenizer.decode(model.generate(**inputs, max_new_tokens=8)[0], skip_special_tokens=True)
     assert printed.strip() == expected.strip()
-    with pytest.raises(SystemExit, match="missing.png"):
-        cli.main(["generate", str(tmp_path / "dvl"), "--prompt", "w1", "--image", str(tmp_path / "missing.png")])
+    assert "missing.png" in cli_error(capsys, "generate", tmp_path / "dvl", "--prompt", "w1", "--image",
+                                      tmp_path / "missing.png")
