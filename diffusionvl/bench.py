@@ -126,27 +126,35 @@ def table(rows: list[dict], args) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--block-size", type=int, default=8)
+    parser.add_argument("--block-size", type=int, default=8, help="tokens per diffusion block")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per block")
     parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of dynamic/threshold")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
     parser.add_argument("--repeat", type=int, default=6, help="the answer repeats the shifted prompt this often")
-    parser.add_argument("--min-prompt", type=int, default=8)
-    parser.add_argument("--max-prompt", type=int, default=8)
-    parser.add_argument("--prompts", type=int, default=16)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--ar-steps", type=int, default=300)
-    parser.add_argument("--diffusion-steps", type=int, default=500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-prompt", type=int, default=8, help="shortest prompt (tokens before the separator)")
+    parser.add_argument("--max-prompt", type=int, default=8, help="longest prompt")
+    parser.add_argument("--prompts", type=int, default=16, help="prompts each decoder answers")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs; times are their median")
+    parser.add_argument("--ar-steps", type=int, default=300, help="AR training steps of the toy model")
+    parser.add_argument("--diffusion-steps", type=int, default=500, help="block-diffusion finetuning steps")
+    parser.add_argument("--seed", type=int, default=0, help="seed of training and prompts")
     parser.add_argument("--json", help="also write the rows to this JSON file")
+
+
+def write_json(path, rows: list[dict], args: argparse.Namespace) -> None:
+    """The rows and the settings that produced them; only the benchmark's own options, never the CLI's plumbing
+    (the command's runner function is not JSON)."""
+    settings = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    settings.update(torch=torch.__version__, threads=torch.get_num_threads())
+    with open(path, "w") as handle:
+        json.dump({"settings": settings, "rows": rows}, handle, indent=2)
 
 
 def main(args: argparse.Namespace) -> None:
     rows = run(args)
     print(table(rows, args))
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump({"settings": vars(args), "rows": rows}, handle, indent=2)
+        write_json(args.json, rows, args)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@ import statistics
 import time
 
 import torch
+from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+from .bench import write_json
 from .model import DiffusionVL, vision_inputs
 
 IMAGE, MASK, EOT = 250, 255, 2
@@ -75,10 +77,12 @@ def step(model, noisy, vision, layout: str) -> tuple[float, float, int]:
 
 
 def run(args) -> list[dict]:
+    """Time both layouts on the same batches and noise; every step checks that their losses are equal."""
     model = build(args)
     generator = torch.Generator().manual_seed(0)
     results = {layout: {"seconds": [], "saved": 0, "peak": 0} for layout in ("full", "cheap")}
-    for index in range(args.warmup + args.steps):
+    largest_gap = 0.0
+    for index in tqdm(range(args.warmup + args.steps), desc="training steps (full + cheap)"):
         ids, labels, vision = batch(args, generator)
         noisy = model.add_noise(ids, labels, generator=torch.Generator(args.device).manual_seed(index))
         losses = []
@@ -91,14 +95,17 @@ def run(args) -> list[dict]:
                 results[layout]["seconds"].append(seconds)
                 results[layout]["saved"] = saved
                 results[layout]["peak"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
-        if abs(losses[0] - losses[1]) > 1e-4 * max(1.0, abs(losses[0])):
-            raise AssertionError(f"cheap and full losses differ: {losses}")
+        gap = abs(losses[0] - losses[1])
+        if gap > 1e-4 * max(1.0, abs(losses[0])):
+            raise AssertionError(f"cheap and full losses differ at step {index}: {losses}")
+        largest_gap = max(largest_gap, gap)
     tokens = args.batch_size * (args.image_side**2 + args.question + 1 + args.answer + 1)
     rows = []
     for layout, r in results.items():
         seconds = statistics.median(r["seconds"])
         rows.append({"layout": layout, "median_step_seconds": seconds, "tokens_per_second": tokens / seconds,
-                     "saved_for_backward_mib": r["saved"] / 2**20, "peak_gpu_mib": r["peak"] / 2**20})
+                     "saved_for_backward_mib": r["saved"] / 2**20, "peak_gpu_mib": r["peak"] / 2**20,
+                     "loss_checked_steps": args.warmup + args.steps, "largest_loss_gap": largest_gap})
     return rows
 
 
@@ -120,25 +127,31 @@ def table(rows, args) -> str:
                  f"{cheap['tokens_per_second'] / full['tokens_per_second']:.2f}x | "
                  f"{cheap['saved_for_backward_mib'] / full['saved_for_backward_mib']:.2f}x | "
                  + (f"{cheap['peak_gpu_mib'] / full['peak_gpu_mib']:.2f}x |" if full["peak_gpu_mib"] else "n/a |"))
+    lines += ["", f"Loss check: cheap == full on all {full['loss_checked_steps']} batches "
+                  f"(largest difference {full['largest_loss_gap']:.2e})."]
     return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="samples per batch")
     parser.add_argument("--image-side", type=int, default=16, help="merged tokens per image side (16 -> 256 tokens)")
-    parser.add_argument("--question", type=int, default=24)
-    parser.add_argument("--answer", type=int, default=15)
-    parser.add_argument("--block-size", type=int, default=8)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--question", type=int, default=24, help="question tokens per sample")
+    parser.add_argument("--answer", type=int, default=15, help="answer tokens per sample (before end-of-turn)")
+    parser.add_argument("--block-size", type=int, default=8, help="tokens per diffusion block")
+    parser.add_argument("--hidden", type=int, default=256, help="LM hidden size")
+    parser.add_argument("--layers", type=int, default=4, help="LM layers")
+    parser.add_argument("--heads", type=int, default=4, help="LM attention heads")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
 
 
 def main(args: argparse.Namespace) -> None:
-    print(table(run(args), args))
+    rows = run(args)
+    print(table(rows, args))
+    if args.json:
+        write_json(args.json, rows, args)
 
 
 if __name__ == "__main__":

@@ -316,14 +316,16 @@ def check_positions(model, lengths: list[int], config: DecodingConfig) -> None:
     if limit is None:
         return
     size = model.block_size
+    usable = limit // size * size  # positions in whole blocks: the last block must fit entirely
     for index, length in enumerate(lengths):
-        needed = -(-(length + config.max_new_tokens) // size) * size  # whole blocks
-        if length >= limit:
+        needed = -(-(length + config.max_new_tokens) // size) * size
+        if length >= usable:
             raise DiffusionVLError(
-                f"prompt {index} has {length} tokens but the model has only {limit} positions; shorten it."
+                f"prompt {index} has {length} tokens but the model has {limit} positions ({usable} in whole blocks of "
+                f"{size}), which leaves no room for an answer; shorten the prompt to under {usable} tokens."
             )
         if needed > limit:
-            room = limit // size * size - length
+            room = usable - length
             raise DiffusionVLError(
                 f"prompt {index} ({length} tokens) plus max_new_tokens={config.max_new_tokens} needs {needed} "
                 f"positions (whole blocks of {size}) but the model has {limit}; lower max_new_tokens to at most {room}."

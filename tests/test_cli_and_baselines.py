@@ -1,12 +1,12 @@
 """The command line, the baselines and a smoke run of the benchmark."""
 
-import argparse
+import json
 
 import pytest
 import torch
 from conftest import EOT_ID, MASK_ID, cli_error, random_ids, tiny_causal_lm, tiny_tokenizer, toy_prompt
 
-from diffusionvl import DiffusionVL, bench, cli
+from diffusionvl import DiffusionVL, cli
 from diffusionvl.baselines import autoregressive_generate, full_sequence_generate
 
 
@@ -57,15 +57,22 @@ def test_full_sequence_baseline_uses_a_fixed_canvas_and_the_step_budget(trained)
     assert MASK_ID not in produced and EOT_ID not in produced[:-1]  # cut right after the first end-of-turn
 
 
-def test_benchmark_smoke_run_reports_every_decoder():
-    parser = argparse.ArgumentParser()
-    bench.add_arguments(parser)
-    args = parser.parse_args(
-        "--ar-steps 2 --diffusion-steps 2 --prompts 2 --runs 1 --max-new-tokens 16 --block-size 4 --steps 4".split()
-    )
-    rows = bench.run(args)
+def test_benchmark_smoke_run_reports_every_decoder_and_writes_its_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    cli.main("bench --ar-steps 2 --diffusion-steps 2 --prompts 2 --runs 1 --max-new-tokens 16 --block-size 4 --steps 4 "
+             f"--json {out}".split())
+    rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows][1:4] == ["block, static", "block, dynamic", "block, threshold"]
     static = rows[1]
     assert static["tokens_per_forward"] <= 1.0  # steps == block size: one token per forward at most
     assert rows[-1]["nfe_per_prompt"] == 16  # full sequence: 4 blocks x 4 steps, fixed length
-    assert "| block, static |" in bench.table(rows, args)
+    assert "| block, static |" in capsys.readouterr().out
+
+
+def test_training_benchmark_checks_the_losses_and_writes_its_json(tmp_path, capsys):
+    out = tmp_path / "bench_train.json"
+    cli.main(f"bench-train --image-side 2 --hidden 32 --layers 1 --heads 2 --steps 2 --warmup 0 --json {out}".split())
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["layout"] for r in rows] == ["full", "cheap"] and rows[0]["loss_checked_steps"] == 2
+    assert rows[1]["saved_for_backward_mib"] < rows[0]["saved_for_backward_mib"]  # the cheap stream keeps less
+    assert "Loss check: cheap == full on all 2 batches" in capsys.readouterr().out
