@@ -114,15 +114,22 @@ def _vision_config(path: Path, released: dict) -> dict:
         return released["vision_config"]
     if (path / "vision_config.json").is_file():
         return json.loads((path / "vision_config.json").read_text())
-    raise CheckpointLayoutError(f"{path}: the config has no vision_config and there is no vision_config.json.")
+    raise CheckpointLayoutError(f"{path}: the config has no vision_config and there is no vision_config.json; copy the "
+                                "vision_config of the model it was trained from into config.json.")
 
 
-def _diffusion_config(base, released: dict, mask_token_id, **fields) -> DiffusionVLConfig:
+def _diffusion_config(path: Path, base, released: dict, mask_token_id, **fields) -> DiffusionVLConfig:
     eot = base.text_config.eos_token_id
     if eot is None or eot == []:
         raise CheckpointLayoutError(
-            "the released config.json has eos_token_id null: set it to the id of the end-of-turn token "
-            "(<|im_end|> in Qwen's vocabulary), which ends every answer.")
+            f"{path / 'config.json'} has eos_token_id null: set it to the id of the end-of-turn token "
+            "(<|im_end|>, 151645 in Qwen's vocabulary), which ends every answer.")
+    # Both released layouts are vision-language models: without the placeholder id no image can reach them (and
+    # Qwen2_5_VLConfig's default, 151655, would silently stand in for it).
+    if released.get("image_token_id") is None:
+        raise CheckpointLayoutError(
+            f"{path / 'config.json'} has image_token_id null: set it to the id of the image placeholder token "
+            "(<|image_pad|>, 151655 in Qwen's vocabulary) that the processor expands for each image.")
     return DiffusionVLConfig(
         base_config=base, block_size=released.get("bd3lm_block_size", 8),
         mask_token_id=mask_token_id or released.get("mask_token_id", RELEASED_MASK_TOKEN_ID),
@@ -163,7 +170,7 @@ def load_released_qwenvl(path, mask_token_id: int | None = None, dtype: torch.dt
     path = Path(path)
     released = json.loads((path / "config.json").read_text())
     base = qwenvl_config(released, _vision_config(path, released))
-    config = _diffusion_config(base, released, mask_token_id, position_mode="1d")
+    config = _diffusion_config(path, base, released, mask_token_id, position_mode="1d")
     state = {"model." + key: tensor for key, tensor in released_tensors(path).items()}
     return _load_strict(config, state, path, "model.lm_head.weight" if base.tie_word_embeddings else None, dtype)
 
@@ -188,6 +195,6 @@ def load_released_siglip(path, mask_token_id: int | None = None, dtype: torch.dt
                 tie_word_embeddings=released.get("tie_word_embeddings", False))
     base = VisionLanguageConfig(vision_config=vision, text_config=text, image_token_id=released.get("image_token_id"),
                                 image_newline="model.image_newline" in state)
-    config = _diffusion_config(base, released, mask_token_id)
+    config = _diffusion_config(path, base, released, mask_token_id)
     tied = "model.language_model.lm_head.weight" if base.tie_word_embeddings else None
     return _load_strict(config, state, path, tied, dtype)

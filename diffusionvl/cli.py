@@ -21,6 +21,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Show each flag's default next to its help, keep descriptions as written."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (an unknown choice, a missing flag) end in one `error: ...` line like every other
+    user error, so scripts can read the last line of stderr."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\n")
+
+
 def prompt_inputs(processor, prompt: str, images: list[str], chat: bool) -> dict:
     """Model inputs for one user turn: the chat template when there is one (and `chat`).
 
@@ -130,7 +139,7 @@ COMMANDS = {
 
 def parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line, with only `command`'s own flags built (and its module imported)."""
-    root = argparse.ArgumentParser(prog="diffusionvl", description="Block-diffusion (vision-)language models.")
+    root = ArgumentParser(prog="diffusionvl", description="Block-diffusion (vision-)language models.")
     root.add_argument("--version", action="version", version=f"diffusionvl {__version__}")
     root.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -158,7 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         user = isinstance(error, USER_ERRORS) or type(error).__module__.startswith("huggingface_hub")
         message = str(error) if user else f"unexpected {type(error).__name__}: {error} (rerun with --debug for the " \
                                           "traceback, and please report it)"
-        print(f"error: {message}", file=sys.stderr)
+        one_line = " ".join(line.strip() for line in message.splitlines())  # e.g. strict-dataclass errors span lines
+        print(f"error: {one_line}", file=sys.stderr)
         raise SystemExit(2 if user else 1) from None
 
 

@@ -13,8 +13,10 @@ from PIL import Image
 
 from .errors import ImageError, MissingImageError
 
-# Pillow refuses images above this many pixels (a decompression bomb, e.g. a 20000 x 20000 PNG of a few MB).
-MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Pillow's own limit: it warns above MAX_IMAGE_PIXELS (89 Mpx) and refuses twice that as a decompression bomb
+# (e.g. a 20000 x 20000 PNG of a few MB). A 10000 x 10000 photo (100 Mpx, 300 MB as RGB) is large but real,
+# and the image processor downscales it, so only Pillow's refusal threshold is used.
+MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)
 # Qwen's image processors refuse a longer side over 200x the shorter one; so does any patch-based encoder in
 # practice, and the error then comes from deep inside the processor. Check it here, where the file is known.
 MAX_ASPECT_RATIO = 200
@@ -24,12 +26,12 @@ def _open(source, name) -> Image.Image:
     """Decode fully now (Pillow decodes lazily), as RGB. Every Pillow failure is an ImageError."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a warning by default: refuse it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # below MAX_PIXELS: accepted
             with Image.open(source) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise Image.DecompressionBombError(f"{image.width * image.height} pixels")
                 return image.convert("RGB")
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+    except Image.DecompressionBombError as error:
         raise ImageError(
             f"image {name} is too large: over {MAX_PIXELS:,} pixels, refused as a possible decompression bomb; "
             "downscale it.", name, "too large") from error

@@ -61,6 +61,21 @@ def _check_diffusionvl_config(path: Path, config: dict) -> None:
             raise CheckpointLayoutError(
                 f"{where} names no {field} (got {config.get(field)!r}); a DiffusionVL checkpoint needs its mask and "
                 "end-of-turn ids. Save the model again, or set the field to the token's id.")
+    _check_fields(where, config)
+
+
+def _check_fields(where: Path, config: dict) -> None:
+    """Every field has a valid type and value (e.g. noisy_stream: "compact" from a newer version, block_size: "8"):
+    the config's own checks, reported against the file rather than from deep inside transformers."""
+    from huggingface_hub.errors import StrictDataclassError
+
+    from .config import DiffusionVLConfig
+
+    try:
+        DiffusionVLConfig.from_dict(config)
+    except (StrictDataclassError, ValueError) as error:
+        problem = " ".join(str(error).split()).rstrip(".")  # the strict dataclass error spans lines
+        raise CheckpointLayoutError(f"{where}: {problem}. Fix the field, or save the model again.") from error
 
 
 def check_checkpoint(path) -> str:
@@ -138,6 +153,8 @@ def load_model(path, dtype=None, device=None):
 def load_processor(path):
     """A DiffusionVLProcessor when the folder has an image processor, else its tokenizer."""
     from transformers import AutoProcessor, AutoTokenizer
+
+    from . import model  # noqa: F401 - registers DiffusionVLProcessor; without it AutoProcessor returns the tokenizer
 
     folder = local_folder(path)
     if folder is not None:

@@ -280,13 +280,13 @@ class DiffusionVL(PreTrainedModel):
         folder is checked first (loading.check_checkpoint), so a wrong one fails before anything is built."""
         path = pretrained_model_name_or_path
         folder = local_folder(path)
-        if folder is not None and not isinstance(kwargs.get("config"), DiffusionVLConfig):
-            found = check_checkpoint(folder)
-            if found in RELEASED_TYPES:
-                from . import checkpoints
+        found = check_checkpoint(folder) if folder is not None else None  # also when the Auto classes call us
+        if found in RELEASED_TYPES and not isinstance(kwargs.get("config"), DiffusionVLConfig):
+            from . import checkpoints
 
-                return getattr(checkpoints, RELEASED_TYPES[found])(folder, dtype=kwargs.get("dtype"))
+            return getattr(checkpoints, RELEASED_TYPES[found])(folder, dtype=kwargs.get("dtype"))
         want_info = kwargs.pop("output_loading_info", False)
+        kwargs.setdefault("ignore_mismatched_sizes", True)  # report mis-shaped weights below, naming each one
         try:
             model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
         except (OSError, RuntimeError) as error:  # e.g. transformers' report of mis-shaped weights

@@ -6,6 +6,7 @@ import torch
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
+from .errors import DiffusionVLError
 from .images import load_image
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -44,7 +45,7 @@ class DiffusionVLProcessor(ProcessorMixin):
         images = [load_image(i) for i in (images or [])]
         wanted = sum(t.count(IMAGE_PLACEHOLDER) for t in texts)
         if wanted != len(images):
-            raise ValueError(
+            raise DiffusionVLError(
                 f"the text has {wanted} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images were given; "
                 "put one placeholder where each image belongs."
             )
