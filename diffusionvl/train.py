@@ -3,6 +3,7 @@ or many. A thin `Trainer` subclass: the loss comes from the model, checkpoints a
 logs carry the mean noise level, tokens/s and skipped records. Multi-GPU runs go through `accelerate launch`."""
 
 import argparse
+import errno
 import json
 import os
 import shutil
@@ -13,13 +14,16 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoProcessor, Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
+from . import preflight
 from .composite import VisionLanguageModel
-from .data import LlavaDataset, collate, read_llava
+from .data import LlavaDataset, SkippedRecords, TokenizerOnlyProcessor, collate, read_llava
+from .errors import DiffusionVLError
+from .loading import load_model, load_processor
 from .lora import add_lora, merge_lora
 from .model import DiffusionVL
 
@@ -78,15 +82,7 @@ class TrainingConfig:
     report_to: str = field(default="none", metadata={"help": "'none', 'tensorboard' or 'wandb'"})
 
     def __post_init__(self):
-        if self.stage not in ("projector", "diffusion"):
-            raise ValueError(f"stage must be 'projector' or 'diffusion', got {self.stage!r}.")
-        if self.bf16 not in ("auto", "on", "off"):
-            raise ValueError(f"bf16 must be 'auto', 'on' or 'off', got {self.bf16!r}.")
-        if self.lora_rank and self.stage != "diffusion":
-            raise ValueError("LoRA adapts the language model in stage 'diffusion'; stage 'projector' trains the projector only.")
-        for name in ("batch_size", "gradient_accumulation", "save_steps", "logging_steps"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}.")
+        preflight.check_options(self)
 
 
 def parameter_part(name: str) -> str:
@@ -110,17 +106,39 @@ def set_trainable(model, config: TrainingConfig) -> None:
         raise ValueError("nothing to train: every part is frozen; enable at least one of vision, projector, language.")
 
 
-class DiffusionTrainer(Trainer):
-    """Trainer with the DiffusionVL losses, per-part learning rates and atomic checkpoints."""
+class RunFinished(Exception):
+    """Raised before the first step of a resumed run that has nothing left to train."""
 
-    def __init__(self, *args, run: TrainingConfig, **kwargs):
+
+def out_of_space(error: BaseException) -> bool:
+    """A write that failed for lack of disk space: errno ENOSPC, or torch's zip writer, which reports a short
+    write only as 'unexpected pos'."""
+    return getattr(error, "errno", None) == errno.ENOSPC or any(
+        text in str(error) for text in ("unexpected pos", "No space left"))
+
+
+def no_space(run_dir: Path, name: str) -> DiffusionVLError:
+    last = get_last_checkpoint(str(run_dir)) or "none yet"
+    free = shutil.disk_usage(run_dir).free / 2**20
+    return DiffusionVLError(
+        f"no space left on the device while saving {name} in {run_dir} ({free:.1f} MiB free now); the partial save "
+        f"was removed and the last complete checkpoint ({last}) is intact. Free some space (or lower "
+        "--save-total-limit) and rerun with --resume.")
+
+
+class DiffusionTrainer(Trainer):
+    """Trainer with the DiffusionVL losses, per-part learning rates, atomic checkpoints that carry the processor,
+    and skipped records counted once each."""
+
+    def __init__(self, *args, run: TrainingConfig, processor, **kwargs):
         super().__init__(*args, **kwargs)
-        self.run = run
-        self.totals = {"noise": 0.0, "losses": 0, "tokens": 0, "skipped": 0}
+        self.run, self.processor = run, processor  # the processor is saved into every checkpoint
+        self.totals = {"noise": 0.0, "losses": 0, "tokens": 0}
+        self.skipped, self.finished = SkippedRecords(), None  # finished: why a resumed run had nothing to do
         self.clock = time.perf_counter()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        self.totals["skipped"] += int(inputs.pop("num_skipped", 0))
+        self.skipped.add(inputs.pop("skipped", ()))
         self.totals["tokens"] += int(inputs["attention_mask"].sum())
         if self.run.stage == "projector":
             extra = {"autoregressive": True} if isinstance(self.accelerator.unwrap_model(model), DiffusionVL) else {}
@@ -161,40 +179,62 @@ class DiffusionTrainer(Trainer):
             logs["tokens_per_second"] = round(self.totals["tokens"] / max(now - self.clock, 1e-9), 1)
             if self.totals["losses"]:
                 logs["noise_level"] = round(self.totals["noise"] / self.totals["losses"], 4)
-            logs["skipped_records"] = self.totals["skipped"]
+            self.skipped.merge_processes()
+            logs["skipped_records"] = len(self.skipped)
+            logs.update({f"skipped_{reason.replace(' ', '_')}": n for reason, n in self.skipped.by_reason().items()})
             self.totals.update(noise=0.0, losses=0, tokens=0)
             self.clock = now
         super().log(logs, start_time)
 
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, resume_from_checkpoint,
+                             trial):
+        """Stop a resumed run that is already at its last step before it trains anything (the Trainer would run
+        one more step and write checkpoint-(N+1))."""
+        done = super()._init_training_state(max_steps, num_update_steps_per_epoch, num_train_epochs,
+                                            resume_from_checkpoint, trial)
+        if resume_from_checkpoint is not None and self.state.global_step >= max_steps:
+            raise RunFinished(f"nothing to do: {resume_from_checkpoint} is at step {self.state.global_step} of "
+                              f"{max_steps}; the run is already finished. Raise --max-steps or --epochs to train on.")
+        return done
+
     def _save_checkpoint(self, model, trial):
         """Write into OUTPUT/.staging/checkpoint-N, then rename into place: resuming only ever finds complete
-        checkpoints, whenever the run is killed."""
+        checkpoints, whenever the run is killed or the disk fills up."""
         run_dir = Path(self._get_output_dir(trial=trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-        self._get_output_dir = lambda trial=None: str(run_dir / STAGING)  # shadows the method for this save only
+        self.skipped.merge_processes()
         try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            del self._get_output_dir
-        self.accelerator.wait_for_everyone()
+            self._stage_checkpoint(model, trial, run_dir, run_dir / STAGING / name)
+        except (OSError, RuntimeError) as error:
+            if not out_of_space(error):
+                raise
+            shutil.rmtree(run_dir / STAGING / name, ignore_errors=True)  # frees what the partial save took
+            raise no_space(run_dir, name) from error
         if self.args.should_save:
-            (run_dir / STAGING / name / RUN_STATE).write_text(json.dumps({"skipped_records": self.totals["skipped"]}))
             if (run_dir / name).exists():
                 shutil.rmtree(run_dir / name)
             os.replace(run_dir / STAGING / name, run_dir / name)
             rotate_checkpoints(output_dir=str(run_dir), save_total_limit=self.args.save_total_limit, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
+    def _stage_checkpoint(self, model, trial, run_dir: Path, staged: Path) -> None:
+        """The Trainer's checkpoint, the processor and the run state, all under OUTPUT/.staging."""
+        self._get_output_dir = lambda trial=None: str(run_dir / STAGING)  # shadows the method for this save only
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:  # the processor too, so `diffusionvl generate OUTPUT/checkpoint-N` works
+            self.processor.save_pretrained(staged)
+            state = {**self.skipped.summary(), "skipped": self.skipped.reasons}
+            (staged / RUN_STATE).write_text(json.dumps(state))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume through the strict loader: transformers' own resume path reads the file without the key
         conversion some architectures (Qwen2.5-VL) save with, and only warns when weights do not match."""
         target = model if model is not None else self.model
-        saved = AutoModelForCausalLM.from_pretrained(resume_from_checkpoint)
-        target.load_state_dict(saved.state_dict())
-        state = Path(resume_from_checkpoint) / RUN_STATE
-        if state.is_file():
-            self.totals["skipped"] = json.loads(state.read_text())["skipped_records"]
+        target.load_state_dict(load_model(resume_from_checkpoint).state_dict())
 
 
 class TrainingProgress(ProgressCallback):
@@ -209,11 +249,27 @@ class TrainingProgress(ProgressCallback):
             self.training_bar.set_postfix(shown)
 
 
+def _step(line: str) -> int | None:
+    """A metrics line's step; None for a line a kill cut short."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class MetricsFile(TrainerCallback):
     """Every log line, with its step, appended to OUTPUT/metrics.jsonl by the main process."""
 
     def __init__(self, path: Path):
         self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        """Keep the lines up to the step the run starts from: a resumed run replays the steps after its
+        checkpoint (and a kill may have cut the last line short); a fresh run starts the file anew."""
+        if state.is_world_process_zero and self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            kept = [line + "\n" for line in lines if (step := _step(line)) is not None and step <= state.global_step]
+            self.path.write_text("".join(kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs:
@@ -222,20 +278,28 @@ class MetricsFile(TrainerCallback):
 
 
 def load_for_training(config: TrainingConfig):
-    """The model and processor at `config.model`, with the parts of this stage trainable."""
-    model = AutoModelForCausalLM.from_pretrained(config.model)
+    """The model and processor (or bare tokenizer, for a text LM) at `config.model`, with the parts of this stage
+    trainable."""
+    model = load_model(config.model)
     if config.stage == "projector":
         inner = model.model if isinstance(model, DiffusionVL) else model
         if not isinstance(inner, VisionLanguageModel):
-            raise ValueError("stage 'projector' trains the projector of a vision encoder + LM model; "
-                             f"{config.model} holds a {type(inner).__name__}.")
+            raise DiffusionVLError("stage 'projector' trains the projector of a vision encoder + LM model; "
+                                   f"{config.model} holds a {type(inner).__name__}.")
     elif not isinstance(model, DiffusionVL):
-        raise ValueError(f"stage 'diffusion' needs a DiffusionVL checkpoint; translate {config.model} first "
-                         "(diffusionvl convert, or DiffusionVL.from_autoregressive).")
+        raise DiffusionVLError(f"stage 'diffusion' needs a DiffusionVL checkpoint; translate {config.model} first "
+                               "(diffusionvl convert, or DiffusionVL.from_autoregressive).")
     if config.lora_rank and not model.config.lora:
         add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets.split(","))
     set_trainable(model, config)
-    return model, AutoProcessor.from_pretrained(config.model)
+    return model, load_processor(config.model)
+
+
+def model_positions(model) -> int | None:
+    """How many positions the model has (the base config's text config): longer samples are skipped."""
+    if isinstance(model, DiffusionVL):
+        return model.max_positions
+    return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
 def training_arguments(config: TrainingConfig) -> TrainingArguments:
@@ -251,31 +315,60 @@ def training_arguments(config: TrainingConfig) -> TrainingArguments:
     )
 
 
-def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTrainer:
-    """Run (or resume) a training run; returns the trainer, whose state holds the log history."""
-    records = read_llava(config.data)  # a malformed file fails here, before any model is loaded
+def prepare(config: TrainingConfig):
+    """Every check a run can fail before it writes anything, in order of cost: data file, output path, image
+    folder, checkpoint to resume, model, and a first usable record. Returns (model, processor, dataset, resume)."""
+    records = read_llava(config.data)
     output = Path(config.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(output / STAGING, ignore_errors=True)  # what a killed save left behind
-    resume_from = get_last_checkpoint(str(output)) if config.resume else None
+    preflight.check_output_dir(output)
+    preflight.check_image_files(records, config.data, config.image_folder)
+    resume_from = get_last_checkpoint(str(output)) if config.resume and output.is_dir() else None
     if config.resume and resume_from is None:
         raise FileNotFoundError(f"--resume: no complete checkpoint in {output}; start without --resume.")
     model, processor = load_for_training(config)
-    dataset = LlavaDataset(records, processor, config.image_folder, config.max_length)
+    preflight.check_image_support(records, config.data, processor)
+    text_only = getattr(processor, "image_processor", None) is None
+    dataset = LlavaDataset(records, TokenizerOnlyProcessor(processor) if text_only else processor,
+                           config.image_folder, config.max_length, model_positions(model))
+    dataset[0]  # finds the first usable record, so 'no usable record' fails now rather than mid-run
+    return model, processor, dataset, resume_from
+
+
+def make_output(output: Path) -> None:
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DiffusionVLError(f"--output-dir {output} cannot be created ({error.strerror or error}).") from error
+    shutil.rmtree(output / STAGING, ignore_errors=True)  # what a killed save left behind
+
+
+def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTrainer:
+    """Run (or resume) a training run; returns the trainer, whose state holds the log history. On a finished
+    run, `--resume` trains nothing and `trainer.finished` says so."""
+    model, processor, dataset, resume_from = prepare(config)
+    output = Path(config.output_dir)
+    make_output(output)
+    tokenizer = getattr(processor, "tokenizer", processor)
     trainer = DiffusionTrainer(
         model=model, args=training_arguments(config), train_dataset=dataset,
-        data_collator=partial(collate, pad_token_id=processor.tokenizer.pad_token_id),
-        callbacks=[MetricsFile(output / "metrics.jsonl"), *(callbacks or [])], run=config,
+        data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id or 0),  # pads are masked: any id does
+        callbacks=[MetricsFile(output / "metrics.jsonl"), *(callbacks or [])], run=config, processor=processor,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TrainingProgress())
-    trainer.train(resume_from_checkpoint=resume_from)
+    if resume_from is not None and (Path(resume_from) / RUN_STATE).is_file():  # the skips so far, counted once
+        trainer.skipped = SkippedRecords(json.loads((Path(resume_from) / RUN_STATE).read_text()).get("skipped"))
+    try:
+        trainer.train(resume_from_checkpoint=resume_from)
+    except RunFinished as finished:
+        trainer.finished = str(finished)
+        return trainer
     if trainer.args.should_save and getattr(model.config, "lora", None):
         merge_lora(model)  # a plain DiffusionVL that loads anywhere, beside the adapter checkpoints
         model.save_pretrained(output / "merged")
         processor.save_pretrained(output / "merged")
     if trainer.args.should_save:
-        (output / "run.json").write_text(json.dumps({**asdict(config), "skipped_records": trainer.totals["skipped"]}))
+        (output / "run.json").write_text(json.dumps({**asdict(config), **trainer.skipped.summary()}))
     return trainer
 
 
@@ -301,5 +394,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args) -> None:
     config = TrainingConfig(**{spec.name: getattr(args, spec.name) for spec in fields(TrainingConfig)})
     trainer = train(config)
-    print(f"done: {trainer.state.global_step} steps, {trainer.totals['skipped']} records skipped "
-          f"(missing or corrupt images, or over max_length); checkpoints in {config.output_dir}")
+    if trainer.finished:
+        print(trainer.finished)
+        return
+    print(f"done: {trainer.state.global_step} steps, {trainer.skipped}; checkpoints in {config.output_dir}")

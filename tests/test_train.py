@@ -29,6 +29,54 @@ def llava_data(folder, broken: bool = True):
     return path
 
 
+def corrupt_png(path):
+    """A PNG whose second data chunk has a damaged header, so Pillow raises SyntaxError ('broken PNG file') only
+    while decoding, as the probes found with random byte flips."""
+    import re
+
+    from PIL import Image
+
+    write_image(path, 200, 200, seed=9)  # random pixels compress badly: the data spans two IDAT chunks
+    good = path.read_bytes()
+    for tag in [match.start() for match in re.finditer(b"IDAT", good)][1:]:
+        for position in range(tag - 8, tag + 4):  # the previous chunk's CRC, this one's length and type
+            broken = bytearray(good)
+            broken[position] ^= 0xFF
+            path.write_bytes(bytes(broken))
+            try:
+                Image.open(path).load()
+            except SyntaxError:
+                return path
+            except Exception:  # noqa: BLE001 - another kind of damage: try the next byte
+                continue
+    raise AssertionError("no single flipped byte gives a SyntaxError")
+
+
+def bomb_png(tmp_path_factory):
+    """A 20000 x 20000 PNG (400 Mpx, about 0.4 MB on disk), made once per test session."""
+    from PIL import Image
+
+    path = tmp_path_factory.getbasetemp() / "bomb-400mpx.png"
+    if not path.is_file():
+        Image.new("L", (20000, 20000), 200).save(path)
+    return path
+
+
+def broken_images(folder, bomb) -> dict[str, str]:
+    """Image files of the three kinds that used to end a run: name -> the reason they are counted under."""
+    import shutil
+
+    corrupt_png(folder / "corrupt.png")
+    (folder / "zero.png").write_bytes(b"")
+    shutil.copy(bomb, folder / "bomb.png")
+    return {"corrupt.png": "undecodable", "zero.png": "undecodable", "bomb.png": "too large"}
+
+
+def image_record(name: str, image: str) -> dict:
+    return {"id": name, "image": image, "conversations": [{"from": "human", "value": "<image> w1"},
+                                                          {"from": "gpt", "value": "w2 w3"}]}
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny Qwen2.5-VL translated to DiffusionVL, saved with its processor, as `diffusionvl convert` writes."""
@@ -60,7 +108,68 @@ def test_training_writes_checkpoints_that_load_and_logs_the_run(tmp_path, checkp
     step_logs = [line for line in logs if "loss" in line]
     assert len(step_logs) == 4 and all(0 < line["noise_level"] <= 1 and line["tokens_per_second"] > 0 for line in step_logs)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert run["skipped_records"] >= 1  # the record whose image is missing was skipped and counted
+    # the record whose image is missing is counted once, however often the data order passes over it
+    assert run["skipped_records"] == 1 and run["skipped_by_reason"] == {"missing": 1}
+    assert step_logs[-1]["skipped_records"] == 1 and step_logs[-1]["skipped_missing"] == 1
+
+
+def test_a_checkpoint_holds_the_processor_so_generate_runs_on_it(tmp_path, checkpoint, capsys):
+    from diffusionvl import cli
+
+    data = llava_data(tmp_path / "data", broken=False)
+    train(config(checkpoint, data, tmp_path / "run", max_steps=1, save_steps=1))
+    saved = tmp_path / "run" / "checkpoint-1"
+    assert (saved / "tokenizer.json").is_file() and (saved / "processor_config.json").is_file()
+    cli.main(["generate", str(saved), "--prompt", "w1 w2", "--image", str(data.parent / "0.png"),
+              "--max-new-tokens", "4", "--steps", "2"])
+    assert "tokens/forward" in capsys.readouterr().err
+
+
+def test_broken_images_are_skipped_once_by_reason_and_a_killed_run_resumes_exactly(tmp_path, checkpoint,
+                                                                                      tmp_path_factory, capsys):
+    """A corrupt PNG, a 400-Mpx PNG and an empty file among good records: the run finishes, counts 3 records
+    (8 steps of 2 are two epochs of the 8 records, so a per-fetch count would say 6 or more), and after a real
+    SIGKILL `--resume` gives the same losses and the same count."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from diffusionvl import cli
+
+    data = llava_data(tmp_path / "data", broken=False)
+    broken = broken_images(data.parent, bomb_png(tmp_path_factory))
+    data.write_text(json.dumps(json.loads(data.read_text()) + [image_record(n, n) for n in broken]))
+    flags = ["train", "--data", str(data), "--image-folder", str(data.parent), "--model", str(checkpoint),
+             "--batch-size", "2", "--max-steps", "8", "--save-steps", "2", "--logging-steps", "1",
+             "--learning-rate", "1e-3"]
+    cli.main([*flags, "--output-dir", str(tmp_path / "a")])
+    assert "done: 8 steps, 3 records skipped (1 too large, 2 undecodable)" in capsys.readouterr().out
+    killed = tmp_path / "b"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    with (tmp_path / "log").open("w") as log:
+        run = subprocess.Popen([sys.executable, "-m", "diffusionvl.cli", *flags, "--output-dir", str(killed)],
+                               env=env, stdout=log, stderr=log)
+        deadline = time.monotonic() + 240
+        while not (killed / "checkpoint-2").is_dir() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        run.send_signal(signal.SIGKILL)
+        assert run.wait() == -signal.SIGKILL, (tmp_path / "log").read_text()[-2000:]
+    start = int(get_last_checkpoint(str(killed)).rsplit("-", 1)[1])
+    assert start < 8, "the run finished before it was killed"
+    cli.main([*flags, "--output-dir", str(killed), "--resume"])
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()
+             if "loss" in json.loads(line)]
+    assert steps == list(range(1, 9))  # the steps replayed after the kill are not logged twice
+    expected, resumed = losses(tmp_path / "a"), losses(killed)
+    for step in range(start + 1, 9):
+        assert resumed[step] == pytest.approx(expected[step], abs=1e-6), step
+    for output in (tmp_path / "a", killed):
+        run_json = json.loads((output / "run.json").read_text())
+        assert run_json["skipped_by_reason"] == {"too large": 1, "undecodable": 2}, output
 
 
 class Crash(TrainerCallback):
@@ -206,16 +315,26 @@ def test_lora_trains_adapters_only_resumes_and_merges_into_a_plain_checkpoint(tm
     assert torch.allclose(logits[0], logits[1], atol=1e-5)
 
 
-def test_training_errors_say_what_to_do(tmp_path, checkpoint, capsys):
+def cli_error(argv: list[str], capsys) -> str:
+    """What `diffusionvl ...` prints when it fails: one `error:` line, exit status 2."""
     from diffusionvl import cli
 
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_training_errors_say_what_to_do(tmp_path, checkpoint, capsys):
     data = llava_data(tmp_path / "data")
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(config(checkpoint, data, tmp_path / "fresh", resume=True))
-    with pytest.raises(SystemExit, match="data file not found"):
-        cli.main(["train", "--data", str(tmp_path / "none.json"), "--model", str(checkpoint), "--output-dir", str(tmp_path)])
-    with pytest.raises(SystemExit, match="stage must be 'projector' or 'diffusion'"):
-        cli.main(["train", "--data", str(data), "--model", str(checkpoint), "--output-dir", str(tmp_path), "--stage", "x"])
-    with pytest.raises(SystemExit, match="needs a DiffusionVL checkpoint"):
-        tiny_siglip_qwen().save_pretrained(tmp_path / "ar")
-        cli.main(["train", "--data", str(data), "--model", str(tmp_path / "ar"), "--output-dir", str(tmp_path / "o")])
+    common = ["train", "--model", str(checkpoint), "--output-dir", str(tmp_path / "o")]
+    assert "error: data file not found" in cli_error([*common, "--data", str(tmp_path / "none.json")], capsys)
+    stage = cli_error([*common, "--data", str(data), "--stage", "x"], capsys)
+    assert "stage must be 'projector' or 'diffusion'" in stage
+    tiny_siglip_qwen().save_pretrained(tmp_path / "ar")
+    argv = ["train", "--data", str(data), "--image-folder", str(data.parent), "--model", str(tmp_path / "ar"),
+            "--output-dir", str(tmp_path / "o")]
+    assert "needs a DiffusionVL checkpoint" in cli_error(argv, capsys)
+    assert not (tmp_path / "o").exists()  # every one of these failed before the output folder was created
