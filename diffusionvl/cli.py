@@ -125,30 +125,36 @@ def add_convert_arguments(con: argparse.ArgumentParser) -> None:
                      help="weights' dtype; auto keeps the source's")
 
 
-# name -> (help, module holding add_arguments and the runner, names of both); modules load only when used
+# name -> (help, "module:function" adding its flags, "module:function" running it); modules load only when used
 COMMANDS = {
-    "generate": ("generate an answer with a saved DiffusionVL model", "cli", "add_generate_arguments", "generate"),
-    "convert": ("turn a transformers checkpoint into a DiffusionVL one, ready to train", "cli",
-                "add_convert_arguments", "convert"),
-    "train": ("train on LLaVA-format data (stage 'projector' or 'diffusion')", "train", "add_arguments", "main"),
-    "bench": ("decoding benchmark: AR vs block decoding vs full-sequence diffusion", "bench", "add_arguments", "main"),
-    "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches", "bench_train", "add_arguments",
-                    "main"),
+    "generate": ("generate an answer with a saved DiffusionVL model", "cli:add_generate_arguments", "cli:generate"),
+    "convert": ("turn a transformers checkpoint into a DiffusionVL one, ready to train", "cli:add_convert_arguments",
+                "cli:convert"),
+    "train": ("train on LLaVA-format data (stage 'projector' or 'diffusion')", "training_config:add_arguments",
+              "train:main"),
+    "bench": ("decoding benchmark: AR vs block decoding vs full-sequence diffusion", "bench:add_arguments",
+              "bench:main"),
+    "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches", "bench_train:add_arguments",
+                    "bench_train:main"),
 }
 
 
+def _function(name: str):
+    module, function = name.split(":")
+    return getattr(importlib.import_module(f".{module}", __package__), function)
+
+
 def parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The command line, with only `command`'s own flags built (and its module imported)."""
+    """The command line, with only `command`'s own flags built (and their module imported)."""
     root = ArgumentParser(prog="diffusionvl", description="Block-diffusion (vision-)language models.")
     root.add_argument("--version", action="version", version=f"diffusionvl {__version__}")
     root.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, module, add, run) in COMMANDS.items():
+    for name, (help_text, add, run) in COMMANDS.items():
         sub = commands.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         if command == name:
-            owner = importlib.import_module(f".{module}", __package__)
-            getattr(owner, add)(sub)
-            sub.set_defaults(run=getattr(owner, run))
+            _function(add)(sub)
+            sub.set_defaults(run=run)
     return root
 
 
@@ -157,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     command = next((arg for arg in argv if arg in COMMANDS), None)
     args = parser(command).parse_args(argv)
     try:
-        args.run(args)
+        _function(args.run)(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None

@@ -1,43 +1,13 @@
-"""Checks a training run makes before it creates or touches its output folder: the options, the output path,
+"""Checks a training run makes before it creates or touches its output folder (its options are checked by
+TrainingConfig itself): the output path,
 the image folder, and whether the checkpoint can take the data's images (train.prepare runs them, then looks
 for a first usable record). Each failure says what is wrong and how to fix it."""
 
-import math
 import tempfile
 from pathlib import Path
 
 from .data import record_images
 from .errors import DataError, DiffusionVLError
-
-# options that must be above zero, and options that must not be below it (None means 'not set')
-POSITIVE = ("batch_size", "gradient_accumulation", "save_steps", "logging_steps", "learning_rate", "lora_alpha",
-            "vision_learning_rate", "projector_learning_rate", "max_length", "save_total_limit")
-NON_NEGATIVE = ("warmup_steps", "weight_decay", "epochs", "num_workers", "lora_rank")
-
-
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def check_options(config) -> None:
-    """A TrainingConfig's choices and numbers in range (NaN and inf are refused too)."""
-    if config.stage not in ("projector", "diffusion"):
-        raise DiffusionVLError(f"--stage must be 'projector' or 'diffusion', got {config.stage!r}.")
-    if config.bf16 not in ("auto", "on", "off"):
-        raise DiffusionVLError(f"--bf16 must be 'auto', 'on' or 'off', got {config.bf16!r}.")
-    if config.lora_rank and config.stage != "diffusion":
-        raise DiffusionVLError("LoRA adapts the language model in stage 'diffusion'; stage 'projector' trains the "
-                               "projector only.")
-    for name in POSITIVE + NON_NEGATIVE:
-        value = getattr(config, name)
-        if value is None:
-            continue
-        if not math.isfinite(value) or value < 0 or (value == 0 and name in POSITIVE):
-            what = "a positive number" if name in POSITIVE else "zero or more"
-            raise DiffusionVLError(f"{flag(name)} must be {what}, got {value}.")
-    if config.max_steps < -1:
-        raise DiffusionVLError(f"--max-steps must be -1 (train for --epochs) or a step count, got {config.max_steps}.")
-
 
 def check_output_dir(path) -> None:
     """The output folder can be created (or exists) and written to; nothing is created here."""

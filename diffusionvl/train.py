@@ -2,14 +2,12 @@
 or many. A thin `Trainer` subclass: the loss comes from the model, checkpoints are written atomically, and
 logs carry the mean noise level, tokens/s and skipped records. Multi-GPU runs go through `accelerate launch`."""
 
-import argparse
 import errno
 import json
 import os
 import shutil
 import time
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, fields
 from functools import partial
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from .errors import DiffusionVLError
 from .loading import load_model, load_processor
 from .lora import add_lora, merge_lora
 from .model import DiffusionVL
+from .training_config import TrainingConfig
 
 STAGING = ".staging"  # checkpoints are written under OUTPUT/.staging and renamed into OUTPUT when complete
 RUN_STATE = "diffusionvl_run.json"  # what a checkpoint keeps beside the Trainer's own state
@@ -42,47 +41,6 @@ class EpochSeededLengthSampler(LengthGroupedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed + epoch)
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """One training run. Every field is also a `diffusionvl train` flag (underscores become dashes)."""
-
-    data: str = field(metadata={"help": "LLaVA JSON or JSONL file"})
-    model: str = field(metadata={"help": "a DiffusionVL checkpoint (diffusionvl convert) or a VisionLanguageModel"})
-    output_dir: str = field(metadata={"help": "checkpoints and metrics.jsonl go here"})
-    image_folder: str | None = field(default=None, metadata={"help": "image paths in the data are relative to it"})
-    stage: str = field(default="diffusion", metadata={"help": "'projector' (stage 1, AR loss) or 'diffusion'"})
-    train_vision: bool = field(default=False, metadata={"help": "stage 2: train the vision tower"})
-    train_projector: bool = field(default=True, metadata={"help": "stage 2: train the projector / merger"})
-    train_language: bool = field(default=True, metadata={"help": "stage 2: train the language model"})
-    learning_rate: float = field(default=1e-5, metadata={"help": "language model learning rate"})
-    vision_learning_rate: float | None = field(default=None, metadata={"help": "default: learning_rate"})
-    projector_learning_rate: float | None = field(default=None, metadata={"help": "default: learning_rate"})
-    batch_size: int = field(default=4, metadata={"help": "per device"})
-    gradient_accumulation: int = 1
-    epochs: float = 1.0
-    max_steps: int = field(default=-1, metadata={"help": "overrides epochs when > 0"})
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    save_steps: int = 500
-    save_total_limit: int | None = None
-    logging_steps: int = 10
-    seed: int = 0
-    max_length: int | None = field(default=None, metadata={"help": "longer records are skipped and counted"})
-    bf16: str = field(default="auto", metadata={"help": "'auto' (on where the GPU has it), 'on' or 'off'"})
-    gradient_checkpointing: bool = False
-    group_by_length: bool = True
-    num_workers: int = 0
-    lora_rank: int = field(default=0, metadata={"help": "LoRA adapters of this rank in the LM instead of full "
-                                                         "finetuning (0: off); needs peft"})
-    lora_alpha: int = 16
-    lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated layer names"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
-    report_to: str = field(default="none", metadata={"help": "'none', 'tensorboard' or 'wandb'"})
-
-    def __post_init__(self):
-        preflight.check_options(self)
 
 
 def parameter_part(name: str) -> str:
@@ -370,25 +328,6 @@ def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTra
     if trainer.args.should_save:
         (output / "run.json").write_text(json.dumps({**asdict(config), **trainer.skipped.summary()}))
     return trainer
-
-
-def _flag_type(hint):
-    """int for `int`, float for `float | None`, and so on."""
-    options = [a for a in typing.get_args(hint) if a is not type(None)]
-    return options[0] if options else hint
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`diffusionvl train` flags, one per TrainingConfig field."""
-    hints = typing.get_type_hints(TrainingConfig)
-    for spec in fields(TrainingConfig):
-        flag, kind, help_text = "--" + spec.name.replace("_", "-"), _flag_type(hints[spec.name]), spec.metadata.get("help")
-        if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=spec.default, help=help_text)
-        elif spec.default is MISSING:
-            parser.add_argument(flag, type=kind, required=True, help=help_text)
-        else:
-            parser.add_argument(flag, type=kind, default=spec.default, help=help_text)
 
 
 def main(args) -> None:

@@ -1,0 +1,102 @@
+"""`TrainingConfig`: one training run, every field a `diffusionvl train` flag, checked on construction.
+
+Kept apart from train.py and free of torch imports, so `diffusionvl train --help` answers at once.
+"""
+
+import argparse
+import math
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+
+from .errors import DiffusionVLError
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """One training run. Every field is also a `diffusionvl train` flag (underscores become dashes)."""
+
+    data: str = field(metadata={"help": "LLaVA JSON or JSONL file"})
+    model: str = field(metadata={"help": "a DiffusionVL checkpoint (diffusionvl convert) or a VisionLanguageModel"})
+    output_dir: str = field(metadata={"help": "checkpoints and metrics.jsonl go here"})
+    image_folder: str | None = field(default=None, metadata={"help": "image paths in the data are relative to it"})
+    stage: str = field(default="diffusion", metadata={"help": "'projector' (stage 1, AR loss) or 'diffusion'"})
+    train_vision: bool = field(default=False, metadata={"help": "stage 2: train the vision tower"})
+    train_projector: bool = field(default=True, metadata={"help": "stage 2: train the projector / merger"})
+    train_language: bool = field(default=True, metadata={"help": "stage 2: train the language model"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "language model learning rate"})
+    vision_learning_rate: float | None = field(default=None, metadata={"help": "default: learning_rate"})
+    projector_learning_rate: float | None = field(default=None, metadata={"help": "default: learning_rate"})
+    batch_size: int = field(default=4, metadata={"help": "per device"})
+    gradient_accumulation: int = field(default=1, metadata={"help": "batches per optimizer step"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data (fractions allowed)"})
+    max_steps: int = field(default=-1, metadata={"help": "overrides epochs when > 0"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    save_steps: int = field(default=500, metadata={"help": "write a checkpoint every this many steps"})
+    save_total_limit: int | None = field(default=None, metadata={"help": "keep only the newest N checkpoints"})
+    logging_steps: int = field(default=10, metadata={"help": "log loss, noise level, tokens/s every N steps"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and noise"})
+    max_length: int | None = field(default=None, metadata={"help": "longer records are skipped and counted"})
+    bf16: str = field(default="auto", metadata={"help": "'auto' (on where the GPU has it), 'on' or 'off'"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory)"})
+    group_by_length: bool = field(default=True, metadata={"help": "batch samples of similar length"})
+    num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
+    lora_rank: int = field(default=0, metadata={"help": "LoRA adapters of this rank in the LM instead of full "
+                                                         "finetuning (0: off); needs peft"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
+    lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated layer names"})
+    resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
+    report_to: str = field(default="none", metadata={"help": "'none', 'tensorboard' or 'wandb'"})
+
+    def __post_init__(self):
+        check_options(self)
+
+
+# options that must be above zero, and options that must not be below it (None means 'not set')
+POSITIVE = ("batch_size", "gradient_accumulation", "save_steps", "logging_steps", "learning_rate", "lora_alpha",
+            "vision_learning_rate", "projector_learning_rate", "max_length", "save_total_limit")
+NON_NEGATIVE = ("warmup_steps", "weight_decay", "epochs", "num_workers", "lora_rank")
+
+
+def flag(name: str) -> str:
+    """The command-line flag of a field."""
+    return "--" + name.replace("_", "-")
+
+
+def check_options(config) -> None:
+    """A TrainingConfig's choices and numbers in range (NaN and inf are refused too)."""
+    if config.stage not in ("projector", "diffusion"):
+        raise DiffusionVLError(f"--stage must be 'projector' or 'diffusion', got {config.stage!r}.")
+    if config.bf16 not in ("auto", "on", "off"):
+        raise DiffusionVLError(f"--bf16 must be 'auto', 'on' or 'off', got {config.bf16!r}.")
+    if config.lora_rank and config.stage != "diffusion":
+        raise DiffusionVLError("LoRA adapts the language model in stage 'diffusion'; stage 'projector' trains the "
+                               "projector only.")
+    for name in POSITIVE + NON_NEGATIVE:
+        value = getattr(config, name)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < 0 or (value == 0 and name in POSITIVE):
+            what = "a positive number" if name in POSITIVE else "zero or more"
+            raise DiffusionVLError(f"{flag(name)} must be {what}, got {value}.")
+    if config.max_steps < -1:
+        raise DiffusionVLError(f"--max-steps must be -1 (train for --epochs) or a step count, got {config.max_steps}.")
+
+
+def _flag_type(hint):
+    """int for `int`, float for `float | None`, and so on."""
+    options = [a for a in typing.get_args(hint) if a is not type(None)]
+    return options[0] if options else hint
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`diffusionvl train` flags, one per TrainingConfig field."""
+    hints = typing.get_type_hints(TrainingConfig)
+    for spec in fields(TrainingConfig):
+        name, kind, help_text = flag(spec.name), _flag_type(hints[spec.name]), spec.metadata.get("help")
+        if kind is bool:
+            parser.add_argument(name, action=argparse.BooleanOptionalAction, default=spec.default, help=help_text)
+        elif spec.default is MISSING:
+            parser.add_argument(name, type=kind, required=True, help=help_text)
+        else:
+            parser.add_argument(name, type=kind, default=spec.default, help=help_text)
