@@ -49,3 +49,12 @@ def check_image_support(records: list[dict], data, processor) -> None:
             f"this checkpoint has no image processor; {count} records of {data} have images. Train it on text-only "
             "data, or train a vision-language checkpoint (diffusionvl convert of a Qwen2.5-VL).")
 
+
+
+def check_chat_template(processor, model) -> None:
+    """Training formats every conversation with the tokenizer's chat template; a base LM's tokenizer may have none."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if not getattr(tokenizer, "chat_template", None):
+        raise DiffusionVLError(
+            f"the tokenizer in {model} has no chat template, and training formats each conversation with it. Give it "
+            "one (set tokenizer.chat_template and save_pretrained into that folder), or start from an instruct model.")

@@ -285,6 +285,7 @@ def prepare(config: TrainingConfig):
         raise FileNotFoundError(f"--resume: no complete checkpoint in {output}; start without --resume.")
     model, processor = load_for_training(config)
     preflight.check_image_support(records, config.data, processor)
+    preflight.check_chat_template(processor, config.model)
     text_only = getattr(processor, "image_processor", None) is None
     dataset = LlavaDataset(records, TokenizerOnlyProcessor(processor) if text_only else processor,
                            config.image_folder, config.max_length, model_positions(model))

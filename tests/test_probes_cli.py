@@ -119,18 +119,26 @@ CASES = [
 ROWS = sorted({row for rows, *_ in CASES for row in rows})
 
 
+def run_row(commands, status: int, expected: str) -> None:
+    """Run one row's commands in order (all but the last must succeed); the last must exit with `status`, print
+    `expected` (OK) or end in one matching `error: ...` line, and no command may print a traceback."""
+    commands = commands if isinstance(commands[0], list) else [commands]
+    for index, command in enumerate(commands):
+        result = diffusionvl(*command)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert result.returncode == (status if index == len(commands) - 1 else OK), result.stderr[-3000:]
+    if status == OK:
+        assert re.search(expected, result.stdout + result.stderr), result.stdout + result.stderr[-3000:]
+        return
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and re.search(expected, last), result.stderr[-3000:]
+
+
 @pytest.mark.parametrize("rows,description,argv,status,expected", CASES,
                          ids=["row-" + "-".join(f"{r:02d}" for r in rows) + f" {what}" for rows, what, *_ in CASES])
 def test_cli_row(rows, description, argv, status, expected, fixtures, tmp_path):
     commands = argv(Probe(fixtures, tmp_path, capsys=None))
     before = tree(tmp_path)
-    for command in commands if isinstance(commands[0], list) else [commands]:
-        result = diffusionvl(*command)
-        assert "Traceback" not in result.stderr, result.stderr
-        assert result.returncode == status, result.stderr
-    if status == OK:
-        assert re.search(expected, result.stdout + result.stderr), result.stderr
-        return
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and re.search(expected, last), result.stderr
-    assert tree(tmp_path) == before, "a refused command must leave its files and destination as they were"
+    run_row(commands, status, expected)
+    if status != OK:
+        assert tree(tmp_path) == before, "a refused command must leave its files and destination as they were"
