@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_probes_loading import GEN, Probe, a_file, build_checkpoints, delete, drop, edit_base, tree, truncate
+from probes import GEN, Probe, a_file, build_checkpoints, delete, drop, edit_base, tree, truncate
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
