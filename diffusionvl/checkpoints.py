@@ -13,7 +13,7 @@ from transformers.initialization import no_init_weights
 from .config import DiffusionVLConfig
 from .errors import CheckpointLayoutError
 from .loading import check_safetensors
-from .tokens import RELEASED_MASK_TOKEN_ID
+from .tokens import IMAGE_TOKEN, RELEASED_MASK_TOKEN_ID, known_id
 
 TEXT_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -118,18 +118,36 @@ def _vision_config(path: Path, released: dict) -> dict:
                                 "vision_config of the model it was trained from into config.json.")
 
 
+def _read_released(path: Path) -> dict:
+    """The released config.json, with a null `image_token_id` resolved by name: the placeholder our processor
+    expands is the tokenizer's image token, so its id is the one the model must look for."""
+    released = json.loads((path / "config.json").read_text())
+    if released.get("image_token_id") is None:
+        released["image_token_id"] = _image_token_from_tokenizer(path)
+    return released
+
+
+def _image_token_from_tokenizer(path: Path) -> int:
+    from transformers import AutoTokenizer
+
+    try:
+        found = known_id(AutoTokenizer.from_pretrained(path), IMAGE_TOKEN)
+    except (OSError, ValueError):
+        found = None
+    if found is None:
+        raise CheckpointLayoutError(
+            f"{path / 'config.json'} has image_token_id null and the folder's tokenizer has no {IMAGE_TOKEN} token to "
+            f"take its place: set image_token_id to the id of the image placeholder ({IMAGE_TOKEN}, 151655 in Qwen's "
+            "vocabulary).")
+    return found
+
+
 def _diffusion_config(path: Path, base, released: dict, mask_token_id, **fields) -> DiffusionVLConfig:
     eot = base.text_config.eos_token_id
     if eot is None or eot == []:
         raise CheckpointLayoutError(
             f"{path / 'config.json'} has eos_token_id null: set it to the id of the end-of-turn token "
             "(<|im_end|>, 151645 in Qwen's vocabulary), which ends every answer.")
-    # Both released layouts are vision-language models: without the placeholder id no image can reach them (and
-    # Qwen2_5_VLConfig's default, 151655, would silently stand in for it).
-    if released.get("image_token_id") is None:
-        raise CheckpointLayoutError(
-            f"{path / 'config.json'} has image_token_id null: set it to the id of the image placeholder token "
-            "(<|image_pad|>, 151655 in Qwen's vocabulary) that the processor expands for each image.")
     return DiffusionVLConfig(
         base_config=base, block_size=released.get("bd3lm_block_size", 8),
         mask_token_id=mask_token_id or released.get("mask_token_id", RELEASED_MASK_TOKEN_ID),
@@ -168,7 +186,7 @@ def released_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_released_qwenvl(path, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
     """A DiffusionVL-Qwen2.5VL checkpoint as a DiffusionVL (1-D positions, as it was trained)."""
     path = Path(path)
-    released = json.loads((path / "config.json").read_text())
+    released = _read_released(path)
     base = qwenvl_config(released, _vision_config(path, released))
     config = _diffusion_config(path, base, released, mask_token_id, position_mode="1d")
     state = {"model." + key: tensor for key, tensor in released_tensors(path).items()}
@@ -184,7 +202,7 @@ def load_released_siglip(path, mask_token_id: int | None = None, dtype: torch.dt
     from .composite import VisionLanguageConfig
 
     path = Path(path)
-    released = json.loads((path / "config.json").read_text())
+    released = _read_released(path)
     vision = _vision_config(path, released)
     state = {"model." + k: v for k, v in _renamed(path, RELEASED_SIGLIP_RENAMES, "DiffusionVL-Qwen2.5 (SigLIP)").items()
              if not k.startswith(DROPPED)}

@@ -8,6 +8,7 @@ from transformers.feature_extraction_utils import BatchFeature
 
 from .errors import DiffusionVLError
 from .images import load_image
+from .tokens import IMAGE_TOKEN
 
 IMAGE_PLACEHOLDER = "<image>"
 QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -23,7 +24,7 @@ class DiffusionVLProcessor(ProcessorMixin):
     DiffusionVL checkpoints use no wrapper).
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token="<|image_pad|>",
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, image_token=IMAGE_TOKEN,
                  vision_start=None, vision_end=None, image_seq_length=None, **kwargs):
         self.image_token, self.vision_start, self.vision_end = image_token, vision_start, vision_end
         self.image_seq_length = image_seq_length  # tokens per image of a fixed-size encoder (SigLIP + newline)

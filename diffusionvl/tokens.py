@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from .errors import DiffusionVLError
 
 MASK_TOKEN = "<|mask|>"
+# Qwen's image placeholder; the processor expands one per merged image patch.
+IMAGE_TOKEN = "<|image_pad|>"
 # The released DiffusionVL-Qwen checkpoints use this unused Qwen embedding row as [MASK] (their model card).
 RELEASED_MASK_TOKEN_ID = 151671
 # Chat templates end an assistant turn with one of these; the first one the tokenizer knows wins.
@@ -52,7 +54,7 @@ class SpecialTokens:
         return (self.mask,) if self.pad == self.eot else (self.mask, self.pad)
 
 
-def _known_id(tokenizer, token: str) -> int | None:
+def known_id(tokenizer, token: str) -> int | None:
     """The id of `token` if the tokenizer has it as a single token, else None."""
     if tokenizer is None or token not in tokenizer.get_vocab():
         return None
@@ -72,7 +74,7 @@ def resolve_mask_token(model, tokenizer, mask_token_id: int | None) -> int:
             "no mask token: pass the tokenizer (a '<|mask|>' token is then added) or mask_token_id= "
             f"(an unused embedding row; the released Qwen DiffusionVL checkpoints use {RELEASED_MASK_TOKEN_ID})."
         )
-    found = _known_id(tokenizer, MASK_TOKEN)
+    found = known_id(tokenizer, MASK_TOKEN)
     if found is None:
         tokenizer.add_special_tokens({"additional_special_tokens": [MASK_TOKEN]}, replace_extra_special_tokens=False)
         found = tokenizer.convert_tokens_to_ids(MASK_TOKEN)
@@ -85,7 +87,7 @@ def resolve_mask_token(model, tokenizer, mask_token_id: int | None) -> int:
 def resolve_eot_token(model, tokenizer) -> int:
     """End of turn: a chat end-of-turn token by name, else the tokenizer's or the model's EOS."""
     for name in END_OF_TURN_TOKENS:
-        if (found := _known_id(tokenizer, name)) is not None:
+        if (found := known_id(tokenizer, name)) is not None:
             return found
     config = model.config
     candidates = [

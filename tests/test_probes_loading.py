@@ -88,6 +88,14 @@ def released(p, config=None, files=None):
     return load(p.variant("released", config, files))
 
 
+def same_answer(first, second, image) -> bool:
+    """Both models see the same placeholder id and give the same answer to a prompt with one image."""
+    processor = tiny_vl_processor()
+    inputs = processor("<image> w1 w2", [image])
+    answers = [model.generate(**inputs, max_new_tokens=4, steps=2) for model in (first, second)]
+    return first.config.image_token_id == second.config.image_token_id and torch.equal(*answers)
+
+
 def null_eos(config: dict) -> None:
     config.update(eos_token_id=None)
     config["text_config"].update(eos_token_id=None)
@@ -102,8 +110,11 @@ CASES += [
     (32, "video_token_id null generates from the command line", lambda p: p.run(
         "generate", p.variant("released", lambda c: c.update(video_token_id=None)), *GEN,
         "--image", p.image("rgb.png")), GENERATED),
-    (33, "image_token_id null", lambda p: released(p, lambda c: c.update(image_token_id=None)),
-     (LAYOUT, r"config\.json has image_token_id null.*set it to the id of the image placeholder token")),
+    (33, "image_token_id null: the tokenizer's <|image_pad|> takes its place, same answer", lambda p: same_answer(
+        released(p, lambda c: c.update(image_token_id=None)), load(p.fx.released), p.image("rgb.png")), bool),
+    (33, "image_token_id null and no tokenizer to name the image token", lambda p: released(
+        p, lambda c: c.update(image_token_id=None), delete("tokenizer.json", "tokenizer_config.json")),
+     (LAYOUT, r"config\.json has image_token_id null and the folder's tokenizer has no <\|image_pad\|> token")),
     (34, "an extra tensor", lambda p: released(p, files=add_tensor),
      (LAYOUT, r"unexpected tensor 'model\.extra_thing\.weight' .*remove it")),
     (34, "an extra tensor, from the command line", lambda p: gen_text(p, p.variant("released", files=add_tensor)),
