@@ -118,13 +118,14 @@ def _vision_config(path: Path, released: dict) -> dict:
                                 "vision_config of the model it was trained from into config.json.")
 
 
-def _read_released(path: Path) -> dict:
-    """The released config.json, with a null `image_token_id` resolved by name: the placeholder our processor
-    expands is the tokenizer's image token, so its id is the one the model must look for."""
+def _read_released(path: Path) -> tuple[dict, dict]:
+    """The released config.json and its vision config. A null `image_token_id` is resolved by name: the
+    placeholder our processor expands is the tokenizer's image token, so its id is the one the model looks for."""
     released = json.loads((path / "config.json").read_text())
+    vision = _vision_config(path, released)  # first: without one, this is not a released checkpoint at all
     if released.get("image_token_id") is None:
         released["image_token_id"] = _image_token_from_tokenizer(path)
-    return released
+    return released, vision
 
 
 def _image_token_from_tokenizer(path: Path) -> int:
@@ -186,8 +187,8 @@ def released_tensors(path: Path) -> dict[str, torch.Tensor]:
 def load_released_qwenvl(path, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
     """A DiffusionVL-Qwen2.5VL checkpoint as a DiffusionVL (1-D positions, as it was trained)."""
     path = Path(path)
-    released = _read_released(path)
-    base = qwenvl_config(released, _vision_config(path, released))
+    released, vision = _read_released(path)
+    base = qwenvl_config(released, vision)
     config = _diffusion_config(path, base, released, mask_token_id, position_mode="1d")
     state = {"model." + key: tensor for key, tensor in released_tensors(path).items()}
     return _load_strict(config, state, path, "model.lm_head.weight" if base.tie_word_embeddings else None, dtype)
@@ -202,8 +203,7 @@ def load_released_siglip(path, mask_token_id: int | None = None, dtype: torch.dt
     from .composite import VisionLanguageConfig
 
     path = Path(path)
-    released = _read_released(path)
-    vision = _vision_config(path, released)
+    released, vision = _read_released(path)
     state = {"model." + k: v for k, v in _renamed(path, RELEASED_SIGLIP_RENAMES, "DiffusionVL-Qwen2.5 (SigLIP)").items()
              if not k.startswith(DROPPED)}
     layers = {int(k.split("encoder.layers.")[1].split(".")[0]) for k in state if ".vision_tower.encoder.layers." in k}
