@@ -230,3 +230,11 @@ def cli_error(capsys, *argv) -> str:
     assert exit_info.value.code == 2, printed
     assert printed.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in printed, printed
     return printed
+
+
+@pytest.fixture(scope="module")
+def probe_checkpoints(tmp_path_factory):
+    """The tiny checkpoints and images of the probe tables (tests/probes.py), built once per test module."""
+    from probes import build_checkpoints
+
+    return build_checkpoints(tmp_path_factory.mktemp("checkpoints"), tmp_path_factory.getbasetemp() / "probe-images")

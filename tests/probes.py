@@ -2,6 +2,7 @@
 a `Probe` per case (a fresh folder, the command line), and small edits of checkpoint folders."""
 
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -178,3 +179,17 @@ def truncate(name: str, size: int | None = None):
         (path / name).write_bytes(data[: size or len(data) // 2])
 
     return cut
+
+
+def check_case(row: int, description: str, call, expected, probe: Probe) -> None:
+    """Run one case: `expected` is (error type, message regex), a regex the result must match, or a predicate."""
+    if isinstance(expected, tuple):
+        error, pattern = expected
+        with pytest.raises(error, match=pattern):
+            call(probe)
+        return
+    result = call(probe)
+    if isinstance(expected, str):
+        assert re.search(expected, result), f"row {row}: {description}: {result}"
+    else:
+        assert expected(result), f"row {row}: {description}: {result!r}"[:3000]

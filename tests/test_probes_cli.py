@@ -14,17 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from probes import GEN, Probe, a_file, build_checkpoints, delete, drop, edit_base, tree, truncate
+from probes import GEN, Probe, a_file, delete, drop, edit_base, tree, truncate
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
 OK = 0
-
-
-@pytest.fixture(scope="module")
-def fixtures(tmp_path_factory):
-    return build_checkpoints(tmp_path_factory.mktemp("checkpoints"), tmp_path_factory.getbasetemp() / "probe-images")
 
 
 def diffusionvl(*argv) -> subprocess.CompletedProcess:
@@ -136,8 +131,8 @@ def run_row(commands, status: int, expected: str) -> None:
 
 @pytest.mark.parametrize("rows,description,argv,status,expected", CASES,
                          ids=["row-" + "-".join(f"{r:02d}" for r in rows) + f" {what}" for rows, what, *_ in CASES])
-def test_cli_row(rows, description, argv, status, expected, fixtures, tmp_path):
-    commands = argv(Probe(fixtures, tmp_path, capsys=None))
+def test_cli_row(rows, description, argv, status, expected, probe_checkpoints, tmp_path):
+    commands = argv(Probe(probe_checkpoints, tmp_path, capsys=None))
     before = tree(tmp_path)
     run_row(commands, status, expected)
     if status != OK:

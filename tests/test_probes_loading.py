@@ -7,13 +7,11 @@ call returns (the command's stderr, for `p.cli`) must match, or a predicate on t
 in-process here; tests/test_probes_cli.py runs them as subprocesses.
 """
 
-import re
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import tiny_vl_processor
-from probes import (BAD, GEN, GENERATED, LAYOUT, Probe, build_checkpoints, delete, drop, edit_base, gen_image, gen_text,
+from probes import (check_case, BAD, GEN, GENERATED, LAYOUT, Probe, delete, drop, edit_base, gen_image, gen_text,
                     load, truncate, weights)
 
 from diffusionvl import DiffusionVL
@@ -132,26 +130,10 @@ CASES += [
 ]
 
 
-@pytest.fixture(scope="module")
-def fixtures(tmp_path_factory) -> SimpleNamespace:
-    return build_checkpoints(tmp_path_factory.mktemp("checkpoints"), tmp_path_factory.getbasetemp() / "probe-images")
-
-
-
 ROWS = sorted({row for row, *_ in CASES})
 
 
 @pytest.mark.parametrize("row,description,call,expected", CASES,
                          ids=[f"row-{row:02d} {description}" for row, description, *_ in CASES])
-def test_probe_row(row, description, call, expected, fixtures, tmp_path, capsys):
-    probe = Probe(fixtures, tmp_path, capsys)
-    if isinstance(expected, tuple):
-        error, pattern = expected
-        with pytest.raises(error, match=pattern):
-            call(probe)
-        return
-    result = call(probe)
-    if isinstance(expected, str):
-        assert re.search(expected, result), f"row {row}: {description}: {result}"
-    else:
-        assert expected(result), f"row {row}: {description}: {result!r}"[:3000]
+def test_probe_row(row, description, call, expected, probe_checkpoints, tmp_path, capsys):
+    check_case(row, description, call, expected, Probe(probe_checkpoints, tmp_path, capsys))

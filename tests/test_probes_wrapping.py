@@ -10,12 +10,11 @@ in-process here; tests/test_probes_cli.py runs them as subprocesses.
 import re
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import MASK_ID, tiny_causal_lm, tiny_tokenizer
-from probes import (BAD, CONVERTED, GEN, GENERATED, LAYOUT, Probe, a_file, build_checkpoints, delete, drop, edit_base,
+from probes import (check_case, BAD, CONVERTED, GEN, GENERATED, LAYOUT, Probe, a_file, delete, drop, edit_base,
                     gen_text, load, same_model, weights)
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
@@ -186,26 +185,10 @@ CASES += [
         "text", lambda c: c.update(model_type="diffusionvl_qwen"))), (LAYOUT, "has no vision_config")),
     (131, "LoRA save/load round trip", lambda p: round_trip(p, lora=True), bool),
 ]
-@pytest.fixture(scope="module")
-def fixtures(tmp_path_factory) -> SimpleNamespace:
-    return build_checkpoints(tmp_path_factory.mktemp("checkpoints"), tmp_path_factory.getbasetemp() / "probe-images")
-
-
-
 ROWS = sorted({row for row, *_ in CASES})
 
 
 @pytest.mark.parametrize("row,description,call,expected", CASES,
                          ids=[f"row-{row:02d} {description}" for row, description, *_ in CASES])
-def test_probe_row(row, description, call, expected, fixtures, tmp_path, capsys):
-    probe = Probe(fixtures, tmp_path, capsys)
-    if isinstance(expected, tuple):
-        error, pattern = expected
-        with pytest.raises(error, match=pattern):
-            call(probe)
-        return
-    result = call(probe)
-    if isinstance(expected, str):
-        assert re.search(expected, result), f"row {row}: {description}: {result}"
-    else:
-        assert expected(result), f"row {row}: {description}: {result!r}"[:3000]
+def test_probe_row(row, description, call, expected, probe_checkpoints, tmp_path, capsys):
+    check_case(row, description, call, expected, Probe(probe_checkpoints, tmp_path, capsys))
