@@ -23,6 +23,17 @@ def _probe_logits(model, backbone, ids: torch.Tensor, allowed: torch.Tensor, pos
     return backbone.head(backbone.decode(backbone.embed(ids), mask, positions[None]))
 
 
+def probe_ids(model, device) -> torch.Tensor:
+    """(1, PROBE_LENGTH) plain text ids: none of the ids the config names (image and video placeholders and the
+    like would ask for pixels the probe does not have)."""
+    config = model.config
+    named = {getattr(c, key) for c in (config, getattr(config, "text_config", None)) if c is not None
+             for key in dir(c) if key.endswith("_token_id") and isinstance(getattr(c, key, None), int)}
+    rows = model.get_input_embeddings().weight.shape[0]
+    plain = [i for i in range(1, rows) if i not in named][:PROBE_LENGTH]
+    return torch.tensor(plain, device=device)[None]
+
+
 def check_wrappable(model) -> None:
     """The cheap checks of what is passed, before anything reads its config."""
     if type(model).__name__ == "DiffusionVL":  # by name: model.py imports this module
@@ -51,7 +62,7 @@ def check_block_diffusion_support(model, backbone=None) -> None:
         _fail(model, f"attn_implementation={impl!r} takes no custom mask; load it with attn_implementation='sdpa'.")
     backbone = backbone if backbone is not None else TextBackbone(model)
     device = model.get_input_embeddings().weight.device
-    ids = torch.arange(1, PROBE_LENGTH + 1, device=device)[None] % model.get_input_embeddings().weight.shape[0]
+    ids = probe_ids(model, device)
     positions = torch.arange(PROBE_LENGTH, device=device)[None]
     causal = torch.ones(PROBE_LENGTH, PROBE_LENGTH, dtype=torch.bool, device=device).tril()
     was_training = model.training
