@@ -52,3 +52,14 @@ def test_model_trains_and_translates_with_its_own_mask_token():
     dvlm(**example).loss.backward()
     prompt = processor(processor.chat_text(conversation()[:1], add_generation_prompt=True), [Image.new("RGB", (112, 112))])
     assert dvlm.generate(**prompt, max_new_tokens=8).shape[0] == 1
+
+
+def test_a_tokenizer_trained_on_minivl_text_spells_every_word_as_one_token():
+    from diffusionvl.minivl.generator import TASKS, generate_mix, vocabulary
+
+    samples = generate_mix(TASKS, "train", seed=0, count_per_task=50)
+    tokenizer = build_tokenizer(text for s in samples for text in (s.question, s.answer))
+    for word in vocabulary():  # one token each: with its leading space mid-sentence, or without at the start
+        assert min(len(tokenizer.tokenize(word)), len(tokenizer.tokenize(" " + word))) == 1, word
+    answer = next(s.answer for s in samples if s.task == "caption")
+    assert tokenizer.decode(tokenizer(answer).input_ids) == answer
