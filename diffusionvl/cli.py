@@ -136,6 +136,8 @@ COMMANDS = {
               "bench:main"),
     "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches", "bench_train:add_arguments",
                     "bench_train:main"),
+    "eval": ("evaluate a DiffusionVL or Qwen2.5-VL checkpoint on MiniVL's test split",
+             "evaluation.minivl:add_arguments", "evaluation.minivl:main"),
 }
 
 

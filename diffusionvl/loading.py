@@ -22,7 +22,7 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
-def _read_config(path: Path) -> dict:
+def read_config(path: Path) -> dict:
     if not path.exists():
         raise CheckpointLayoutError(f"model folder not found: {path}; pass a directory written by save_pretrained "
                                     "or diffusionvl convert.")
@@ -81,7 +81,7 @@ def _check_fields(where: Path, config: dict) -> None:
 def check_checkpoint(path) -> str:
     """Check a local checkpoint folder before anything is built; returns its model_type."""
     path = Path(path)
-    config = _read_config(path)
+    config = read_config(path)
     found = config.get("model_type")
     if found == DIFFUSIONVL_TYPE:
         _check_diffusionvl_config(path, config)
