@@ -144,9 +144,11 @@ def load_model(path, dtype=None, device=None):
     from .model import DiffusionVL
 
     folder = local_folder(path)
-    kind = check_checkpoint(folder) if folder is not None else DIFFUSIONVL_TYPE
-    cls = VisionLanguageModel if kind == COMPOSITE_TYPE else DiffusionVL
-    model = cls.from_pretrained(str(path), dtype=dtype)
+    if folder is not None and read_config(folder).get("model_type") == COMPOSITE_TYPE:
+        check_checkpoint(folder)  # DiffusionVL.from_pretrained runs this check itself; the composite's does not
+        model = VisionLanguageModel.from_pretrained(str(path), dtype=dtype)
+    else:
+        model = DiffusionVL.from_pretrained(str(path), dtype=dtype)
     return model.to(device) if device is not None else model
 
 
