@@ -62,29 +62,41 @@ def torch_dtype(name: str):
     return None if name == "auto" else getattr(torch, name)
 
 
+def model_argument(args: argparse.Namespace) -> str:
+    """--model, else the positional MODEL, else the shipped default."""
+    from .loading import DEFAULT_MODEL
+
+    given = [value for value in (args.model_option, args.model) if value is not None]
+    if len(set(given)) > 1:
+        raise ValueError(f"two models given ({given[1]} and --model {given[0]}); pass one.")
+    return given[0] if given else DEFAULT_MODEL
+
+
 def generate(args: argparse.Namespace) -> None:
+    import json
+
     import torch
     from transformers import TextStreamer
 
-    from .generation_config import DecodingConfig
-    from .loading import load_model, load_processor
+    from .inference import answer, open_model, open_processor
 
-    config = DecodingConfig(  # bad options fail before any weight is read
-        max_new_tokens=args.max_new_tokens, steps=args.steps, remasking_strategy=args.strategy,
-        confidence_threshold=args.threshold, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    config = decoding_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    processor = load_processor(args.model)
+    path = model_argument(args)
+    processor = open_processor(path)
     inputs = prompt_inputs(processor, args.prompt, args.image or [], chat=not args.raw)
-    model = load_model(args.model, dtype=torch_dtype(args.dtype), device=device)
+    model = open_model(path, dtype=torch_dtype(args.dtype), device=device, autoregressive=args.autoregressive)
     tokenizer = getattr(processor, "tokenizer", processor)
     generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
-    out = model.generate(
-        **{k: v.to(device) for k, v in inputs.items()}, generation_config=config, generator=generator,
-        tokenizer=tokenizer, return_dict_in_generate=True,
-        streamer=TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True),
-    )
-    print(f"[{out.sequences.shape[1]} tokens, {out.nfe} forwards, {out.tokens_per_forward:.2f} tokens/forward]",
-          file=sys.stderr)
+    streamer = None if args.json else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    out = answer(model, processor, inputs, config, streamer=streamer, generator=generator)
+    if args.json:
+        print(json.dumps({"model": str(path), "text": out.texts[0], "tokens": out.tokens, "nfe": out.nfe,
+                          "tokens_per_forward": round(out.tokens_per_forward, 4), "seconds": round(out.seconds, 4),
+                          "tokens_per_s": round(out.tokens / max(out.seconds, 1e-9), 2)}))
+        return
+    print(f"[{out.tokens} tokens, {out.nfe} forwards, {out.tokens_per_forward:.2f} tokens/forward, "
+          f"{out.seconds:.2f} s]", file=sys.stderr)
 
 
 def convert(args: argparse.Namespace) -> None:
@@ -96,23 +108,44 @@ def convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.dst}: block size {model.block_size}, mask {tokens.mask}, end of turn {tokens.eot}")
 
 
+def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding flags `generate`, `chat` and `eval` share (DecodingConfig's fields)."""
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="the answer's length limit")
+    parser.add_argument("--steps", type=int, default=8, help="denoising steps per block")
+    parser.add_argument("--strategy", default="low_confidence_static",
+                        choices=["low_confidence_static", "low_confidence_dynamic", "threshold"],
+                        help="unmasking policy")
+    parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the dynamic policies")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
+    parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
+    parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens reaching this probability")
+
+
+def decoding_config(args: argparse.Namespace):
+    """The DecodingConfig of the decoding flags; bad values fail here, before any weight is read."""
+    from .generation_config import DecodingConfig
+
+    return DecodingConfig(max_new_tokens=args.max_new_tokens, steps=args.steps, remasking_strategy=args.strategy,
+                          confidence_threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p)
+
+
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
-    gen.add_argument("model", help="directory written by save_pretrained or diffusionvl convert, with its tokenizer")
+    gen.add_argument("model", nargs="?", help="a DiffusionVL (or autoregressive) checkpoint folder with its "
+                     "tokenizer, or a shipped model: minivl-dvlm (the default), minivl-ar")
+    gen.add_argument("--model", dest="model_option", metavar="MODEL", help="the same as the positional MODEL")
     gen.add_argument("--prompt", required=True, help="the user's message; <image> marks where an image goes")
     gen.add_argument("--image", action="append", help="an image file (repeat for several); needs a VLM checkpoint")
-    gen.add_argument("--max-new-tokens", type=int, default=128, help="the answer's length limit")
-    gen.add_argument("--steps", type=int, default=8, help="denoising steps per block")
-    gen.add_argument("--strategy", default="low_confidence_static",
-                     choices=["low_confidence_static", "low_confidence_dynamic", "threshold"], help="unmasking policy")
-    gen.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the dynamic policies")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
-    gen.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
-    gen.add_argument("--top-p", type=float, help="sample from the smallest set of tokens reaching this probability")
+    add_decoding_arguments(gen)
     gen.add_argument("--seed", type=int, help="seed of the sampling (with --temperature > 0)")
     gen.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                      help="weights' dtype; auto keeps the checkpoint's")
     gen.add_argument("--raw", action="store_true", help="send the prompt as is, without the chat template")
+    gen.add_argument("--json", action="store_true", help="print one JSON object (text, tokens, nfe, "
+                     "tokens_per_forward, seconds, tokens_per_s) instead of streaming the answer")
+    gen.add_argument("--autoregressive", action="store_true", help="accept an untranslated AR checkpoint (e.g. "
+                     "minivl-ar) and decode it token by token, for comparison")
 
 
 def add_convert_arguments(con: argparse.ArgumentParser) -> None:
@@ -138,6 +171,11 @@ COMMANDS = {
                     "bench_train:main"),
     "eval": ("evaluate a DiffusionVL or Qwen2.5-VL checkpoint on MiniVL's test split",
              "evaluation.minivl:add_arguments", "evaluation.minivl:main"),
+    "demo": ("answer a few MiniVL images with the shipped dVLM and its AR source, side by side",
+             "minivl.demo:add_arguments", "minivl.demo:main"),
+    "chat": ("talk to a model interactively (/image PATH attaches an image)", "chat:add_arguments", "chat:main"),
+    "recipe": ("reproduce a study end to end, resumably (minivl: AR source, translation, baseline, evaluation)",
+               "minivl.recipe:add_arguments", "minivl.recipe:main"),
 }
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointLayoutError, DiffusionVLError
-from .loading import PROCESSOR_FILES, TOKENIZER_FILES
+from .loading import PROCESSOR_FILES, TOKENIZER_FILES, resolve_model
 from .model import VISION_LANGUAGE_TYPES, DiffusionVL
 from .processing import DiffusionVLProcessor
 
@@ -91,7 +91,7 @@ def _processor(src: Path, config: dict, tokenizer, position_mode: str) -> Diffus
 def convert(src, dst, block_size: int = 8, position_mode: str = "1d", mask_token_id: int | None = None,
             dtype: torch.dtype | None = None) -> DiffusionVL:
     """Load `src`, translate it, and write model, tokenizer (with its mask token) and processor to `dst`."""
-    src, dst = Path(src), Path(dst)
+    src, dst = Path(resolve_model(src)), Path(dst)  # "minivl-ar" names the shipped AR model
     config, vision = check_source(src)
     check_destination(dst)
     staging = make_staging(dst)

@@ -20,13 +20,15 @@ from .sampling import propose
 
 @dataclass
 class DecodingOutput:
-    """sequences (N, T): new tokens only, pad after the end. nfe: model forwards. tokens_per_forward: new
-    tokens per forward a row took part in. block_steps: per row, the denoising steps of each of its blocks."""
+    """sequences (N, T): new tokens only, pad after the end. nfe: model forwards. row_forwards: forwards summed
+    over the rows that took part in them. tokens_per_forward: new tokens per row forward (independent of the
+    batch size). block_steps: per row, the denoising steps of each of its blocks."""
 
     sequences: torch.Tensor
     nfe: int
     tokens_per_forward: float
     block_steps: list[list[int]]
+    row_forwards: int
 
     @classmethod
     def from_rows(cls, rows: list[list[int]], nfe: int, pad: int, block_steps=None, row_forwards=None):
@@ -34,8 +36,10 @@ class DecodingOutput:
         sequences = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
         for index, row in enumerate(rows):
             sequences[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        per_forward = sum(len(r) for r in rows) / max(row_forwards if row_forwards is not None else nfe, 1)
-        return cls(sequences, nfe, per_forward, block_steps if block_steps is not None else [[] for _ in rows])
+        row_forwards = int(row_forwards if row_forwards is not None else nfe)
+        per_forward = sum(len(r) for r in rows) / max(row_forwards, 1)
+        return cls(sequences, nfe, per_forward, block_steps if block_steps is not None else [[] for _ in rows],
+                   row_forwards)
 
 
 @dataclass

@@ -20,6 +20,23 @@ RELEASED_TYPES = {"diffusionvl_qwenvl": "load_released_qwenvl", "diffusionvl_qwe
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+# Models that ship inside the package (MiniVL, trained by `diffusionvl recipe minivl`): name -> folder name.
+SHIPPED_MODELS = ("minivl-dvlm", "minivl-ar")
+DEFAULT_MODEL = "minivl-dvlm"
+SHIPPED_FOLDER = Path(__file__).parent / "minivl" / "weights"
+
+
+def resolve_model(path):
+    """A shipped model's name -> its folder inside the package (a local folder of that name wins); any other
+    path or hub id is returned unchanged."""
+    if str(path) not in SHIPPED_MODELS or Path(path).exists():
+        return path
+    folder = SHIPPED_FOLDER / str(path)
+    if not (folder / "config.json").is_file():
+        raise CheckpointLayoutError(
+            f"the shipped model {path!r} is missing from this installation ({folder}); reinstall diffusionvl, or "
+            f"rebuild it with `diffusionvl recipe minivl --out DIR` and copy DIR/{path} there.")
+    return str(folder)
 
 
 def read_config(path: Path) -> dict:
@@ -143,6 +160,7 @@ def load_model(path, dtype=None, device=None):
     from .composite import VisionLanguageModel
     from .model import DiffusionVL
 
+    path = resolve_model(path)
     folder = local_folder(path)
     if folder is not None and read_config(folder).get("model_type") == COMPOSITE_TYPE:
         check_checkpoint(folder)  # DiffusionVL.from_pretrained runs this check itself; the composite's does not
@@ -152,14 +170,45 @@ def load_model(path, dtype=None, device=None):
     return model.to(device) if device is not None else model
 
 
-def load_processor(path):
-    """A DiffusionVLProcessor when the folder has an image processor, else its tokenizer."""
+def is_diffusionvl_folder(folder) -> bool:
+    """Whether a local checkpoint folder (or shipped model name) holds a DiffusionVL (ours, a released layout, or
+    the composite)."""
+    found = read_config(Path(resolve_model(folder))).get("model_type")
+    return found in (DIFFUSIONVL_TYPE, COMPOSITE_TYPE) or found in RELEASED_TYPES
+
+
+def load_autoregressive(path, dtype=None, device=None):
+    """A plain transformers checkpoint, before translation: a Qwen2.5-VL (image-text-to-text) or a causal LM."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from .model import VISION_LANGUAGE_TYPES
+
+    path = resolve_model(path)
+    folder = local_folder(path)
+    model_type = None
+    if folder is not None:
+        if is_diffusionvl_folder(folder):
+            raise CheckpointLayoutError(f"{folder} holds a DiffusionVL checkpoint, not an autoregressive one; load it "
+                                        "with load_model (or train it with stage 'diffusion').")
+        model_type = read_config(folder).get("model_type")
+        check_weights(folder)
+    auto = AutoModelForImageTextToText if model_type in VISION_LANGUAGE_TYPES else AutoModelForCausalLM
+    model = auto.from_pretrained(str(path), dtype=dtype)
+    return model.to(device) if device is not None else model
+
+
+def load_processor(path, autoregressive: bool = False):
+    """A DiffusionVLProcessor when the folder has an image processor, else its tokenizer. `autoregressive`: the
+    folder may hold any transformers checkpoint, not only a DiffusionVL one."""
     from transformers import AutoProcessor, AutoTokenizer
 
     from . import model  # noqa: F401 - registers DiffusionVLProcessor; without it AutoProcessor returns the tokenizer
 
+    path = resolve_model(path)
     folder = local_folder(path)
-    if folder is not None:
+    if folder is not None and autoregressive:
+        read_config(folder)
+    elif folder is not None:
         check_checkpoint(folder)  # a wrong folder is named as such, not as a missing tokenizer
     if folder is not None and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise CheckpointLayoutError(

@@ -31,3 +31,26 @@ def diffusion_loss(
     per_sample = torch.zeros(num_supervised.shape, device=logits.device).index_add(0, sample_index, per_token)
     rows = (num_supervised > 0).sum() if average == "supervised_rows" else num_supervised.numel()
     return per_sample.sum() / rows
+
+
+AR_AVERAGES = ("per_token", "per_sample")
+
+
+def autoregressive_loss(logits: torch.Tensor, labels: torch.Tensor, average: str = "per_token") -> torch.Tensor:
+    """Next-token cross-entropy: logits (N, L, V) at position i predict labels (N, L) at i + 1 (-100: unsupervised).
+
+    average "per_token": the mean over every supervised token of the batch (transformers' own loss), so a long
+    answer outweighs a short one. "per_sample": each sample's mean, then the mean over samples that have
+    supervised tokens, so a one-token answer weighs as much as a caption (as the diffusion loss does).
+    """
+    if average not in AR_AVERAGES:
+        raise ValueError(f"average must be one of {', '.join(map(repr, AR_AVERAGES))}, got {average!r}.")
+    targets = labels[:, 1:]
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, ignore_index=-100, reduction="none")
+    counts = (targets != -100).sum(1)
+    if not bool((counts > 0).any()):
+        raise ValueError("no supervised tokens in the batch: every label is -100. Label at least the answer tokens.")
+    if average == "per_token":
+        return ce.sum() / counts.sum()
+    rows = counts > 0
+    return (ce.sum(1)[rows] / counts[rows]).mean()

@@ -19,7 +19,7 @@ from .compat import check_block_diffusion_support, check_wrappable
 from .config import DiffusionVLConfig
 from .errors import CheckpointLayoutError, DiffusionVLError
 from .generation_config import DecodingConfig
-from .loading import RELEASED_TYPES, check_checkpoint, local_folder
+from .loading import RELEASED_TYPES, check_checkpoint, local_folder, resolve_model
 from .loss import diffusion_loss
 from .masks import block_causal_mask, positions_from_padding
 from .noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
@@ -278,7 +278,7 @@ class DiffusionVL(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """Strict loading: any missing, unexpected or mis-shaped weight is an error, never a random init. A local
         folder is checked first (loading.check_checkpoint), so a wrong one fails before anything is built."""
-        path = pretrained_model_name_or_path
+        path = resolve_model(pretrained_model_name_or_path)  # "minivl-dvlm" names the shipped model
         folder = local_folder(path)
         found = check_checkpoint(folder) if folder is not None else None  # also when the Auto classes call us
         if found in RELEASED_TYPES and not isinstance(kwargs.get("config"), DiffusionVLConfig):

@@ -50,14 +50,7 @@ class DiffusionVLProcessor(ProcessorMixin):
                 f"the text has {wanted} {IMAGE_PLACEHOLDER} placeholders but {len(images)} images were given; "
                 "put one placeholder where each image belongs."
             )
-        features = {}
-        counts = []
-        if images:
-            features = dict(self.image_processor(images=images, return_tensors="pt"))
-            if "image_grid_thw" in features:  # Qwen: one token per merged patch, so it depends on the image size
-                counts = (features["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist()
-            else:
-                counts = [self.image_seq_length] * len(images)
+        features, counts = self._image_features(images)
         expanded, used = [], 0
         for t in texts:
             n = t.count(IMAGE_PLACEHOLDER)
@@ -66,6 +59,15 @@ class DiffusionVLProcessor(ProcessorMixin):
         self.tokenizer.padding_side = padding_side
         encoded = self.tokenizer(expanded, return_tensors=return_tensors, padding=True, add_special_tokens=False)
         return BatchFeature({**encoded, **features})
+
+    def _image_features(self, images: list) -> tuple[dict, list[int]]:
+        """The image processor's tensors and how many image tokens each image takes."""
+        if not images:
+            return {}, []
+        features = dict(self.image_processor(images=images, return_tensors="pt"))
+        if "image_grid_thw" in features:  # Qwen: one token per merged patch, so it depends on the image size
+            return features, (features["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist()
+        return features, [self.image_seq_length] * len(images)
 
     def chat_text(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
         """The tokenizer's chat template over messages whose content may list {"type": "image"} parts."""
@@ -78,24 +80,27 @@ class DiffusionVLProcessor(ProcessorMixin):
         return self.tokenizer.apply_chat_template(flat, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def training_example(self, messages: list[dict], images=None, eot_token: str | None = None) -> BatchFeature:
-        """Inputs with labels: only assistant content and its end-of-turn token are supervised."""
+        """Inputs with labels: only assistant content and its end-of-turn token are supervised. Images are
+        processed once; the turn boundaries are found by tokenising the text alone."""
         eot_id = self.tokenizer.convert_tokens_to_ids(eot_token or "<|im_end|>")
-        full = self(self.chat_text(messages), images, padding_side="right")
-        ids = full["input_ids"][0]
+        text = self.chat_text(messages)
+        if text.count(IMAGE_PLACEHOLDER) != len(images or []):
+            self(text, images)  # raises the placeholder-count error
+        features, counts = self._image_features([load_image(i) for i in (images or [])])
+        ids = self._token_ids(text, counts)
         labels = torch.full_like(ids, IGNORE)
         for turn, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            start = self._length(messages[:turn], add_generation_prompt=True, images=images)
-            stop = self._length(messages[: turn + 1], add_generation_prompt=False, images=images)
+            start = len(self._token_ids(self.chat_text(messages[:turn], add_generation_prompt=True), counts))
+            stop = len(self._token_ids(self.chat_text(messages[: turn + 1]), counts))
             ends = (ids[start:stop] == eot_id).nonzero()
             end = start + int(ends[0]) + 1 if len(ends) else stop
             labels[start:end] = ids[start:end]
-        full["labels"] = labels[None]
-        return full
+        return BatchFeature({"input_ids": ids[None], "attention_mask": torch.ones_like(ids)[None],
+                             "labels": labels[None], **features})
 
-    def _length(self, messages, add_generation_prompt: bool, images) -> int:
-        """Token count of a conversation prefix, with the images its placeholders need."""
-        text = self.chat_text(messages, add_generation_prompt=add_generation_prompt) if messages else ""
-        needed = list(images or [])[: text.count(IMAGE_PLACEHOLDER)]
-        return self(text, needed, padding_side="right")["input_ids"].shape[1] if text else 0
+    def _token_ids(self, text: str, counts: list[int]) -> torch.Tensor:
+        """(T,) ids of a conversation prefix whose images take `counts` tokens each, in order."""
+        expanded = self._expand(text, counts[: text.count(IMAGE_PLACEHOLDER)])
+        return torch.tensor(self.tokenizer(expanded, add_special_tokens=False)["input_ids"], dtype=torch.long)

@@ -1,5 +1,5 @@
-"""Training: stage 1 (projector, AR loss) and stage 2 (block diffusion) on LLaVA-format data, on one machine
-or many. A thin `Trainer` subclass: the loss comes from the model, checkpoints are written atomically, and
+"""Training on LLaVA-format data, on one machine or many: stage 1 (projector, AR loss), stage 2 (block
+diffusion), and plain AR training of a source model before translation (stage 'autoregressive'). A thin `Trainer` subclass: the loss comes from the model, checkpoints are written atomically, and
 logs carry the mean noise level, tokens/s and skipped records. Multi-GPU runs go through `accelerate launch`."""
 
 import errno
@@ -21,10 +21,12 @@ from . import preflight
 from .composite import VisionLanguageModel
 from .data import LlavaDataset, SkippedRecords, TokenizerOnlyProcessor, collate, read_llava
 from .errors import DiffusionVLError
-from .loading import load_model, load_processor
+from .loading import (is_diffusionvl_folder, load_autoregressive, load_model, load_processor, local_folder,
+                      resolve_model)
 from .lora import add_lora, merge_lora
+from .loss import autoregressive_loss
 from .model import DiffusionVL
-from .training_config import TrainingConfig
+from .training_config import SCHEDULES, TrainingConfig
 
 STAGING = ".staging"  # checkpoints are written under OUTPUT/.staging and renamed into OUTPUT when complete
 RUN_STATE = "diffusionvl_run.json"  # what a checkpoint keeps beside the Trainer's own state
@@ -98,11 +100,14 @@ class DiffusionTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self.skipped.add(inputs.pop("skipped", ()))
         self.totals["tokens"] += int(inputs["attention_mask"].sum())
-        if self.run.stage == "projector":
-            extra = {"autoregressive": True} if isinstance(self.accelerator.unwrap_model(model), DiffusionVL) else {}
+        wrapped = isinstance(self.accelerator.unwrap_model(model), DiffusionVL)
+        extra = {"autoregressive": True} if wrapped and self.run.stage != "diffusion" else {}
+        if self.run.stage != "diffusion" and self.run.ar_loss == "per_sample":
+            labels = inputs.pop("labels")
+            out = model(**inputs, **extra)
+            out.loss = autoregressive_loss(out.logits, labels, "per_sample")
         else:
-            extra = {}
-        out = model(**inputs, **extra)
+            out = model(**inputs, **extra)
         if getattr(out, "noise_level", None) is not None:
             self.totals["noise"] += float(out.noise_level)
             self.totals["losses"] += 1
@@ -192,7 +197,7 @@ class DiffusionTrainer(Trainer):
         """Resume through the strict loader: transformers' own resume path reads the file without the key
         conversion some architectures (Qwen2.5-VL) save with, and only warns when weights do not match."""
         target = model if model is not None else self.model
-        target.load_state_dict(load_model(resume_from_checkpoint).state_dict())
+        target.load_state_dict(load_any(resume_from_checkpoint).state_dict())
 
 
 class TrainingProgress(ProgressCallback):
@@ -235,22 +240,30 @@ class MetricsFile(TrainerCallback):
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+def load_any(path):
+    """A DiffusionVL or composite checkpoint through `load_model`; any other transformers checkpoint as it is."""
+    path = resolve_model(path)
+    folder = local_folder(path)
+    return load_model(path) if folder is None or is_diffusionvl_folder(folder) else load_autoregressive(path)
+
+
 def load_for_training(config: TrainingConfig):
     """The model and processor (or bare tokenizer, for a text LM) at `config.model`, with the parts of this stage
     trainable."""
-    model = load_model(config.model)
+    autoregressive = config.stage == "autoregressive"
+    model = load_any(config.model) if autoregressive else load_model(config.model)
     if config.stage == "projector":
         inner = model.model if isinstance(model, DiffusionVL) else model
         if not isinstance(inner, VisionLanguageModel):
             raise DiffusionVLError("stage 'projector' trains the projector of a vision encoder + LM model; "
                                    f"{config.model} holds a {type(inner).__name__}.")
-    elif not isinstance(model, DiffusionVL):
+    elif not autoregressive and not isinstance(model, DiffusionVL):
         raise DiffusionVLError(f"stage 'diffusion' needs a DiffusionVL checkpoint; translate {config.model} first "
                                "(diffusionvl convert, or DiffusionVL.from_autoregressive).")
     if config.lora_rank and not model.config.lora:
         add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets.split(","))
     set_trainable(model, config)
-    return model, load_processor(config.model)
+    return model, load_processor(config.model, autoregressive=autoregressive)
 
 
 def model_positions(model) -> int | None:
@@ -266,6 +279,7 @@ def training_arguments(config: TrainingConfig) -> TrainingArguments:
         output_dir=config.output_dir, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation, num_train_epochs=config.epochs,
         max_steps=config.max_steps, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+        lr_scheduler_type=SCHEDULES[config.lr_schedule],
         weight_decay=config.weight_decay, save_strategy="steps", save_steps=config.save_steps,
         save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, seed=config.seed,
         bf16=bf16, activation_checkpointing=config.gradient_checkpointing, dataloader_num_workers=config.num_workers,

@@ -19,10 +19,14 @@ class TrainingConfig:
     model: str = field(metadata={"help": "a DiffusionVL checkpoint (diffusionvl convert) or a VisionLanguageModel"})
     output_dir: str = field(metadata={"help": "checkpoints and metrics.jsonl go here"})
     image_folder: str | None = field(default=None, metadata={"help": "image paths in the data are relative to it"})
-    stage: str = field(default="diffusion", metadata={"help": "'projector' (stage 1, AR loss) or 'diffusion'"})
-    train_vision: bool = field(default=False, metadata={"help": "stage 2: train the vision tower"})
-    train_projector: bool = field(default=True, metadata={"help": "stage 2: train the projector / merger"})
-    train_language: bool = field(default=True, metadata={"help": "stage 2: train the language model"})
+    stage: str = field(default="diffusion", metadata={"help": "'projector' (stage 1: the projector, AR loss), "
+                       "'diffusion' (stage 2), or 'autoregressive' (the parts chosen below, AR loss: training an AR "
+                       "source before translation)"})
+    train_vision: bool = field(default=False, metadata={"help": "train the vision tower (not in stage 'projector')"})
+    train_projector: bool = field(default=True, metadata={"help": "train the projector / merger"})
+    train_language: bool = field(default=True, metadata={"help": "train the language model"})
+    ar_loss: str = field(default="per_token", metadata={"help": "stages 'projector' and 'autoregressive': "
+                         "'per_token' (transformers' mean over tokens) or 'per_sample' (each sample weighs the same)"})
     learning_rate: float = field(default=1e-5, metadata={"help": "language model learning rate"})
     vision_learning_rate: float | None = field(default=None, metadata={"help": "default: learning_rate"})
     projector_learning_rate: float | None = field(default=None, metadata={"help": "default: learning_rate"})
@@ -31,6 +35,8 @@ class TrainingConfig:
     epochs: float = field(default=1.0, metadata={"help": "passes over the data (fractions allowed)"})
     max_steps: int = field(default=-1, metadata={"help": "overrides epochs when > 0"})
     warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
+    lr_schedule: str = field(default="linear", metadata={"help": "after warm-up: 'linear' or 'cosine' decay to 0, "
+                                                                  "or 'constant'"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     save_steps: int = field(default=500, metadata={"help": "write a checkpoint every this many steps"})
     save_total_limit: int | None = field(default=None, metadata={"help": "keep only the newest N checkpoints"})
@@ -52,6 +58,9 @@ class TrainingConfig:
         check_options(self)
 
 
+STAGES = ("projector", "diffusion", "autoregressive")
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}  # -> transformers' names
+
 # options that must be above zero, and options that must not be below it (None means 'not set')
 POSITIVE = ("batch_size", "gradient_accumulation", "save_steps", "logging_steps", "learning_rate", "lora_alpha",
             "vision_learning_rate", "projector_learning_rate", "max_length", "save_total_limit")
@@ -65,13 +74,18 @@ def flag(name: str) -> str:
 
 def check_options(config) -> None:
     """A TrainingConfig's choices and numbers in range (NaN and inf are refused too)."""
-    if config.stage not in ("projector", "diffusion"):
-        raise DiffusionVLError(f"--stage must be 'projector' or 'diffusion', got {config.stage!r}.")
+    if config.stage not in STAGES:
+        raise DiffusionVLError(f"--stage must be one of {', '.join(map(repr, STAGES))}, got {config.stage!r}.")
+    if config.ar_loss not in ("per_token", "per_sample"):
+        raise DiffusionVLError(f"--ar-loss must be 'per_token' or 'per_sample', got {config.ar_loss!r}.")
+    if config.lr_schedule not in SCHEDULES:
+        raise DiffusionVLError(f"--lr-schedule must be one of {', '.join(map(repr, SCHEDULES))}, got "
+                               f"{config.lr_schedule!r}.")
     if config.bf16 not in ("auto", "on", "off"):
         raise DiffusionVLError(f"--bf16 must be 'auto', 'on' or 'off', got {config.bf16!r}.")
     if config.lora_rank and config.stage != "diffusion":
-        raise DiffusionVLError("LoRA adapts the language model in stage 'diffusion'; stage 'projector' trains the "
-                               "projector only.")
+        raise DiffusionVLError(f"LoRA adapts the language model in stage 'diffusion' only, not in stage "
+                               f"{config.stage!r}; drop --lora-rank or use --stage diffusion.")
     for name in POSITIVE + NON_NEGATIVE:
         value = getattr(config, name)
         if value is None:

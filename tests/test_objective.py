@@ -210,3 +210,19 @@ def test_config_without_the_new_fields_loads_the_defaults_and_rejects_unknown_va
         DiffusionVLConfig(noise_strata="ordered")
     with pytest.raises((ValueError, StrictDataclassError), match="all_rows"):
         DiffusionVLConfig(loss_average="mean")
+
+
+def test_autoregressive_loss_per_token_is_transformers_loss_and_per_sample_weighs_rows_alike():
+    from diffusionvl.loss import autoregressive_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 11)
+    labels = torch.tensor([[-100, -100, 3, 4, 5, 6], [-100, -100, -100, -100, -100, 7]])
+    per_token = autoregressive_loss(logits, labels)
+    shifted = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1))
+    assert torch.allclose(per_token, shifted)
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], reduction="none")
+    row0, row1 = ce[0, 1:].mean(), ce[1, 4]  # 4 supervised targets vs 1: each row counts once
+    assert torch.allclose(autoregressive_loss(logits, labels, "per_sample"), (row0 + row1) / 2)
+    with pytest.raises(ValueError, match="every label is -100"):
+        autoregressive_loss(logits, torch.full_like(labels, -100))

@@ -332,7 +332,7 @@ def test_training_errors_say_what_to_do(tmp_path, checkpoint, capsys):
     common = ["train", "--model", str(checkpoint), "--output-dir", str(tmp_path / "o")]
     assert "error: data file not found" in cli_error([*common, "--data", str(tmp_path / "none.json")], capsys)
     stage = cli_error([*common, "--data", str(data), "--stage", "x"], capsys)
-    assert "stage must be 'projector' or 'diffusion'" in stage
+    assert "stage must be one of 'projector', 'diffusion', 'autoregressive'" in stage
     tiny_siglip_qwen().save_pretrained(tmp_path / "ar")
     argv = ["train", "--data", str(data), "--image-folder", str(data.parent), "--model", str(tmp_path / "ar"),
             "--output-dir", str(tmp_path / "o")]

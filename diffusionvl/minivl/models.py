@@ -6,6 +6,7 @@ user types. It carries Qwen's chat special tokens by name and a Qwen-style chat 
 tokens, so a number of any length is spelled digit by digit.
 """
 
+import math
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -66,6 +67,16 @@ def build_processor(tokenizer, image_size: int = 112) -> DiffusionVLProcessor:
     pixels = image_size * image_size
     images = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=PATCH, merge_size=MERGE)
     return DiffusionVLProcessor(images, tokenizer)
+
+
+def image_size_of(processor, default: int = 112) -> int:
+    """The side of the square images a MiniVL processor was built for (its fixed pixel count); `default` for a
+    processor that takes any size."""
+    size = getattr(getattr(processor, "image_processor", None), "size", None)
+    pixels = getattr(size, "longest_edge", None) if size is not None else None
+    if pixels is None or pixels != getattr(size, "shortest_edge", None) or math.isqrt(pixels) ** 2 != pixels:
+        return default
+    return math.isqrt(pixels)
 
 
 def build_model(tokenizer, size: MiniVLSize = MiniVLSize(), seed: int = 0) -> Qwen2_5_VLForConditionalGeneration:

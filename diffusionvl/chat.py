@@ -1,0 +1,117 @@
+"""`diffusionvl chat`: an interactive conversation with a model, answers streamed block by block.
+
+    diffusionvl chat [--model minivl-dvlm] [--strategy ...] [--threshold ...]
+
+Type a message and press Enter. `/image PATH` attaches an image to your next message, `/reset` starts a new
+conversation, `/quit` (or Ctrl-D) leaves. Lines are kept in a readline history (~/.cache/diffusionvl/chat_history)
+where the platform has readline.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+HELP = "commands: /image PATH (attach to the next message), /reset, /quit"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .cli import add_decoding_arguments
+
+    parser.add_argument("--model", default=None, help="a checkpoint folder, or minivl-dvlm (default) / minivl-ar")
+    parser.add_argument("--autoregressive", action="store_true", help="accept an untranslated AR checkpoint")
+    add_decoding_arguments(parser)
+
+
+def _history() -> None:
+    """Up-arrow history across sessions, where readline exists (not on Windows)."""
+    try:
+        import atexit
+        import readline
+    except ImportError:
+        return
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "diffusionvl" / "chat_history"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file():
+            readline.read_history_file(path)
+    except OSError:
+        return
+    atexit.register(readline.write_history_file, path)
+
+
+class Conversation:
+    """The turns so far and the images attached to them, in order."""
+
+    def __init__(self, processor):
+        self.processor, self.messages, self.images, self.pending = processor, [], [], []
+
+    def attach(self, path: str) -> None:
+        from .images import load_image
+
+        self.pending.append(load_image(path))  # a bad file fails here, naming it, before anything is sent
+
+    def inputs(self, text: str) -> dict:
+        parts = [{"type": "image"}] * len(self.pending) + [{"type": "text", "text": text}]
+        self.messages.append({"role": "user", "content": parts})
+        self.images, self.pending = self.images + self.pending, []
+        if hasattr(self.processor, "chat_text"):
+            prompt = self.processor.chat_text(self.messages, add_generation_prompt=True)
+            return dict(self.processor(prompt, self.images or None))
+        tokenizer = self.processor
+        prompt = tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"][-1]["text"]
+                                                 if isinstance(m["content"], list) else m["content"]}
+                                                for m in self.messages], tokenize=False, add_generation_prompt=True)
+        return {"input_ids": tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids}
+
+    def reply(self, text: str) -> None:
+        self.messages.append({"role": "assistant", "content": text})
+
+
+def main(args: argparse.Namespace) -> None:
+    from transformers import TextStreamer
+
+    from .cli import decoding_config
+    from .errors import DiffusionVLError
+    from .inference import answer, open_model, open_processor
+    from .loading import DEFAULT_MODEL
+
+    config = decoding_config(args)
+    path = args.model or DEFAULT_MODEL
+    processor = open_processor(path)
+    model = open_model(path, autoregressive=args.autoregressive)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if processor is tokenizer and getattr(tokenizer, "chat_template", None) is None:
+        raise DiffusionVLError(f"{path} has no chat template; use `diffusionvl generate --raw` instead.")
+    _history()
+    print(f"chatting with {path}; {HELP}", file=sys.stderr)
+    conversation = Conversation(processor)
+    while True:
+        try:
+            line = input("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return
+        if not line:
+            continue
+        if line in ("/quit", "/exit"):
+            return
+        if line == "/reset":
+            conversation = Conversation(processor)
+            continue
+        if line.startswith("/image"):
+            try:
+                conversation.attach(line.removeprefix("/image").strip())
+                print(f"(image attached: {len(conversation.pending)} for the next message)", file=sys.stderr)
+            except (ValueError, OSError) as error:
+                print(f"error: {error}", file=sys.stderr)
+            continue
+        if line.startswith("/"):
+            print(f"unknown command {line.split()[0]}; {HELP}", file=sys.stderr)
+            continue
+        inputs = conversation.inputs(line)
+        print("model> ", end="", flush=True)
+        out = answer(model, processor, inputs, config, TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+        conversation.reply(out.texts[0])
+        print(f"[{out.tokens} tokens, NFE {out.nfe}, {out.tokens_per_forward:.2f} tokens/forward, "
+              f"{out.seconds:.2f} s]", file=sys.stderr)

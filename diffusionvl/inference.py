@@ -1,0 +1,120 @@
+"""Answering prompts with a saved model, the one path `generate`, `chat`, `demo` and `eval` share.
+
+A folder (or shipped name such as "minivl-dvlm") holds either a DiffusionVL (block decoding by the engine) or a
+plain autoregressive checkpoint (transformers' greedy `generate` with its KV cache), so a dVLM and its AR source
+are run, timed and counted the same way.
+"""
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .errors import CheckpointLayoutError
+from .generation_config import DecodingConfig
+from .loading import is_diffusionvl_folder, load_autoregressive, load_model, load_processor, local_folder, resolve_model
+from .tokens import END_OF_TURN_TOKENS
+
+END_OF_TURN = END_OF_TURN_TOKENS[0]  # Qwen's <|im_end|>: how an AR source (chat-trained) ends its answer
+
+
+@dataclass
+class Answers:
+    """One batch's answers. rows: new token ids per prompt, each end-of-turn included; nfe: model forwards;
+    row_forwards: forwards summed over the rows that took part in them (tokens / row_forwards is the tokens per
+    forward of one row, whatever the batch size); seconds: wall time of decoding."""
+
+    texts: list[str]
+    rows: list[list[int]]
+    nfe: int
+    row_forwards: int
+    seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(row) for row in self.rows)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens / max(self.row_forwards, 1)
+
+
+def is_autoregressive(model) -> bool:
+    """A plain transformers model rather than a DiffusionVL."""
+    from .model import DiffusionVL
+
+    return not isinstance(model, DiffusionVL)
+
+
+def _autoregressive_folder(path) -> bool:
+    folder = local_folder(path)
+    return folder is not None and not is_diffusionvl_folder(folder)
+
+
+def open_processor(path):
+    """The processor (or tokenizer) of a DiffusionVL or autoregressive checkpoint; cheap, so inputs can be
+    checked before any weight is read."""
+    path = resolve_model(path)
+    return load_processor(path, autoregressive=_autoregressive_folder(path))
+
+
+def open_model(path, dtype=None, device=None, autoregressive: bool = True):
+    """The model of a DiffusionVL or (when `autoregressive`) an autoregressive checkpoint, in eval mode. With
+    autoregressive=False an AR folder is refused with the pointer to `diffusionvl convert`."""
+    path = resolve_model(path)
+    loader = load_autoregressive if autoregressive and _autoregressive_folder(path) else load_model
+    return loader(path, dtype=dtype, device=device).eval()
+
+
+def load(path, dtype=None, device=None):
+    """(model, processor) of a DiffusionVL or an autoregressive checkpoint, the model in eval mode."""
+    return open_model(path, dtype, device), open_processor(path)
+
+
+def _end_of_turn(tokenizer) -> int:
+    eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if eot is None or eot == tokenizer.unk_token_id:
+        eot = tokenizer.eos_token_id
+    if eot is None:
+        raise CheckpointLayoutError(f"the tokenizer has neither {END_OF_TURN} nor an eos token to end an answer.")
+    return eot
+
+
+def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None, generator=None) -> Answers:
+    """Greedy (or sampled, per `config`) answers to one batch of processor outputs (left-padded)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    device = next(model.parameters()).device
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    start = time.perf_counter()
+    with torch.inference_mode():
+        if is_autoregressive(model):
+            eot = _end_of_turn(tokenizer)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+            sampled = config.temperature > 0
+            out = model.generate(**inputs, max_new_tokens=config.max_new_tokens, do_sample=sampled,
+                                 temperature=config.temperature if sampled else None, top_k=config.top_k,
+                                 top_p=config.top_p, eos_token_id=eot, pad_token_id=pad, streamer=streamer)
+            new = out[:, inputs["input_ids"].shape[1]:].tolist()
+            rows = [row[: row.index(eot) + 1] if eot in row else row for row in new]
+            nfe = len(new[0])  # the prefill gives the first token, each further position one forward
+            row_forwards = sum(len(row) for row in rows)  # a row takes part until its end-of-turn
+        else:
+            out = model.generate(**inputs, generation_config=config, return_dict_in_generate=True, streamer=streamer,
+                                 tokenizer=tokenizer, generator=generator)
+            pad = model.special_tokens.pad
+            rows = [[token for token in row if token != pad] for row in out.sequences.tolist()]
+            nfe, row_forwards = out.nfe, out.row_forwards
+    seconds = time.perf_counter() - start
+    texts = [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+    return Answers(texts, rows, int(nfe), int(row_forwards), seconds)
+
+
+def chat_inputs(processor, prompts: list[str], images: list[list] | None = None) -> dict:
+    """Processor outputs for one user turn per prompt, each prompt's images in front of its text, left-padded."""
+    images = images or [[] for _ in prompts]
+    texts = [processor.chat_text([{"role": "user", "content": [{"type": "image"}] * len(imgs)
+                                   + [{"type": "text", "text": prompt}]}], add_generation_prompt=True)
+             for prompt, imgs in zip(prompts, images)]
+    flat = [image for imgs in images for image in imgs]
+    return dict(processor(texts, flat or None, padding_side="left"))
+

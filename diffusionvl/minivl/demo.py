@@ -1,0 +1,80 @@
+"""`diffusionvl demo`: a few MiniVL test images answered by the shipped dVLM (streamed block by block) and by its
+AR source, side by side, with the truth, NFE, tokens per forward and speed of each.
+
+    diffusionvl demo [--samples 4] [--seed 0] [--save DIR] [--dvlm minivl-dvlm] [--ar minivl-ar]
+
+Runs offline on the models inside the package. The dVLM decodes with DEFAULT_DECODING (the dynamic policy: a
+step commits every token above the threshold); the AR source decodes greedily with its KV cache.
+"""
+
+import argparse
+from pathlib import Path
+
+DEFAULT_STRATEGY, DEFAULT_THRESHOLD = "low_confidence_dynamic", 0.9
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", type=int, default=4, help="images to answer (the tasks in turn)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the MiniVL test samples drawn")
+    parser.add_argument("--save", metavar="DIR", help="write the images here as PNG files")
+    parser.add_argument("--dvlm", default="minivl-dvlm", help="the block-diffusion model")
+    parser.add_argument("--ar", default="minivl-ar", help="its autoregressive source ('none' to skip it)")
+    parser.add_argument("--strategy", default=DEFAULT_STRATEGY,
+                        choices=["low_confidence_static", "low_confidence_dynamic", "threshold"],
+                        help="the dVLM's unmasking policy")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="confidence threshold")
+    parser.add_argument("--steps", type=int, default=8, help="denoising steps per block (at most the block size)")
+
+
+def _line(out, truth: str) -> str:
+    mark = "right" if out.texts[0].strip().rstrip(".") == truth.strip().rstrip(".") else "WRONG"
+    speed = out.tokens / max(out.seconds, 1e-9)
+    return (f"  {'':<5} {mark}: {out.tokens} tokens, NFE {out.nfe}, {out.tokens_per_forward:.2f} tokens/forward, "
+            f"{speed:.0f} tokens/s")
+
+
+def main(args: argparse.Namespace) -> None:
+    import torch
+    from transformers import TextStreamer
+
+    from ..errors import DiffusionVLError
+    from ..generation_config import DecodingConfig
+    from ..inference import answer, chat_inputs, load
+    from .generator import TASKS, sample
+    from .models import image_size_of
+
+    if args.samples < 1:
+        raise DiffusionVLError(f"--samples must be a positive integer, got {args.samples}.")
+    config = DecodingConfig(max_new_tokens=64, steps=args.steps, remasking_strategy=args.strategy,
+                            confidence_threshold=args.threshold)
+    models = {"dVLM": load(args.dvlm)}
+    if args.ar != "none":
+        models["AR"] = load(args.ar)
+    size = image_size_of(models["dVLM"][1])
+    samples = [sample(TASKS[i % len(TASKS)], "test", args.seed, i // len(TASKS), size) for i in range(args.samples)]
+    if args.save:
+        Path(args.save).mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    for model, processor in models.values():  # warm-up, so the first answer's speed is not the first call's
+        answer(model, processor, chat_inputs(processor, [samples[0].question], [[samples[0].image]]), config)
+    totals = {name: [0, 0, 0.0, 0] for name in models}  # tokens, row forwards, seconds, right
+    for index, s in enumerate(samples, 1):
+        where = ""
+        if args.save:
+            path = Path(args.save) / f"{s.id}.png"
+            s.image.save(path)
+            where = f"  ({path})"
+        print(f"[{index}/{len(samples)}] {s.task}{where}\n  Q: {s.question}\n  truth: {s.answer}")
+        for name, (model, processor) in models.items():
+            print(f"  {name:<5} ", end="", flush=True)
+            streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+            out = answer(model, processor, chat_inputs(processor, [s.question], [[s.image]]), config, streamer)
+            print(_line(out, s.answer))
+            right = out.texts[0].strip().rstrip(".") == s.answer.strip().rstrip(".")
+            total = totals[name]
+            totals[name] = [total[0] + out.tokens, total[1] + out.row_forwards, total[2] + out.seconds,
+                            total[3] + right]
+        print()
+    for name, (tokens, forwards, seconds, right) in totals.items():
+        print(f"{name:<5} {right}/{len(samples)} right, {tokens / max(forwards, 1):.2f} tokens/forward, "
+              f"{tokens / max(seconds, 1e-9):.0f} tokens/s")

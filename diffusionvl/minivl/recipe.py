@@ -1,0 +1,328 @@
+"""`diffusionvl recipe minivl --out DIR`: the paper in miniature (SPEC §5), end to end, resumable.
+
+Stages, each skipped when its output in OUT is complete, so a killed recipe continues where it stopped (a
+training stage resumes from its last checkpoint):
+
+1. data: N MiniVL training samples (the four tasks in equal shares) as LLaVA JSON + PNG files in OUT/data, and
+   the first `translate_fraction` of them as OUT/data/translate.json; the MiniVL tokenizer, trained on their text.
+2. source: a randomly initialised MiniVL Qwen2.5-VL trained with the next-token loss on all N -> OUT/minivl-ar.
+3. translation: minivl-ar wrapped by `DiffusionVL.from_autoregressive` and trained with the block-diffusion loss
+   on the translate samples only (epochs over them) -> OUT/minivl-dvlm.
+4. baseline: the same random initialisation, wrapped the same way, trained with the block-diffusion loss on all N
+   with at least the source's compute -> OUT/baseline-dvlm.
+5. evaluation of the three on the test split (`evaluation.minivl.evaluate`), the dVLM also over the dynamic and
+   threshold policies -> OUT/eval/*.json, then OUT/results.json and OUT/results.md.
+
+Compute is counted in token positions through the model per step (batch x mean sequence length; the diffusion
+loss runs a clean and a noisy stream, so twice the aligned length), which is what the FLOPs scale with.
+Every stage runs `diffusionvl train` (train.py) on the files of stage 1, so the recipe is also its test.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from .models import MiniVLSize
+
+THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95)
+COST = "training_cost.json"  # what a stage's training cost, beside its final weights
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """One MiniVL study. Defaults are the shipped models' recipe; `quick()` is the version the tests run."""
+
+    out: str
+    samples: int = 16_000  # N distinct training samples, all four tasks in equal shares
+    translate_fraction: float = 0.05  # share of the N the translation sees
+    batch_size: int = 32
+    ar_steps: int = 4000
+    ar_learning_rate: float = 2e-3
+    translate_steps: int = 600
+    translate_learning_rate: float = 5e-4
+    baseline_steps: int | None = None  # None: the fewest steps with at least the source's compute
+    warmup_steps: int = 100
+    block_size: int = 8
+    eval_samples: int = 200  # per task
+    eval_seed: int = 1
+    eval_batch_size: int = 50
+    thresholds: tuple[float, ...] = THRESHOLDS
+    seed: int = 0
+    size: MiniVLSize = field(default_factory=MiniVLSize)
+    save_steps: int = 250
+
+    def __post_init__(self):
+        if self.samples < 4:
+            raise ValueError(f"samples must be at least 4 (one per task), got {self.samples}.")
+        if not 0 < self.translate_fraction <= 1:
+            raise ValueError(f"translate_fraction must lie in (0, 1], got {self.translate_fraction}.")
+        for name in ("batch_size", "ar_steps", "translate_steps", "eval_samples", "block_size", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}.")
+
+    @classmethod
+    def quick(cls, out: str) -> "RecipeConfig":
+        """Every stage in a few seconds: a tiny model, a few samples and steps (for tests and a dry run)."""
+        tiny = MiniVLSize(vision_depth=1, vision_hidden=32, vision_heads=2, hidden=64, layers=2, heads=4,
+                          kv_heads=2, intermediate=128)
+        return cls(out, samples=40, batch_size=4, ar_steps=4, translate_steps=3, warmup_steps=1, block_size=4,
+                   eval_samples=2, eval_batch_size=4, thresholds=(0.9,), size=tiny, save_steps=2)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _done(folder: Path) -> bool:
+    return (folder / "config.json").is_file()
+
+
+def _publish(staging: Path, final: Path) -> None:
+    """Rename a completely written folder into place, so a kill never leaves half a stage's output."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+
+
+def _mean_length(data: Path, most: int = 256) -> float:
+    """Mean token count of (the first `most`, task-interleaved) samples of a LLaVA file, as training sees them."""
+    from ..data import LlavaDataset, read_llava
+
+    dataset = LlavaDataset(read_llava(data)[:most], _processor(data.parent), data.parent)
+    return sum(len(dataset.example(i)["input_ids"]) for i in range(len(dataset))) / len(dataset)
+
+
+def _processor(data: Path):
+    from ..processing import DiffusionVLProcessor
+
+    return DiffusionVLProcessor.from_pretrained(str(data / "processor"))
+
+
+# ---------------------------------------------------------------- stages
+
+
+def make_data(config: RecipeConfig, out: Path) -> None:
+    """OUT/data: train.json, translate.json, images/, and processor/ (the MiniVL tokenizer + image processor)."""
+    from tqdm.auto import tqdm
+
+    from .generator import TASKS, sample, vocabulary, write_llava
+    from .models import build_processor, build_tokenizer
+
+    data = out / "data"
+    if (data / "translate.json").is_file():
+        return
+    staging = out / ".data.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    per_task = math.ceil(config.samples / len(TASKS))
+    samples = [sample(task, "train", config.seed, i, config.size.image_size)  # interleaved, as generate_mix
+               for i in tqdm(range(per_task), desc="data", unit="sample/task", disable=None) for task in TASKS]
+    samples = samples[: config.samples]
+    tokenizer = build_tokenizer(vocabulary() + [s.question for s in samples] + [s.answer for s in samples])
+    build_processor(tokenizer, config.size.image_size).save_pretrained(staging / "processor")
+    write_llava(samples, staging, "train.json")
+    subset = max(len(TASKS), round(config.translate_fraction * len(samples)))
+    records = json.loads((staging / "train.json").read_text())[:subset]  # interleaved: every task in equal share
+    (staging / "translate.json").write_text(json.dumps(records, indent=1) + "\n")
+    _publish(staging, data)
+
+
+def initial_model(config: RecipeConfig, out: Path) -> Path:
+    """OUT/init: the randomly initialised source (seeded), shared by the AR source and the baseline."""
+    from .models import build_model
+
+    init = out / "init"
+    if not _done(init):
+        processor = _processor(out / "data")
+        staging = out / ".init.staging"
+        build_model(processor.tokenizer, config.size, config.seed).save_pretrained(staging)
+        processor.save_pretrained(staging)
+        _publish(staging, init)
+    return init
+
+
+def translated(config: RecipeConfig, src: Path, dst: Path) -> Path:
+    """`diffusionvl convert` of src (Qwen2.5-VL positions as the source was trained: 1-D, no vision wrapper)."""
+    from ..convert import convert
+
+    if not _done(dst):
+        shutil.rmtree(dst, ignore_errors=True)
+        convert(src, dst, block_size=config.block_size)
+    return dst
+
+
+def run_training(config: RecipeConfig, out: Path, name: str, model: Path, data: Path, stage: str, steps: int,
+                 learning_rate: float) -> dict:
+    """One `diffusionvl train` run in OUT/runs/NAME, resumed if it was interrupted, its last checkpoint saved
+    as OUT/NAME (model + processor, no optimizer state). Returns what it cost."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from ..loading import load_processor
+    from ..train import load_any, train
+    from ..training_config import TrainingConfig
+
+    final, run = out / name, out / "runs" / name
+    if _done(final):
+        return json.loads((final / COST).read_text())
+    resume = run.is_dir() and get_last_checkpoint(str(run)) is not None
+    clock = run / "seconds.txt"  # wall time of training, summed over interrupted runs
+    spent = float(clock.read_text()) if resume and clock.is_file() else 0.0
+    start = time.perf_counter()
+    train(TrainingConfig(
+        data=str(data), image_folder=str(data.parent), model=str(model), output_dir=str(run), stage=stage,
+        ar_loss="per_sample", train_vision=True, learning_rate=learning_rate, batch_size=config.batch_size, max_steps=steps,
+        warmup_steps=min(config.warmup_steps, steps // 10), lr_schedule="cosine", save_steps=config.save_steps,
+        save_total_limit=2, logging_steps=max(1, min(50, steps // 10)), seed=config.seed, bf16="off", resume=resume,
+        group_by_length=False))  # MiniVL's length is its task: grouping would give one-task batches
+    spent += time.perf_counter() - start
+    clock.write_text(f"{spent:.1f}")
+    records = len(json.loads(data.read_text()))
+    length = _mean_length(data)
+    if stage == "diffusion":  # rows are aligned to blocks, and the loss runs a clean and a noisy stream
+        length = 2 * math.ceil(length / config.block_size) * config.block_size
+    cost = {"model": name, "stage": stage, "distinct_samples": records, "steps": steps,
+            "batch_size": config.batch_size, "epochs": round(steps * config.batch_size / records, 2),
+            "token_positions": round(steps * config.batch_size * length), "train_seconds": round(spent, 1)}
+    checkpoint = Path(get_last_checkpoint(str(run)))
+    staging = out / f".{name}.staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    load_any(checkpoint).save_pretrained(staging)
+    load_processor(checkpoint, autoregressive=True).save_pretrained(staging)
+    (staging / COST).write_text(json.dumps(cost, indent=1) + "\n")
+    _publish(staging, final)
+    return cost
+
+
+def baseline_steps(config: RecipeConfig, out: Path) -> int:
+    """The fewest steps at which the from-scratch diffusion baseline processes at least as many token positions as
+    the AR source did (its default when `baseline_steps` is None)."""
+    if config.baseline_steps is not None:
+        return config.baseline_steps
+    data = out / "data" / "train.json"
+    length = _mean_length(data)
+    aligned = 2 * math.ceil(length / config.block_size) * config.block_size
+    return math.ceil(config.ar_steps * length / aligned)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def settings(config: RecipeConfig) -> list[tuple[str, dict]]:
+    """(name, DecodingConfig options) of every decoding the dVLM is evaluated with; the first is the reference."""
+    runs = [("static", {"steps": config.block_size, "remasking_strategy": "low_confidence_static"})]
+    for policy in ("low_confidence_dynamic", "threshold"):
+        runs += [(f"{policy.removeprefix('low_confidence_')}@{t}", {
+            "steps": config.block_size, "remasking_strategy": policy, "confidence_threshold": t})
+            for t in config.thresholds]
+    return runs
+
+
+def evaluate_model(config: RecipeConfig, out: Path, folder: Path, name: str, options: dict) -> dict:
+    """`diffusionvl eval` of one model with one decoding, cached as OUT/eval/NAME.json."""
+    from ..evaluation.minivl import evaluate, load
+    from ..generation_config import DecodingConfig
+    from .generator import TASKS
+
+    path = out / "eval" / f"{name}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    model, processor = load(folder)
+    decoding = DecodingConfig(max_new_tokens=64, **options)
+    result = evaluate(model, processor, TASKS, config.eval_samples, config.eval_seed, config.eval_batch_size,
+                      decoding, model_name=name)
+    result["decoding"] = options
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_suffix(".tmp").write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(path.with_suffix(".tmp"), path)
+    return result
+
+
+def _row(label: str, result: dict, cost: dict | None) -> str:
+    tasks = result["tasks"]
+    cells = [label, cost["stage"] if cost else "-", str(cost["distinct_samples"]) if cost else "-",
+             str(cost["steps"]) if cost else "-", f"{cost['token_positions'] / 1e6:.1f}M" if cost else "-",
+             f"{cost['train_seconds'] / 60:.1f}" if cost else "-"]
+    cells += [f"{100 * tasks[t]['exact_match']:.1f}" for t in ("caption", "count", "digits", "chart")]
+    cells += [f"{100 * tasks['caption']['token_f1']:.1f}", f"**{100 * result['mean_exact_match']:.1f}**",
+              f"{result['tokens_per_forward']:.2f}", f"{result['tokens_per_s']:.0f}"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown(results: dict) -> str:
+    """The results table (models) and the decoding curve of the dVLM (settings), as Markdown."""
+    head = ("| model | loss | distinct samples | steps | token positions | train min | caption | count | digits "
+            "| chart | caption F1 | mean | tokens/forward | tokens/s |")
+    lines = ["## MiniVL: AR source, its translation, and a diffusion model trained from scratch", "",
+             f"Exact match (%) on {results['eval_samples']} test samples per task (seed {results['eval_seed']}); "
+             "the diffusion models decode with one token per step (static, steps = block size "
+             f"{results['block_size']}).", "", head, "|" + " --- |" * 14]
+    for key, label in (("ar", "minivl-ar (AR source)"), ("dvlm", "minivl-dvlm (translated)"),
+                       ("baseline", "baseline-dvlm (from scratch)")):
+        lines.append(_row(label, results["models"][key], results["costs"][key]))
+    lines += ["", "## minivl-dvlm: accuracy against tokens per forward", "",
+              "| decoding | mean exact match | drop vs static (points) | tokens/forward | NFE | tokens/s |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    static = results["curve"][0]["mean_exact_match"]
+    for entry in results["curve"]:
+        lines.append(f"| {entry['name']} | {100 * entry['mean_exact_match']:.1f} | "
+                     f"{100 * (static - entry['mean_exact_match']):.1f} | {entry['tokens_per_forward']:.2f} | "
+                     f"{entry['nfe']} | {entry['tokens_per_s']:.0f} |")
+    lines += ["", f"Recipe wall time: {results['wall_seconds'] / 60:.1f} min (all stages, this run and any it "
+              "resumed)."]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the whole study
+
+
+def run(config: RecipeConfig) -> dict:
+    """Every stage, skipping the finished ones; returns the results object written to OUT/results.json."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = out / "wall_seconds.txt"
+    spent = float(clock.read_text()) if clock.is_file() else 0.0
+    start = time.perf_counter()
+    make_data(config, out)
+    data = out / "data"
+    init = initial_model(config, out)
+    costs = {"ar": run_training(config, out, "minivl-ar", init, data / "train.json", "autoregressive",
+                                config.ar_steps, config.ar_learning_rate)}
+    dvlm_init = translated(config, out / "minivl-ar", out / "init-dvlm")
+    costs["dvlm"] = run_training(config, out, "minivl-dvlm", dvlm_init, data / "translate.json", "diffusion",
+                                 config.translate_steps, config.translate_learning_rate)
+    scratch = translated(config, init, out / "init-baseline")
+    costs["baseline"] = run_training(config, out, "baseline-dvlm", scratch, data / "train.json", "diffusion",
+                                     baseline_steps(config, out), config.ar_learning_rate)
+    static = settings(config)[0][1]
+    models = {"ar": evaluate_model(config, out, out / "minivl-ar", "minivl-ar", {}),
+              "dvlm": evaluate_model(config, out, out / "minivl-dvlm", "minivl-dvlm", static),
+              "baseline": evaluate_model(config, out, out / "baseline-dvlm", "baseline-dvlm", static)}
+    curve = [{"name": name, **evaluate_model(config, out, out / "minivl-dvlm", f"minivl-dvlm-{name}", options)}
+             for name, options in settings(config)]
+    spent += time.perf_counter() - start
+    clock.write_text(f"{spent:.1f}")
+    results = {"models": models, "costs": costs, "curve": curve, "wall_seconds": round(spent, 1),
+               "eval_samples": config.eval_samples, "eval_seed": config.eval_seed, "block_size": config.block_size,
+               "config": {**asdict(config), "size": asdict(config.size)}}
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out / "results.md").write_text(markdown(results))
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", choices=["minivl"], help="which study to run")
+    parser.add_argument("--out", required=True, help="everything goes here; rerun with the same --out to resume")
+    parser.add_argument("--quick", action="store_true", help="a tiny model, a few samples and steps: a dry run")
+    for name in ("samples", "ar_steps", "translate_steps", "baseline_steps", "batch_size", "eval_samples"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, help=f"override the recipe's {name}")
+
+
+def main(args: argparse.Namespace) -> None:
+    config = RecipeConfig.quick(args.out) if args.quick else RecipeConfig(args.out)
+    overrides = {name: getattr(args, name) for name in ("samples", "ar_steps", "translate_steps", "baseline_steps",
+                                                        "batch_size", "eval_samples") if getattr(args, name) is not None}
+    results = run(replace(config, **overrides))
+    print(markdown(results))
+    print(f"results: {Path(args.out) / 'results.md'} and results.json")
