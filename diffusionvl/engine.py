@@ -22,16 +22,19 @@ from .sampling import propose
 class DecodingOutput:
     """sequences (N, T): new tokens only, pad after the end. nfe: model forwards. row_forwards: forwards summed
     over the rows that took part in them. tokens_per_forward: new tokens per row forward (independent of the
-    batch size). block_steps: per row, the denoising steps of each of its blocks."""
+    batch size). block_steps: per row, the denoising steps of each of its blocks. prefill_forwards: the row
+    forwards that only read the prompt (its complete blocks), included in row_forwards."""
 
     sequences: torch.Tensor
     nfe: int
     tokens_per_forward: float
     block_steps: list[list[int]]
     row_forwards: int
+    prefill_forwards: int = 0
 
     @classmethod
-    def from_rows(cls, rows: list[list[int]], nfe: int, pad: int, block_steps=None, row_forwards=None):
+    def from_rows(cls, rows: list[list[int]], nfe: int, pad: int, block_steps=None, row_forwards=None,
+                  prefill_forwards: int = 0):
         """Pack per-row outputs, pad after each row's end. `row_forwards`: forwards summed over rows (default nfe)."""
         sequences = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
         for index, row in enumerate(rows):
@@ -39,7 +42,7 @@ class DecodingOutput:
         row_forwards = int(row_forwards if row_forwards is not None else nfe)
         per_forward = sum(len(r) for r in rows) / max(row_forwards, 1)
         return cls(sequences, nfe, per_forward, block_steps if block_steps is not None else [[] for _ in rows],
-                   row_forwards)
+                   row_forwards, prefill_forwards)
 
 
 @dataclass
@@ -118,6 +121,7 @@ class BlockDecoder:
         # The first block may hold the prompt's last tokens: their embeddings (images included) and positions
         # come from the prompt, not from re-embedding ids.
         self.fixed, self.fixed_embeds, self.first_rope = self.block != self.tokens.mask, layout.embeds[:, start:], layout.rope[:, :, start:]
+        self.prefill_forwards = len(prompts) if start else 0
         if start:
             self._forward(layout.embeds[:, :start], layout.rope[:, :, :start], head=False)
             self.cache.commit(start)
@@ -223,7 +227,7 @@ class BlockDecoder:
 
     def result(self) -> DecodingOutput:
         return DecodingOutput.from_rows(self.outputs, self.nfe, self.tokens.pad, self.block_steps,
-                                        int(self.row_forwards.sum()))
+                                        int(self.row_forwards.sum()), self.prefill_forwards)
 
 
 def _cut_at_stop_string(out: list[int], stop_strings, tokenizer) -> bool:

@@ -22,13 +22,16 @@ END_OF_TURN = END_OF_TURN_TOKENS[0]  # Qwen's <|im_end|>: how an AR source (chat
 class Answers:
     """One batch's answers. rows: new token ids per prompt, each end-of-turn included; nfe: model forwards;
     row_forwards: forwards summed over the rows that took part in them (tokens / row_forwards is the tokens per
-    forward of one row, whatever the batch size); seconds: wall time of decoding."""
+    forward of one row, whatever the batch size); prefill_forwards: those of them that only read the prompt
+    (block decoding's prefill; an AR prefill already yields the first token, so it counts as decoding);
+    seconds: wall time of decoding."""
 
     texts: list[str]
     rows: list[list[int]]
     nfe: int
     row_forwards: int
     seconds: float
+    prefill_forwards: int = 0
 
     @property
     def tokens(self) -> int:
@@ -37,6 +40,11 @@ class Answers:
     @property
     def tokens_per_forward(self) -> float:
         return self.tokens / max(self.row_forwards, 1)
+
+    @property
+    def tokens_per_decoding_forward(self) -> float:
+        """Tokens per forward after the prompt is read: what a decoding policy controls."""
+        return self.tokens / max(self.row_forwards - self.prefill_forwards, 1)
 
 
 def is_autoregressive(model) -> bool:
@@ -97,16 +105,16 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
             new = out[:, inputs["input_ids"].shape[1]:].tolist()
             rows = [row[: row.index(eot) + 1] if eot in row else row for row in new]
             nfe = len(new[0])  # the prefill gives the first token, each further position one forward
-            row_forwards = sum(len(row) for row in rows)  # a row takes part until its end-of-turn
+            row_forwards, prefill = sum(len(row) for row in rows), 0  # a row takes part until its end-of-turn
         else:
             out = model.generate(**inputs, generation_config=config, return_dict_in_generate=True, streamer=streamer,
                                  tokenizer=tokenizer, generator=generator)
             pad = model.special_tokens.pad
             rows = [[token for token in row if token != pad] for row in out.sequences.tolist()]
-            nfe, row_forwards = out.nfe, out.row_forwards
+            nfe, row_forwards, prefill = out.nfe, out.row_forwards, out.prefill_forwards
     seconds = time.perf_counter() - start
     texts = [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
-    return Answers(texts, rows, int(nfe), int(row_forwards), seconds)
+    return Answers(texts, rows, int(nfe), int(row_forwards), seconds, int(prefill))
 
 
 def chat_inputs(processor, prompts: list[str], images: list[list] | None = None) -> dict:

@@ -21,9 +21,9 @@ def _rand(shape, generator: torch.Generator | None, device: torch.device) -> tor
 def align_to_blocks(input_ids, labels, attention_mask, block_size: int, eot_id: int, pad_id: int):
     """Right-align every row and end it on a block boundary with supervised end-of-turn tokens.
 
-    Rows may arrive left- or right-padded; real tokens must be contiguous. Returns (ids, labels, valid), each
-    (N, L') with L' the longest aligned row. Teaching the model to fill its last block with EOT is how
-    generation learns to stop.
+    Rows may arrive left- or right-padded; real tokens must be contiguous. Unsupervised tokens after a row's last
+    supervised one are dropped. Returns (ids, labels, valid), each (N, L') with L' the longest aligned row.
+    Teaching the model to fill its last block with EOT is how generation learns to stop.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -35,6 +35,11 @@ def align_to_blocks(input_ids, labels, attention_mask, block_size: int, eot_id: 
         raise ValueError("attention_mask has holes: each row's real tokens must be contiguous (left or right padding).")
     order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices  # real tokens first
     ids, labels = input_ids.gather(1, order), labels.gather(1, order)
+    # A row ends at its last supervised token: what a chat template writes after the end-of-turn (Qwen's "\n")
+    # is never generated, and left visible in a noisy block it would tell the model where the answer ends.
+    supervised = labels != IGNORE
+    last = torch.where(supervised, index, -1).amax(1)
+    lengths = torch.where(supervised.any(1), torch.minimum(lengths, last + 1), lengths)
     aligned = (lengths + block_size - 1) // block_size * block_size
     width = max(int(aligned.max()), block_size)
     extra = width - ids.shape[1]

@@ -7,8 +7,8 @@ import pytest
 from diffusionvl.cli import main
 from diffusionvl.evaluation.metrics import exact_match, token_f1
 
-KEYS = {"mean_exact_match", "tasks", "tokens_per_forward", "nfe", "tokens_per_s", "seconds", "model", "seed",
-        "samples_per_task"}
+KEYS = {"mean_exact_match", "tasks", "tokens_per_forward", "tokens_per_decoding_forward", "nfe", "tokens_per_s",
+        "seconds", "model", "seed", "samples_per_task"}
 TIMING = ("tokens_per_s", "seconds")
 
 
@@ -97,7 +97,7 @@ def test_eval_runs_the_ar_source_checkpoint_and_prints_a_table(checkpoints, caps
     result = run_json(capsys, ar, "--tasks", "minivl:count,caption", "--batch-size", "3")
     assert set(result) == KEYS and list(result["tasks"]) == ["count", "caption"]
     assert 0 <= result["mean_exact_match"] <= 1 and result["nfe"] > 0
-    assert result["tokens_per_forward"] == 1.0  # AR: one token per forward of a row, whatever the batch
+    assert result["tokens_per_forward"] == result["tokens_per_decoding_forward"] == 1.0  # AR: one per forward
     main(["eval", "--model", str(ar), "--tasks", "minivl:chart", "--samples", "2", "--max-new-tokens", "4"])
     table = capsys.readouterr().out
     assert "| chart | 2 |" in table and "mean exact match" in table and "tokens/forward" in table

@@ -105,7 +105,7 @@ def test_count_grammar_and_rare_zero(drawn):
 
 def test_digits_and_chart_grammar(drawn):
     lengths = Counter(len(s.answer) for s in drawn["digits"])
-    assert set(lengths) == {2, 3, 4, 5}
+    assert set(lengths) == {2, 3, 4}
     assert all(s.question == "Read the number." and s.answer.isdigit() for s in drawn["digits"])
     kinds = Counter()
     for s in drawn["chart"]:

@@ -21,6 +21,16 @@ def test_align_pads_each_row_to_a_block_boundary_with_supervised_eot():
     assert valid.all()
 
 
+def test_align_drops_what_follows_the_last_supervised_token():
+    # a chat template's "\n" (id 13) after the end-of-turn: never generated, so it must not sit visible in a block
+    ids = torch.tensor([[7, 8, 9, EOT_ID, 13, 0], [7, 8, 9, 10, 11, 13]])
+    labels = torch.tensor([[-100, -100, 9, EOT_ID, -100, -100], [-100, -100, -100, -100, -100, -100]])
+    out_ids, out_labels, _ = align_to_blocks(ids, labels, (ids != 0).long(), 4, EOT_ID, 0)
+    assert out_ids[0].tolist() == [7, 8, 9, EOT_ID, 0, 0, 0, 0]  # ends on a block boundary at its end-of-turn
+    assert out_labels[0].tolist() == [-100, -100, 9, EOT_ID] + [-100] * 4
+    assert out_ids[1].tolist() == [7, 8, 9, 10, 11, 13, EOT_ID, EOT_ID]  # without supervision: kept whole
+
+
 def test_align_leaves_aligned_rows_alone_and_pads_short_rows():
     ids = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10], [3, 4, 5, 0, 0, 0, 0, 0]])
     mask = (ids != 0).long()

@@ -1,18 +1,18 @@
 """`diffusionvl eval`: exact match (and caption token F1) of a saved model on MiniVL's test split.
 
-    diffusionvl eval --model DIR --tasks minivl:caption,count --samples 200 --batch-size 8 [--json]
+    diffusionvl eval [--model DIR] --tasks minivl:caption,count --samples 200 --batch-size 8 [--json]
 
 `--tasks` is `minivl` (every task) or `minivl:` followed by a comma-separated list of caption, count, digits,
-chart. Each task draws `--samples` test samples with `minivl.generator.generate(task, "test", seed, N)`; any seed
-gives a fresh test split of the same distribution. Each prompt is the processor's chat template over one user turn,
+chart. Each task draws `--samples` test samples with `minivl.generator.generate(task, "test", seed, N)`, at the
+image size the model's processor was built for; any seed gives a fresh test split of the same distribution. Each prompt is the processor's chat template over one user turn,
 the image then the question, with the generation prompt; answers are decoded without special tokens and
 stripped, then scored by `metrics.exact_match` (and `metrics.token_f1` for captions).
 
-DIR is either a DiffusionVL checkpoint (block decoding with the `--max-new-tokens`, `--steps`, `--strategy` and
-`--threshold` of `diffusionvl generate`, greedy, batches left-padded by the processor) or an autoregressive
-Qwen2.5-VL checkpoint (config.json model_type "qwen2_5_vl" with a DiffusionVLProcessor beside it: transformers'
-greedy `generate` on the batch, cut at `<|im_end|>`; one forward per generated token position, so NFE = prefill +
-new tokens - 1 per batch).
+DIR (default: the shipped minivl-dvlm; minivl-ar names its AR source) is either a DiffusionVL checkpoint (block
+decoding with the decoding flags of `diffusionvl generate`, batches left-padded by the processor) or an
+autoregressive Qwen2.5-VL checkpoint with a DiffusionVLProcessor beside it (transformers' `generate` on the batch,
+cut at `<|im_end|>`; one forward per generated token position, so NFE = prefill + new tokens - 1 per batch). Both
+go through `inference.answer`, the path `generate`, `chat` and `demo` use.
 
 Output: a Markdown table (task, samples, exact match, token F1 for caption) and a footer, or with `--json` one
 JSON object with these keys:
@@ -20,7 +20,10 @@ JSON object with these keys:
 - `mean_exact_match`: mean over tasks of their exact match, a fraction in [0, 1]
 - `tasks`: {task: {"exact_match": fraction, "samples": int, "token_f1": fraction (caption only)}}
 - `tokens_per_forward`: new tokens (each answer's end-of-turn token included) per forward of one row: the
-  forwards each answer took part in, summed over answers. 1.0 for AR decoding; independent of `--batch-size`
+  forwards each answer took part in (the prompt's prefill included), summed over answers. 1.0 for AR decoding;
+  independent of `--batch-size`
+- `tokens_per_decoding_forward`: the same without block decoding's prefill, the forward that only reads the
+  prompt (an AR prefill yields the first token, so for AR it equals `tokens_per_forward`)
 - `nfe`: model forwards in total (every batch of every task)
 - `tokens_per_s`: new tokens per second of decoding
 - `seconds`: wall time of decoding (preprocessing included, loading and sample drawing not)
@@ -101,7 +104,7 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
     batches = [(task, samples[task][i: i + batch_size]) for task in tasks
                for i in range(0, samples_per_task, batch_size)]
     predictions = {task: [] for task in tasks}
-    nfe = row_forwards = new_tokens = 0
+    nfe = row_forwards = prefill = new_tokens = 0
     seconds = 0.0
     for task, batch in tqdm(batches, desc="eval", unit="batch", disable=not progress or None):
         start = time.perf_counter()  # preprocessing counts: a user waits for it too
@@ -110,6 +113,7 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
         seconds += time.perf_counter() - start
         predictions[task] += out.texts
         nfe, row_forwards, new_tokens = nfe + out.nfe, row_forwards + out.row_forwards, new_tokens + out.tokens
+        prefill += out.prefill_forwards
     scores = {}
     for task in tasks:
         pairs = list(zip(predictions[task], (s.answer for s in samples[task])))
@@ -121,6 +125,7 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
         "mean_exact_match": sum(s["exact_match"] for s in scores.values()) / len(scores),
         "tasks": scores,
         "tokens_per_forward": new_tokens / max(row_forwards, 1),
+        "tokens_per_decoding_forward": new_tokens / max(row_forwards - prefill, 1),
         "nfe": nfe,
         "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0,
         "seconds": seconds,

@@ -11,7 +11,9 @@ entry, `<d>` a digit character):
   e.g. "a red circle at the top left, an orange star in the center."
 - count: Q "How many <colour> shapes are there?" | "How many <plural> are there?"  A <d>: "1".."7" uniformly,
   "0" (the colour or shape is absent) in about 5% of samples; 2-7 shapes in distinct cells of the 3x3 grid.
-- digits: Q "Read the number."  A <d><d>...  (2-5 digits, no spaces), scans from scikit-learn's load_digits.
+- digits: Q "Read the number."  A <d><d>...  (2-4 digits, no spaces), scans from scikit-learn's load_digits, drawn
+  side by side at a quarter of the image's side each (28 px at 112 px: one Qwen2.5-VL image token per digit), in
+  a random row and column span, jittered by up to 1/16 of a digit.
 - chart: Q "What is the value of the <colour> bar?"  A <d> ("1".."9")
        | Q "Which bar is the tallest?"  A <colour>  (the heights then have a unique maximum).
 
@@ -46,7 +48,7 @@ COLOUR_NAMES = tuple(COLOURS)
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
 PLACES = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
-MAX_DIGITS = 5
+MAX_DIGITS = 4  # digits are a quarter of the image wide, so four fit in a row
 _ZERO_RATE = 0.05  # share of count questions about an absent colour or shape (answer "0")
 _MAX_TRIES = 10_000
 
@@ -228,14 +230,15 @@ def _draw_shapes(items, rng: random.Random, size: int) -> Image.Image:
 
 def _draw_digits(scans, rng: random.Random, size: int) -> Image.Image:
     image = Image.new("RGB", (size, size), "white")
-    margin = max(2, size // 28)
-    side = min((size - 2 * margin) // len(scans), size // 2)
-    x = rng.randint(margin, size - margin - side * len(scans))
-    y = rng.randint(margin, size - margin - side)
+    cell = size // MAX_DIGITS
+    jitter = max(1, cell // 16)
+    column, row = rng.randint(0, MAX_DIGITS - len(scans)), rng.randint(0, MAX_DIGITS - 1)
+    x = min(max(0, column * cell + rng.randint(-jitter, jitter)), size - cell * len(scans))
+    y = min(max(0, row * cell + rng.randint(-jitter, jitter)), size - cell)
     for i in scans:
-        scan = Image.fromarray(_scans()[0][i]).resize((side, side), Image.Resampling.BILINEAR)
+        scan = Image.fromarray(_scans()[0][i]).resize((cell, cell), Image.Resampling.BILINEAR)
         image.paste(scan.convert("RGB"), (x, y))
-        x += side
+        x += cell
     return image
 
 

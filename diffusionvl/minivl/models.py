@@ -18,10 +18,10 @@ from ..tokens import IMAGE_TOKEN, MASK_TOKEN
 PAD, START, END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
 SPECIAL_TOKENS = [PAD, START, END, IMAGE_TOKEN, VISION_START, VISION_END, MASK_TOKEN]
-SYSTEM = "You answer questions about small pictures."
+# Qwen's turn format without a default system turn: MiniVL prompts are short, and every prompt token costs
+# training compute (a system prompt would be a quarter of a MiniVL sequence). A system message is kept if given.
 CHAT_TEMPLATE = (
-    "{% for m in messages %}{% if loop.first and m['role'] != 'system' %}<|im_start|>system\n" + SYSTEM
-    + "<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 PATCH, MERGE = 14, 2  # Qwen2.5-VL's patch size and 2 x 2 merge: a 112 px image gives 8 x 8 patches, 16 tokens
@@ -52,7 +52,7 @@ def build_tokenizer(texts, vocab_size: int = 512) -> PreTrainedTokenizerFast:
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    chat = [SYSTEM, "system\n", "user\n", "assistant\n"]  # what the template adds around every turn
+    chat = ["system\n", "user\n", "assistant\n"]  # what the template adds around every turn
     backend.train_from_iterator([*chat, *texts], trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=END,
                                         additional_special_tokens=SPECIAL_TOKENS[1:])
