@@ -92,7 +92,8 @@ class DiffusionVLProcessor(ProcessorMixin):
         for turn, message in enumerate(messages):
             if message["role"] != "assistant":
                 continue
-            start = len(self._token_ids(self.chat_text(messages[:turn], add_generation_prompt=True), counts))
+            prefix = self.chat_text(messages[:turn], add_generation_prompt=True) if turn else ""
+            start = len(self._token_ids(prefix, counts))  # a conversation may open with the assistant
             stop = len(self._token_ids(self.chat_text(messages[: turn + 1]), counts))
             ends = (ids[start:stop] == eot_id).nonzero()
             end = start + int(ends[0]) + 1 if len(ends) else stop
