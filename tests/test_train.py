@@ -338,3 +338,14 @@ def test_training_errors_say_what_to_do(tmp_path, checkpoint, capsys):
             "--output-dir", str(tmp_path / "o")]
     assert "needs a DiffusionVL checkpoint" in cli_error(argv, capsys)
     assert not (tmp_path / "o").exists()  # every one of these failed before the output folder was created
+
+
+def test_new_options_are_checked_by_name():
+    common = dict(data="d.json", model="m", output_dir="o")
+    with pytest.raises(ValueError, match="--ar-loss must be 'per_token' or 'per_sample'"):
+        TrainingConfig(**common, ar_loss="mean")
+    with pytest.raises(ValueError, match="--lr-schedule must be one of 'linear', 'cosine', 'constant'"):
+        TrainingConfig(**common, lr_schedule="step")
+    with pytest.raises(ValueError, match="LoRA adapts the language model in stage 'diffusion' only"):
+        TrainingConfig(**common, stage="autoregressive", lora_rank=4)
+    assert TrainingConfig(**common, stage="autoregressive", lr_schedule="cosine").stage == "autoregressive"
