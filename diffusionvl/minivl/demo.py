@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per block (at most the block size)")
 
 
-def _line(out, truth: str) -> str:
-    mark = "right" if out.texts[0].strip().rstrip(".") == truth.strip().rstrip(".") else "WRONG"
+def _line(out, right: bool) -> str:
+    mark = "right" if right else "WRONG"
     speed = out.tokens / max(out.seconds, 1e-9)
     return (f"  {'':<5} {mark}: {out.tokens} tokens, NFE {out.nfe}, {out.tokens_per_forward:.2f} tokens/forward, "
             f"{speed:.0f} tokens/s")
@@ -38,6 +38,7 @@ def main(args: argparse.Namespace) -> None:
     from transformers import TextStreamer
 
     from ..errors import DiffusionVLError
+    from ..evaluation.metrics import exact_match
     from ..generation_config import DecodingConfig
     from ..inference import answer, chat_inputs, load
     from .generator import TASKS, sample
@@ -69,8 +70,8 @@ def main(args: argparse.Namespace) -> None:
             print(f"  {name:<5} ", end="", flush=True)
             streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
             out = answer(model, processor, chat_inputs(processor, [s.question], [[s.image]]), config, streamer)
-            print(_line(out, s.answer))
-            right = out.texts[0].strip().rstrip(".") == s.answer.strip().rstrip(".")
+            right = bool(exact_match(out.texts[0], s.answer))  # scored as `diffusionvl eval` scores it
+            print(_line(out, right))
             total = totals[name]
             totals[name] = [total[0] + out.tokens, total[1] + out.row_forwards, total[2] + out.seconds,
                             total[3] + right]
