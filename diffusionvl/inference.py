@@ -12,7 +12,7 @@ import torch
 
 from .errors import CheckpointLayoutError
 from .generation_config import DecodingConfig
-from .loading import is_diffusionvl_folder, load_autoregressive, load_model, load_processor, local_folder, resolve_model
+from .loading import is_autoregressive_folder, load_any, load_model, load_processor, resolve_model
 from .tokens import END_OF_TURN_TOKENS
 
 END_OF_TURN = END_OF_TURN_TOKENS[0]  # Qwen's <|im_end|>: how an AR source (chat-trained) ends its answer
@@ -54,24 +54,17 @@ def is_autoregressive(model) -> bool:
     return not isinstance(model, DiffusionVL)
 
 
-def _autoregressive_folder(path) -> bool:
-    folder = local_folder(path)
-    return folder is not None and not is_diffusionvl_folder(folder)
-
-
 def open_processor(path):
     """The processor (or tokenizer) of a DiffusionVL or autoregressive checkpoint; cheap, so inputs can be
     checked before any weight is read."""
     path = resolve_model(path)
-    return load_processor(path, autoregressive=_autoregressive_folder(path))
+    return load_processor(path, autoregressive=is_autoregressive_folder(path))
 
 
 def open_model(path, dtype=None, device=None, autoregressive: bool = True):
     """The model of a DiffusionVL or (when `autoregressive`) an autoregressive checkpoint, in eval mode. With
     autoregressive=False an AR folder is refused with the pointer to `diffusionvl convert`."""
-    path = resolve_model(path)
-    loader = load_autoregressive if autoregressive and _autoregressive_folder(path) else load_model
-    return loader(path, dtype=dtype, device=device).eval()
+    return (load_any if autoregressive else load_model)(path, dtype=dtype, device=device).eval()
 
 
 def load(path, dtype=None, device=None):

@@ -197,6 +197,18 @@ def load_autoregressive(path, dtype=None, device=None):
     return model.to(device) if device is not None else model
 
 
+def is_autoregressive_folder(path) -> bool:
+    """Whether a local folder (or shipped model name) holds a plain transformers checkpoint, not a DiffusionVL."""
+    folder = local_folder(resolve_model(path))
+    return folder is not None and not is_diffusionvl_folder(folder)
+
+
+def load_any(path, dtype=None, device=None):
+    """A DiffusionVL or composite checkpoint through `load_model`; any other transformers checkpoint as it is."""
+    loader = load_autoregressive if is_autoregressive_folder(path) else load_model
+    return loader(path, dtype=dtype, device=device)
+
+
 def load_processor(path, autoregressive: bool = False):
     """A DiffusionVLProcessor when the folder has an image processor, else its tokenizer. `autoregressive`: the
     folder may hold any transformers checkpoint, not only a DiffusionVL one."""

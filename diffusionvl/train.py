@@ -1,5 +1,6 @@
 """Training on LLaVA-format data, on one machine or many: stage 1 (projector, AR loss), stage 2 (block
-diffusion), and plain AR training of a source model before translation (stage 'autoregressive'). A thin `Trainer` subclass: the loss comes from the model, checkpoints are written atomically, and
+diffusion), and plain AR training of a source model before translation (stage 'autoregressive'). A thin
+`Trainer` subclass: the loss comes from the model, checkpoints are written atomically, and
 logs carry the mean noise level, tokens/s and skipped records. Multi-GPU runs go through `accelerate launch`."""
 
 import errno
@@ -21,8 +22,7 @@ from . import preflight
 from .composite import VisionLanguageModel
 from .data import LlavaDataset, SkippedRecords, TokenizerOnlyProcessor, collate, read_llava
 from .errors import DiffusionVLError
-from .loading import (is_diffusionvl_folder, load_autoregressive, load_model, load_processor, local_folder,
-                      resolve_model)
+from .loading import load_any, load_model, load_processor
 from .lora import add_lora, merge_lora
 from .loss import autoregressive_loss
 from .model import DiffusionVL
@@ -238,13 +238,6 @@ class MetricsFile(TrainerCallback):
         if state.is_world_process_zero and logs:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-
-def load_any(path):
-    """A DiffusionVL or composite checkpoint through `load_model`; any other transformers checkpoint as it is."""
-    path = resolve_model(path)
-    folder = local_folder(path)
-    return load_model(path) if folder is None or is_diffusionvl_folder(folder) else load_autoregressive(path)
 
 
 def load_for_training(config: TrainingConfig):

@@ -25,6 +25,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache
 from pathlib import Path
 
 from .models import MiniVLSize
@@ -88,6 +89,7 @@ def _publish(staging: Path, final: Path) -> None:
     os.replace(staging, final)
 
 
+@lru_cache(maxsize=None)  # train.json is measured three times: source cost, baseline steps, baseline cost
 def _mean_length(data: Path, most: int = 256) -> float:
     """Mean token count of (the first `most`, task-interleaved) samples of a LLaVA file, as training sees them."""
     from ..data import LlavaDataset, read_llava
@@ -160,8 +162,8 @@ def run_training(config: RecipeConfig, out: Path, name: str, model: Path, data: 
     as OUT/NAME (model + processor, no optimizer state). Returns what it cost."""
     from transformers.trainer_utils import get_last_checkpoint
 
-    from ..loading import load_processor
-    from ..train import load_any, train
+    from ..loading import load_any, load_processor
+    from ..train import train
     from ..training_config import TrainingConfig
 
     final, run = out / name, out / "runs" / name
