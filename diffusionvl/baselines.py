@@ -68,6 +68,7 @@ def full_sequence_generate(
                 if not bool(masked.any()):
                     break
                 logits = model.model(input_ids=canvas, attention_mask=everywhere, position_ids=positions).logits
+                logits = model.to_token_positions(logits)
                 forwards += 1
                 token, confidence = propose(logits[:, start:end], tokens.never_generated, temperature)
                 context = StepContext(step, per_block, step_quota(schedule, step, masked))

@@ -32,6 +32,10 @@ class DiffusionVLConfig(PreTrainedConfig):
             work); "full" is the reference two-stream layout of BD3-LM with every block duplicated.
         position_mode: for Qwen2.5-VL, "1d" (the sequence index on all M-RoPE axes, as the released DiffusionVL
             checkpoints were trained) or "mrope" (Qwen's 3-D image positions). Text models always use "1d".
+        logit_shift: the hidden state at position i - 1 predicts token i, as in the AR source, instead of the
+            hidden state at i. The first position of a block is then predicted from the previous block's last
+            clean position, so with block size 1 the model starts out exactly as its AR source; a translation
+            keeps more of what the source knows. Off by default (the released checkpoints are unshifted).
         image_token_id: the placeholder token whose embeddings image features replace (vision models only).
         lora: LoRA adapters inside the wrapped model (peft LoraConfig fields), or None for plain weights.
     """
@@ -51,6 +55,7 @@ class DiffusionVLConfig(PreTrainedConfig):
     loss_average: Literal["supervised_rows", "all_rows"] = "supervised_rows"
     noisy_stream: Literal["cheap", "full"] = "cheap"
     position_mode: Literal["1d", "mrope"] = "1d"
+    logit_shift: bool = False
     image_token_id: int | None = None
     lora: dict | None = None
 

@@ -1,9 +1,10 @@
-"""The block decoding loop (SPEC §3): prefill, denoise each block against the KV cache, fused commit.
+"""The block decoding loop (SPEC §3): denoise each block against the KV cache, fused commit.
 
 Layout of a batch: row i has P_i prompt tokens, c_i = P_i // B complete prompt blocks and r_i = P_i % B
 prompt tokens in its first generation block. Rows are left-padded by (C - c_i) whole blocks, C = max c_i, so
 every row's blocks start at its own position 0 and all rows share block columns. Columns [0, CB) are
-prefilled once; generation block g occupies columns [(C+g)B, (C+g+1)B).
+read once, during the first denoising step (or by a prefill forward of their own with commit="separate");
+generation block g occupies columns [(C+g)B, (C+g+1)B).
 """
 
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from .errors import DiffusionVLError
 from .generation_config import DecodingConfig
 from .kv_cache import BlockCache
 from .masks import block_causal_mask, positions_from_padding
-from .policies import StepContext, commit_step, static_schedule, step_quota
+from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
 from .sampling import propose
 
 
@@ -115,16 +116,23 @@ class BlockDecoder:
         capacity = (layout.full_blocks + -(-config.max_new_tokens // self.size) + 3) * self.size
         self.cache = BlockCache(self.backbone.decoder.config.num_hidden_layers, capacity)
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (embeds, rope) of a block not cached yet
+        # logit_shift: the hidden state (n, H) of the column before the current block; it predicts the block's first
+        # token and comes from the forward that read that column (prefill, commit, or the fused first step).
+        self.shift_logits, self.carry = model.config.logit_shift, None
         start = layout.full_blocks * self.size
         self.column = start  # first column of the current block
         self.block = layout.ids[:, start:]
         # The first block may hold the prompt's last tokens: their embeddings (images included) and positions
         # come from the prompt, not from re-embedding ids.
         self.fixed, self.fixed_embeds, self.first_rope = self.block != self.tokens.mask, layout.embeds[:, start:], layout.rope[:, :, start:]
-        self.prefill_forwards = len(prompts) if start else 0
-        if start:
-            self._forward(layout.embeds[:, :start], layout.rope[:, :, :start], head=False)
+        # The prompt's complete blocks are read once. Fused: they ride along with the first denoising step, like a
+        # finished block (block-causal attention keeps them blind to the masks). Separate: a forward of their own.
+        self.prefill_forwards = len(prompts) if start and config.commit == "separate" else 0
+        if start and config.commit == "separate":
+            self.carry = self._forward(layout.embeds[:, :start], layout.rope[:, :, :start])[:, -1]
             self.cache.commit(start)
+        elif start:
+            self.pending = layout.embeds[:, :start], layout.rope[:, :, :start]
 
     def _block_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (n, B, H) and rope positions (A, n, B) of the current block."""
@@ -135,9 +143,9 @@ class BlockDecoder:
         rope = (columns[None] + self.shift[:, None]).expand(self.first_rope.shape[0], -1, -1)
         return embeds, rope
 
-    def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, head: bool = True) -> torch.Tensor | None:
+    def _forward(self, embeds: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         """Run `embeds` (n, Q, H) after the committed cache (their K/V are written, not kept: see kv_cache.py);
-        returns the logits of the last block."""
+        returns their hidden states (n, Q, H)."""
         past, q = self.cache.get_seq_length(), embeds.shape[1]
         columns = torch.arange(past + q, device=embeds.device)[None]
         index = (columns - self.offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
@@ -149,23 +157,34 @@ class BlockDecoder:
         hidden = self.backbone.decode(embeds, self._mask[1], rope, self.cache, use_cache=True)
         self.nfe += 1
         self.row_forwards[self.active] += 1
-        return self.backbone.head(hidden[:, -self.size :]) if head else None
+        return hidden
+
+    def _block_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (n, B, V) of the current block from a forward's hidden states (n, Q, H), Q >= B: the last B
+        states, or with logit_shift the B states before each position (the first from `carry`)."""
+        if not self.shift_logits:
+            return self.backbone.head(hidden[:, -self.size :])
+        if hidden.shape[1] > self.size:  # a finished block or the prompt rode along: its last column precedes ours
+            self.carry = hidden[:, -self.size - 1]
+        elif self.carry is None:  # no prefill: the block starts at position 0, which predicts itself (a prompt token)
+            self.carry = hidden[:, -self.size]
+        return self.backbone.head(torch.cat([self.carry[:, None], hidden[:, -self.size : -1]], dim=1))
 
     def denoise_block(self) -> None:
         """Fill every mask of the current block. Its K/V are never committed here."""
         config = self.config
-        masked = self.block == self.tokens.mask
+        masked = answer = self.block == self.tokens.mask
         schedule = static_schedule(self.size, self.steps)  # B over S steps, whatever the first block holds
         taken = torch.zeros(len(self.active), dtype=torch.long, device=self.block.device)
         for step in range(self.steps):
             if not bool(masked.any()):
                 break
             embeds, rope = self._block_inputs()
-            if self.pending is not None:  # fused commit: the finished block rides along and stays cached
+            committed = 0 if self.pending is None else self.pending[0].shape[1]
+            if committed:  # fused commit: the finished block (or the prompt) rides along and stays cached
                 embeds, rope = torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
-            logits = self._forward(embeds, rope)
-            if self.pending is not None:
-                self.cache.commit(self.size)  # keep the finished block's K/V; the current block's are not kept
+            logits = self._block_logits(self._forward(embeds, rope))
+            self.cache.commit(committed)  # keep the ridden-along K/V; the current block's are not kept
             self.pending = None
             token, confidence = propose(
                 logits, self.tokens.never_generated, config.temperature, config.top_k, config.top_p, self.generator
@@ -173,6 +192,7 @@ class BlockDecoder:
             taken += masked.any(1)
             context = StepContext(step, self.steps, step_quota(schedule, step, masked))
             self.block, masked = commit_step(self.policy, token, confidence, self.block, masked, context)
+            self.block, masked = settle_after_end(self.block, masked, answer, self.tokens.eot)
         for row, steps in zip(self.active.tolist(), taken.tolist()):
             self.block_steps[row].append(steps)
 
@@ -192,7 +212,7 @@ class BlockDecoder:
             self.offsets, self.shift, self.active = self.offsets[index], self.shift[index], self.active[index]
             self.block, finished = self.block[index], (finished[0][index], finished[1][:, index])
         if keep and self.config.commit == "separate":
-            self._forward(*finished, head=False)
+            self.carry = self._forward(*finished)[:, -1]
             self.cache.commit(self.size)
         elif keep:
             self.pending = finished

@@ -25,8 +25,9 @@ class DecodingConfig:
     temperature, top_k, top_p: sampling; temperature 0 is greedy. Integers may be NumPy or torch scalars.
     stop_strings: text that ends a row once it appears in a committed block (needs `tokenizer=`).
     use_cache: False runs the reference decoder: no cache, everything recomputed each step.
-    commit: "fused" stores a finished block's K/V during the next block's first forward; "separate" spends an
-        extra forward per block on it (for comparison; same tokens).
+    commit: "fused" stores a finished block's K/V during the next block's first forward, and reads the prompt
+        during the first block's first forward; "separate" spends a forward of its own on the prompt and on every
+        finished block (for comparison; same tokens).
     """
 
     max_new_tokens: int = 128

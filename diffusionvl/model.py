@@ -180,8 +180,19 @@ class DiffusionVL(PreTrainedModel):
             attention_mask, position_ids = self._block_causal_inputs(input_ids, attention_mask, cache, vision)
         elif position_ids is not None and position_ids.dim() == 2:
             position_ids = position_ids[None]
+        if self.config.logit_shift and cache is not None and cache.get_seq_length():
+            raise DiffusionVLError(
+                "with logit_shift the first new token is predicted from the last cached position, whose hidden state "
+                "the cache does not keep; run the whole sequence without a cache, or use generate().")
         hidden = self.backbone.decode(inputs_embeds, attention_mask, position_ids, cache, bool(use_cache))
-        return CausalLMOutputWithPast(logits=self.backbone.head(hidden), past_key_values=cache)
+        return CausalLMOutputWithPast(logits=self.backbone.head(self.to_token_positions(hidden)), past_key_values=cache)
+
+    def to_token_positions(self, states: torch.Tensor) -> torch.Tensor:
+        """Per-position states (N, L, ...) -> the states that predict token i at index i. Without logit_shift
+        they are the same; with it, index i takes position i - 1 (index 0, always a prompt token, keeps its own)."""
+        if not self.config.logit_shift:
+            return states
+        return torch.cat([states[:, :1], states[:, :-1]], dim=1)
 
     def _block_causal_inputs(self, input_ids, attention_mask, cache, vision):
         """4-D block-causal mask and (A, N, L) rope positions of a sequence after `past` cached tokens."""
@@ -232,16 +243,31 @@ class DiffusionVL(PreTrainedModel):
         rope = torch.cat([rope.gather(2, noisy_pos[None].expand(rope.shape[0], -1, -1)), rope], dim=2)
         hidden = backbone.decode(embeds, layout.attention_mask, rope)
         take = batch.masked.gather(1, noisy_pos) & layout.noisy_valid  # (N, Ln)
-        logits = backbone.head(hidden[:, : noisy_pos.shape[1]][take])  # (M, V): only masked positions reach the head
+        source = self._predicting_columns(noisy_pos)[take]  # (M,) the column whose hidden state predicts each target
+        rows = torch.arange(take.shape[0], device=take.device)[:, None].expand_as(take)[take]
+        logits = backbone.head(hidden[rows, source])  # (M, V): only masked positions reach the head
         targets = batch.clean_ids.gather(1, noisy_pos)[take]
         t = batch.noise_level.gather(1, noisy_pos)[take]
-        sample = torch.arange(take.shape[0], device=take.device)[:, None].expand_as(take)[take]
         num_supervised = (batch.labels != IGNORE).sum(1)
-        loss = diffusion_loss(logits, targets, t, sample, num_supervised, self.config.loss_average)
+        loss = diffusion_loss(logits, targets, t, rows, num_supervised, self.config.loss_average)
         if logits.shape[0] == 0:  # nothing masked this draw: keep every weight in the graph for DDP
             loss = loss + 0.0 * backbone.head(hidden[:, :1]).sum()
         mean_t = batch.block_noise[batch.supervised_blocks].mean()
         return DiffusionOutput(loss=loss, noise_level=mean_t.detach(), num_masked=take.sum())
+
+    def _predicting_columns(self, noisy_pos: torch.Tensor) -> torch.Tensor:
+        """(N, Ln) column of `[noisy ; clean]` whose hidden state predicts each noisy column's token.
+
+        Unshifted: the column itself. With logit_shift: the noisy column before it inside the same block, and for
+        a block's first position the previous block's last position in the clean stream (column Ln + p - 1),
+        which sees exactly what the engine's committed cache sees. Position 0 keeps its own column.
+        """
+        columns = torch.arange(noisy_pos.shape[1], device=noisy_pos.device).expand_as(noisy_pos)
+        if not self.config.logit_shift:
+            return columns
+        first = noisy_pos % self.block_size == 0
+        clean_before = noisy_pos.shape[1] + noisy_pos - 1
+        return torch.where(first, torch.where(noisy_pos > 0, clean_before, columns), columns - 1)
 
     def generate(
         self,

@@ -96,6 +96,22 @@ def commit_step(policy, token, confidence, block, masked, context: StepContext):
     return torch.where(commit, token, block), masked & ~commit
 
 
+def settle_after_end(block: torch.Tensor, masked: torch.Tensor, answer: torch.Tensor, eot: int):
+    """End a row's block early once its answer is decided: an end-of-turn token is committed at an answer position
+    and every answer position before it is committed. What follows that token is cut from the output, so its
+    masks are filled with end-of-turn now instead of being denoised: the same answer, fewer forwards.
+
+    block, masked, answer (N, B); `answer` marks the positions the block generates (not leftover prompt tokens,
+    which may hold an end-of-turn of an earlier turn). Returns the updated (block, still masked).
+    """
+    ended = (block == eot) & answer & ~masked
+    positions = torch.arange(block.shape[1], device=block.device)
+    first = torch.where(ended, positions, block.shape[1]).amin(1, keepdim=True)  # (N, 1); B when none
+    decided = ~(masked & (positions < first)).any(1, keepdim=True) & ended.any(1, keepdim=True)
+    after = decided & masked & (positions > first)
+    return block.masked_fill(after, eot), masked & ~after
+
+
 def _check_selection(policy, commit, masked: torch.Tensor) -> None:
     """A user policy's mistake is named here, not as a broadcast error further down."""
     is_tensor = isinstance(commit, torch.Tensor)

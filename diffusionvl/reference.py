@@ -4,7 +4,7 @@ recomputes the whole sequence. The fast engine must produce the same tokens at t
 import torch
 
 from .engine import DecodingOutput, _cut_at_stop_string
-from .policies import StepContext, commit_step
+from .policies import StepContext, commit_step, settle_after_end
 from .sampling import propose
 
 
@@ -16,7 +16,7 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
     while True:
         start = len(sequence) // size * size  # the block that holds the next new token
         canvas = torch.tensor(sequence + [tokens.mask] * (start + size - len(sequence)), device=prompt.device)[None]
-        masked = canvas[:, start:] == tokens.mask  # (1, B)
+        masked = answer = canvas[:, start:] == tokens.mask  # (1, B)
         used = 0
         for step in range(steps):
             if not bool(masked.any()):
@@ -32,6 +32,7 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
             quota = min(size // steps + (1 if step < size % steps else 0), int(masked.sum()))
             context = StepContext(step, steps, torch.tensor([quota], device=canvas.device))
             canvas[:, start:], masked = commit_step(policy, token, confidence, canvas[:, start:], masked, context)
+            canvas[:, start:], masked = settle_after_end(canvas[:, start:], masked, answer, tokens.eot)
         block_steps.append(used)
         new = canvas[0, len(sequence) :].tolist()
         sequence += new

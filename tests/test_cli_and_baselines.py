@@ -76,3 +76,13 @@ def test_training_benchmark_checks_the_losses_and_writes_its_json(tmp_path, caps
     assert [r["layout"] for r in rows] == ["full", "cheap"] and rows[0]["loss_checked_steps"] == 2
     assert rows[1]["saved_for_backward_mib"] < rows[0]["saved_for_backward_mib"]  # the cheap stream keeps less
     assert "Loss check: cheap == full on all 2 batches" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_command_line():
+    import subprocess
+    import sys
+
+    from diffusionvl import __version__
+
+    done = subprocess.run([sys.executable, "-m", "diffusionvl", "--version"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == f"diffusionvl {__version__}"

@@ -57,14 +57,15 @@ def test_trained_model_answers_and_stops_at_end_of_turn(trained):
     assert out[0].tolist() == [40, 41, 42, 43, 44, EOT_ID]
 
 
-def test_fused_commit_equals_a_separate_commit_pass_with_one_forward_per_block_fewer():
+def test_fused_commit_equals_separate_commit_and_saves_the_prefill_and_commit_forwards():
     model = wrap(block_size=4)
     ids = torch.randint(3, 60, (1, 8), generator=torch.Generator().manual_seed(0))
     fused = run(model, ids, max_new_tokens=16, steps=4)
     separate = run(model, ids, max_new_tokens=16, steps=4, commit="separate")
     assert torch.equal(fused.sequences, separate.sequences) and fused.sequences.shape[1] == 16
-    assert fused.nfe == 1 + 16  # prefill + one forward per token (static, steps == block size)
-    assert separate.nfe == fused.nfe + 16 // 4 - 1  # a commit forward for every block that is followed by one
+    assert fused.nfe == 16 and fused.prefill_forwards == 0  # one forward per token; the prompt rides along
+    assert separate.nfe == 1 + 16 + 16 // 4 - 1  # a prefill, and a commit forward for every block followed by one
+    assert separate.prefill_forwards == 1
 
 
 def test_batch_of_different_lengths_equals_each_prompt_alone():
@@ -152,12 +153,15 @@ def test_sampling_is_reproducible_and_never_emits_mask_or_pad():
         assert not produced.eq(MASK_ID).any() and produced.numel() > 0
 
 
-def test_a_user_policy_object_drives_the_block_loop():
-    class LeftToRight:
-        def select(self, confidence, masked, context):
-            first = masked.float().argmax(-1)
-            return torch.nn.functional.one_hot(first, masked.shape[1]).bool() & masked
+class LeftToRight:
+    """Commit the leftmost mask each step: the answer before the tail, so a block's end is decided early."""
 
+    def select(self, confidence, masked, context):
+        first = masked.float().argmax(-1)
+        return torch.nn.functional.one_hot(first, masked.shape[1]).bool() & masked
+
+
+def test_a_user_policy_object_drives_the_block_loop():
     model = wrap(block_size=4)
     out = run(model, random_ids(1, 8, seed=4), max_new_tokens=8, steps=4, remasking_strategy=LeftToRight())
     assert out.block_steps[0] and all(steps == 4 for steps in out.block_steps[0])  # one token per step, in order
@@ -202,3 +206,16 @@ def test_stop_strings_end_a_row(trained):
     assert tokenizer.decode(out[0]).split()[-1] == "w40"
     with pytest.raises(ValueError, match="tokenizer"):
         trained.generate(prompt, max_new_tokens=32, stop_strings=["w40"])
+
+
+def test_settling_a_finished_block_saves_forwards_and_changes_no_token(trained, monkeypatch):
+    import diffusionvl.engine
+
+    prompts = [toy_prompt([10, 11]), toy_prompt([3, 4, 5, 6, 7, 8])]  # answers that end inside a block
+    options = dict(max_new_tokens=32, steps=4, remasking_strategy=LeftToRight())
+    settled = [run(trained, p, **options) for p in prompts]
+    monkeypatch.setattr(diffusionvl.engine, "settle_after_end", lambda block, masked, answer, eot: (block, masked))
+    unsettled = [run(trained, p, **options) for p in prompts]
+    for fast, slow in zip(settled, unsettled):
+        assert torch.equal(fast.sequences, slow.sequences)
+    assert sum(o.nfe for o in settled) < sum(o.nfe for o in unsettled)

@@ -8,6 +8,7 @@ from diffusionvl.policies import (
     StepContext,
     Threshold,
     commit_step,
+    settle_after_end,
     static_schedule,
     step_quota,
 )
@@ -85,3 +86,19 @@ def test_top_k_and_top_p_filters():
     assert torch.isinf(filter_logits(logits, top_k=2, top_p=None)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_k=None, top_p=0.7)).tolist() == [[False, False, True, True]]
     assert torch.isinf(filter_logits(logits, top_k=None, top_p=0.85)).tolist() == [[False, False, False, True]]
+
+
+def test_a_block_whose_answer_ended_is_settled_without_more_steps():
+    M, E = 99, 2  # mask and end-of-turn ids
+    block = torch.tensor([
+        [7, E, M, M],  # decided: end-of-turn committed, nothing masked before it
+        [M, E, M, M],  # not yet: a mask before the end-of-turn
+        [E, 5, M, M],  # an end-of-turn of the prompt (not an answer position) decides nothing
+        [5, 6, 7, M],  # no end-of-turn
+    ])
+    answer = torch.tensor([[True] * 4, [True] * 4, [False, True, True, True], [True] * 4])
+    masked = block == M
+    settled, still = settle_after_end(block, masked, answer, E)
+    assert settled.tolist() == [[7, E, E, E], [M, E, M, M], [E, 5, M, M], [5, 6, 7, M]]
+    assert still.tolist() == [[False] * 4, [True, False, True, True], [False, False, True, True],
+                              [False, False, False, True]]
