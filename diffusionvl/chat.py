@@ -18,7 +18,8 @@ HELP = "commands: /image PATH (attach to the next message), /reset, /quit"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .cli import add_decoding_arguments
 
-    parser.add_argument("--model", default=None, help="a checkpoint folder, or minivl-dvlm (default) / minivl-ar")
+    parser.add_argument("--model", default=None, help="a checkpoint folder, or a model name: minivl-dvlm "
+                        "(default), minivl-ar, smollm2-dlm, smollm2")
     parser.add_argument("--autoregressive", action="store_true", help="accept an untranslated AR checkpoint")
     add_decoding_arguments(parser)
 

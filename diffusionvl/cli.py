@@ -103,9 +103,10 @@ def convert(args: argparse.Namespace) -> None:
     from .convert import convert as run_convert
 
     model = run_convert(args.src, args.dst, args.block_size, args.position_mode, args.mask_token_id,
-                        torch_dtype(args.dtype))
+                        torch_dtype(args.dtype), args.logit_shift)
     tokens = model.special_tokens
-    print(f"wrote {args.dst}: block size {model.block_size}, mask {tokens.mask}, end of turn {tokens.eot}")
+    shift = ", logit shift" if model.config.logit_shift else ""
+    print(f"wrote {args.dst}: block size {model.block_size}{shift}, mask {tokens.mask}, end of turn {tokens.eot}")
 
 
 def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +133,7 @@ def decoding_config(args: argparse.Namespace):
 
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("model", nargs="?", help="a DiffusionVL (or autoregressive) checkpoint folder with its "
-                     "tokenizer, or a shipped model: minivl-dvlm (the default), minivl-ar")
+                     "tokenizer, or a model name: minivl-dvlm (the default), minivl-ar, smollm2-dlm, smollm2")
     gen.add_argument("--model", dest="model_option", metavar="MODEL", help="the same as the positional MODEL")
     gen.add_argument("--prompt", required=True, help="the user's message; <image> marks where an image goes")
     gen.add_argument("--image", action="append", help="an image file (repeat for several); needs a VLM checkpoint")
@@ -153,6 +154,8 @@ def add_convert_arguments(con: argparse.ArgumentParser) -> None:
     con.add_argument("dst", help="a new, empty directory")
     con.add_argument("--block-size", type=int, default=8, help="tokens per diffusion block")
     con.add_argument("--position-mode", choices=["1d", "mrope"], default="1d", help="Qwen2.5-VL positions")
+    con.add_argument("--logit-shift", action="store_true",
+                     help="position i - 1 predicts token i, as in the AR source (keeps more of it when data is scarce)")
     con.add_argument("--mask-token-id", type=int, help="an unused embedding row; default: add <|mask|> by name")
     con.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                      help="weights' dtype; auto keeps the source's")
@@ -163,8 +166,8 @@ COMMANDS = {
     "generate": ("generate an answer with a saved DiffusionVL model", "cli:add_generate_arguments", "cli:generate"),
     "convert": ("turn a transformers checkpoint into a DiffusionVL one, ready to train", "cli:add_convert_arguments",
                 "cli:convert"),
-    "train": ("train on LLaVA-format data (stage 'projector' or 'diffusion')", "training_config:add_arguments",
-              "train:main"),
+    "train": ("train on LLaVA-format data (stage 'projector', 'diffusion' or 'autoregressive')",
+              "training_config:add_arguments", "train:main"),
     "bench": ("decoding benchmark: AR vs block decoding vs full-sequence diffusion", "bench:add_arguments",
               "bench:main"),
     "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches", "bench_train:add_arguments",
@@ -174,8 +177,10 @@ COMMANDS = {
     "demo": ("answer a few MiniVL images with the shipped dVLM and its AR source, side by side",
              "minivl.demo:add_arguments", "minivl.demo:main"),
     "chat": ("talk to a model interactively (/image PATH attaches an image)", "chat:add_arguments", "chat:main"),
-    "recipe": ("reproduce a study end to end, resumably (minivl: AR source, translation, baseline, evaluation)",
-               "minivl.recipe:add_arguments", "minivl.recipe:main"),
+    "download": ("fetch a model that is not shipped inside the package (smollm2: SmolLM2-135M-Instruct)",
+                 "smollm2.source:add_arguments", "smollm2.source:main"),
+    "recipe": ("reproduce a study end to end, resumably (minivl, smollm2)", "recipes:add_arguments",
+               "recipes:main"),
 }
 
 

@@ -72,7 +72,8 @@ def load(path, dtype=None, device=None):
     return open_model(path, dtype, device), open_processor(path)
 
 
-def _end_of_turn(tokenizer) -> int:
+def end_of_turn(tokenizer) -> int:
+    """The id that ends an answer: <|im_end|> where the tokenizer has it, else its eos token."""
     eot = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     if eot is None or eot == tokenizer.unk_token_id:
         eot = tokenizer.eos_token_id
@@ -89,7 +90,7 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
     start = time.perf_counter()
     with torch.inference_mode():
         if is_autoregressive(model):
-            eot = _end_of_turn(tokenizer)
+            eot = end_of_turn(tokenizer)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
             sampled = config.temperature > 0
             out = model.generate(**inputs, max_new_tokens=config.max_new_tokens, do_sample=sampled,
@@ -110,12 +111,20 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
     return Answers(texts, rows, int(nfe), int(row_forwards), seconds, int(prefill))
 
 
-def chat_inputs(processor, prompts: list[str], images: list[list] | None = None) -> dict:
-    """Processor outputs for one user turn per prompt, each prompt's images in front of its text, left-padded."""
+def chat_inputs(processor, prompts: list, images: list[list] | None = None) -> dict:
+    """Processor outputs for a batch of chats, left-padded. Each prompt is one user message (a str) or a whole
+    conversation ({"role", "content": str} messages ending with a user turn); images[i] go in front of the text
+    of prompt i's last message. A bare tokenizer (a text model) renders its own chat template."""
     images = images or [[] for _ in prompts]
-    texts = [processor.chat_text([{"role": "user", "content": [{"type": "image"}] * len(imgs)
-                                   + [{"type": "text", "text": prompt}]}], add_generation_prompt=True)
-             for prompt, imgs in zip(prompts, images)]
+    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p) for p in prompts]
+    if not hasattr(processor, "chat_text"):
+        if any(images):
+            raise CheckpointLayoutError("this model has no image processor, so it takes no images; pass text only.")
+        texts = [processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]
+        return dict(processor(texts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"))
+    for chat, imgs in zip(chats, images):
+        chat[-1] = {"role": chat[-1]["role"], "content": [{"type": "image"}] * len(imgs)
+                    + [{"type": "text", "text": chat[-1]["content"]}]}
+    texts = [processor.chat_text(chat, add_generation_prompt=True) for chat in chats]
     flat = [image for imgs in images for image in imgs]
     return dict(processor(texts, flat or None, padding_side="left"))
-

@@ -6,7 +6,9 @@ or field, and the fix, before a single weight is allocated. Generation, evaluati
 open models through `load_model` and `load_processor`.
 """
 
+import importlib
 import json
+import os
 import re
 import struct
 from pathlib import Path
@@ -24,13 +26,24 @@ REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 SHIPPED_MODELS = ("minivl-dvlm", "minivl-ar")
 DEFAULT_MODEL = "minivl-dvlm"
 SHIPPED_FOLDER = Path(__file__).parent / "minivl" / "weights"
+# Models built into the cache on first use, by a function of their subpackage ("module:function" -> folder).
+CACHED_MODELS = {"smollm2": "smollm2.source:base_folder", "smollm2-dlm": "smollm2.source:dlm_folder"}
+MODEL_NAMES = SHIPPED_MODELS + tuple(CACHED_MODELS)
+
+
+def cache_root() -> Path:
+    """Where models built on first use live: $DIFFUSIONVL_CACHE, else ~/.cache/diffusionvl."""
+    return Path(os.environ.get("DIFFUSIONVL_CACHE") or Path.home() / ".cache" / "diffusionvl")
 
 
 def resolve_model(path):
-    """A shipped model's name -> its folder inside the package (a local folder of that name wins); any other
-    path or hub id is returned unchanged."""
-    if str(path) not in SHIPPED_MODELS or Path(path).exists():
+    """A model's name -> its folder: inside the package (minivl-dvlm, minivl-ar) or built into the cache on first
+    use (smollm2, smollm2-dlm). A local folder of that name wins; any other path or hub id is returned unchanged."""
+    if str(path) not in MODEL_NAMES or Path(path).exists():
         return path
+    if str(path) in CACHED_MODELS:
+        module, function = CACHED_MODELS[str(path)].split(":")
+        return str(getattr(importlib.import_module(f".{module}", __package__), function)())
     folder = SHIPPED_FOLDER / str(path)
     if not (folder / "config.json").is_file():
         raise CheckpointLayoutError(

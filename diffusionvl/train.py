@@ -62,8 +62,21 @@ def set_trainable(model, config: TrainingConfig) -> None:
     for name, parameter in model.named_parameters():
         part = parameter_part(name)
         parameter.requires_grad_("lora_" in name if lora and part == "language" else wanted[part])
+    if lora and config.lora_mask_row and isinstance(model, DiffusionVL):
+        train_mask_row(model)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("nothing to train: every part is frozen; enable at least one of vision, projector, language.")
+
+
+def train_mask_row(model: DiffusionVL) -> None:
+    """Train the mask token's embedding row beside the LoRA adapters: the row a translation adds, which starts
+    out as no token the source knows. A gradient hook zeroes every other row (and, with tied embeddings, the
+    head's), so the adapter stays LoRA plus one row."""
+    weight = model.get_input_embeddings().weight
+    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    keep[model.special_tokens.mask] = 1
+    weight.requires_grad_(True)
+    weight.register_hook(lambda grad: grad * keep.to(grad.dtype))
 
 
 class RunFinished(Exception):

@@ -51,6 +51,8 @@ class TrainingConfig:
                                                          "finetuning (0: off); needs peft"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated layer names"})
+    lora_mask_row: bool = field(default=True, metadata={"help": "with LoRA, train the mask token's embedding row too "
+                                                                "(every other row stays fixed)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
     report_to: str = field(default="none", metadata={"help": "'none', 'tensorboard' or 'wandb'"})
 
@@ -86,6 +88,9 @@ def check_options(config) -> None:
     if config.lora_rank and config.stage != "diffusion":
         raise DiffusionVLError(f"LoRA adapts the language model in stage 'diffusion' only, not in stage "
                                f"{config.stage!r}; drop --lora-rank or use --stage diffusion.")
+    if config.lora_rank and config.lora_mask_row and config.weight_decay:
+        raise DiffusionVLError("--weight-decay would shrink the embedding rows that --lora-mask-row keeps fixed; set "
+                               "--weight-decay 0, or --no-lora-mask-row.")
     for name in POSITIVE + NON_NEGATIVE:
         value = getattr(config, name)
         if value is None:

@@ -298,7 +298,8 @@ def test_lora_trains_adapters_only_resumes_and_merges_into_a_plain_checkpoint(tm
     base = DiffusionVL.from_pretrained(checkpoint).state_dict()
     trainer = train(config(checkpoint, data, tmp_path / "run", lora_rank=4, max_steps=2, save_steps=2))
     trained = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
-    assert all("lora_" in n or n.startswith(("model.model.visual.merger.",)) for n in trained)
+    embedding = "model.model.language_model.embed_tokens.weight"  # its mask row trains beside the adapters
+    assert all("lora_" in n or n.startswith("model.model.visual.merger.") or n == embedding for n in trained)
     adapters = DiffusionVL.from_pretrained(tmp_path / "run" / "checkpoint-2")  # adapters rebuilt from the config
     assert adapters.config.lora["r"] == 4
     merged = DiffusionVL.from_pretrained(tmp_path / "run" / "merged")
@@ -307,6 +308,8 @@ def test_lora_trains_adapters_only_resumes_and_merges_into_a_plain_checkpoint(tm
     assert torch.equal(merged.state_dict()[frozen], base[frozen])
     adapted = "model.model.language_model.layers.0.self_attn.q_proj.weight"
     assert not torch.equal(merged.state_dict()[adapted], base[adapted])
+    changed = (merged.state_dict()[embedding] != base[embedding]).any(1).nonzero().flatten().tolist()
+    assert changed == [merged.special_tokens.mask]  # only the mask row of the embedding moved
     from conftest import fake_image, image_prompt
 
     pixels, grid, n = fake_image(4, 6)
@@ -349,3 +352,6 @@ def test_new_options_are_checked_by_name():
     with pytest.raises(ValueError, match="LoRA adapts the language model in stage 'diffusion' only"):
         TrainingConfig(**common, stage="autoregressive", lora_rank=4)
     assert TrainingConfig(**common, stage="autoregressive", lr_schedule="cosine").stage == "autoregressive"
+    with pytest.raises(ValueError, match="--weight-decay would shrink the embedding rows"):
+        TrainingConfig(**common, lora_rank=4, weight_decay=0.01)
+    assert TrainingConfig(**common, lora_rank=4, weight_decay=0.01, lora_mask_row=False).weight_decay == 0.01

