@@ -73,8 +73,9 @@ def settings(config) -> list[tuple[str, DecodingConfig]]:
 
 
 def _prompt_ids(tokenizer, records: list[dict]) -> list[list[int]]:
-    return [tokenizer.apply_chat_template(r["messages"], tokenize=True, add_generation_prompt=True,
-                                                      return_dict=False) for r in records]
+    """Each record's prompt as the chat template tokenises it, generation prompt included."""
+    return [tokenizer.apply_chat_template(r["messages"], tokenize=True, add_generation_prompt=True, return_dict=False)
+            for r in records]
 
 
 def evaluate_adapter(config, out: Path, adapter: Path) -> dict:
@@ -118,9 +119,7 @@ class Judge:
 
     def __init__(self, ar, tokenizer, records: list[dict], config):
         self.ar, self.tokenizer, self.records, self.config = ar, tokenizer, records, config
-        self.prompts = [tokenizer.apply_chat_template(r["messages"], tokenize=True, add_generation_prompt=True,
-                                                      return_dict=False)
-                        for r in records]
+        self.prompts = _prompt_ids(tokenizer, records)
         self.own = self.nll([r["ids"] for r in records])  # the AR's perplexity of its own answers: the yardstick
 
     def nll(self, rows: list[list[int]]) -> list[tuple[float, int]]:
