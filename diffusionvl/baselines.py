@@ -5,6 +5,7 @@ import math
 import torch
 
 from .engine import DecodingOutput
+from .masks import positions_from_padding
 from .policies import LowConfidenceStatic, StepContext, commit_step, static_schedule, step_quota
 from .sampling import propose
 
@@ -45,20 +46,25 @@ def autoregressive_generate(ar_model, input_ids, max_new_tokens: int, eot_id: in
 
 @torch.no_grad()
 def full_sequence_generate(
-    model, input_ids, gen_length: int, block_length: int, steps: int, temperature: float = 0.0
+    model, input_ids, gen_length: int, block_length: int, steps: int, temperature: float = 0.0, vision=None
 ) -> DecodingOutput:
     """LLaDA-V style: a canvas of prompt + `gen_length` masks, bidirectional attention, no cache. The canvas is
     filled in semi-autoregressive blocks of `block_length`, `steps` denoising steps in total, low-confidence
-    static remasking. The length is fixed; the answer is cut at the first end-of-turn afterwards."""
-    tokens = model.special_tokens
+    static remasking. The length is fixed; the answer is cut at the first end-of-turn afterwards. Rows (unpadded
+    prompts) are decoded one at a time, each with its own images from `vision`; a prompt's embeddings (images
+    spliced in) are computed once, since only the answer's tokens change from step to step."""
+    tokens, backbone = model.special_tokens, model.backbone
     blocks = math.ceil(gen_length / block_length)
     per_block = max(1, steps // blocks)
     policy, rows, forwards = LowConfidenceStatic(), [], 0
-    for prompt in _rows(input_ids):
+    prompts = _rows(input_ids)
+    for prompt, images in zip(prompts, backbone.split_rows(prompts, vision)):
         length = len(prompt) + gen_length
         canvas = torch.cat([prompt, prompt.new_full((gen_length,), tokens.mask)])[None]
         everywhere = torch.zeros(1, 1, length, length, dtype=model.dtype, device=prompt.device)  # bidirectional
-        positions = torch.arange(length, device=prompt.device)[None]
+        valid = torch.ones_like(canvas, dtype=torch.bool)
+        rope = backbone.positions(canvas, positions_from_padding(valid), valid, images)  # (A, 1, length)
+        prompt_embeds = backbone.embed(prompt[None], images)
         for block in range(blocks):
             start = len(prompt) + block * block_length
             end = min(start + block_length, length)
@@ -67,10 +73,11 @@ def full_sequence_generate(
             for step in range(per_block):
                 if not bool(masked.any()):
                     break
-                logits = model.model(input_ids=canvas, attention_mask=everywhere, position_ids=positions).logits
-                logits = model.to_token_positions(logits)
+                embeds = torch.cat([prompt_embeds, model.get_input_embeddings()(canvas[:, len(prompt):])], dim=1)
+                hidden = backbone.decode(embeds, everywhere, rope)
+                logits = backbone.head(model.to_token_positions(hidden)[:, start:end])
                 forwards += 1
-                token, confidence = propose(logits[:, start:end], tokens.never_generated, temperature)
+                token, confidence = propose(logits, tokens.never_generated, temperature)
                 context = StepContext(step, per_block, step_quota(schedule, step, masked))
                 canvas[:, start:end], masked = commit_step(policy, token, confidence, canvas[:, start:end], masked, context)
         rows.append(_until_end(canvas[0, len(prompt) :].tolist(), tokens.eot))

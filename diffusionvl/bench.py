@@ -1,163 +1,376 @@
-"""Decoding benchmark on a toy model trained here in about a minute of CPU time.
+"""`diffusionvl bench`: accuracy and speed of every decoder on the same MiniVL prompts, in one process.
 
-    python -m diffusionvl.bench            # or: diffusionvl bench
+    diffusionvl bench [--model minivl-dvlm] [--batch-sizes 1,8] [--json FILE] [--plot FILE.png]
 
-A tiny Qwen2 learns the copy task of `toy.py` autoregressively, is translated and finetuned with block
-diffusion, then every decoder answers the same prompts, one prompt at a time. Prompts have a fixed length by
-default: the copy offset is then constant, and a model this small learns the task in under a minute. Decoders: the AR source model (greedy,
-KV cache), block decoding with the static, dynamic and threshold policies, and full-sequence LLaDA-V style
-decoding. Wall times are medians over interleaved runs in one process, reported with NFE and tokens per
-forward, which do not depend on the machine.
+The decoders (settings):
+
+- `AR`: the dVLM's autoregressive source (`--source`; minivl-ar for the shipped minivl-dvlm), transformers'
+  greedy `generate` on the whole batch with its KV cache;
+- `static`: block decoding, one token per step (steps = block size), and `static/2` with half the steps;
+- `dynamic@t`, `threshold@t`: the confidence policies at each `--thresholds` value;
+- `LLaDA-V`: full-sequence decoding of the same dVLM (a canvas of `--max-new-tokens` masks, bidirectional
+  attention, no cache, one token per step), one prompt at a time, so only at batch size 1.
+
+Every setting answers the same `--samples` MiniVL test samples per task (the test split of seed `--seed`), in
+batches of each `--batch-sizes` value. One warm-up batch per setting, then `--repeats` timed passes,
+interleaved (every setting once per pass), so drift of the machine hits them alike. Times cover decoding only:
+inputs are preprocessed before the clock starts. Accuracy is MiniVL's exact match (greedy decoding gives the
+same answers every pass).
+
+Per row of the JSON (`rows`): setting, kind (ar, block, llada), batch_size, accuracy (%), tokens (new tokens,
+end-of-turn included), nfe (forwards), tokens_per_forward (tokens per forward of one row), tokens_per_s
+(median pass), latency_p50_ms (median time of one batch), peak_memory_mb (CUDA: peak allocated; CPU: peak
+resident memory above the level before the pass, sampled every 2 ms), vs_ar_tokens_per_s and
+vs_llada_tokens_per_s (against those rows at the same batch size, batch 1 for LLaDA).
+
+Headline keys (`headline`), the numbers a reader compares:
+
+- `best_dynamic`: the fastest dynamic or threshold setting at batch 1 whose accuracy is within 1 point of static;
+- `dynamic_vs_ar_tokens_per_s`, `dynamic_vs_llada_tokens_per_s`: its tokens/s over AR's and LLaDA-V's, batch 1;
+- `dynamic_accuracy_drop_vs_static`: static's accuracy minus its accuracy, in points;
+- `batch8_vs_batch1_tokens_per_s`: its tokens/s at batch 8 over batch 1 (null without batch size 8).
 """
 
 import argparse
-import copy
 import json
 import statistics
+import threading
 import time
+from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, Qwen2Config
 
-from .baselines import autoregressive_generate, full_sequence_generate
-from .model import DiffusionVL
-from .toy import FIRST, SEPARATOR, SPAN, toy_answer, train_toy
+from .errors import DiffusionVLError
+from .generation_config import DecodingConfig
 
-EOT, MASK, VOCAB = 2, 63, 64
+SOURCES = {"minivl-dvlm": "minivl-ar"}  # a shipped dVLM's AR source
 
 
-def build_models(args):
-    torch.manual_seed(args.seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, eos_token_id=EOT, pad_token_id=0,
-    )
-    ar = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
-    lengths, repeat = (args.min_prompt, args.max_prompt), args.repeat
-    with tqdm(total=args.ar_steps, desc="AR pretraining") as bar:
-        train_toy(ar, args.ar_steps, 4e-3, EOT, seed=args.seed, lengths=lengths, repeat=repeat, progress=bar)
-    source = copy.deepcopy(ar).eval()
-    model = DiffusionVL.from_autoregressive(ar, mask_token_id=MASK, block_size=args.block_size)
-    with tqdm(total=args.diffusion_steps, desc="diffusion finetuning") as bar:
-        train_toy(model, args.diffusion_steps, 2e-3, EOT, seed=args.seed + 1, lengths=lengths, repeat=repeat, progress=bar)
-    return source, model.eval()
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `diffusionvl bench` measures; every field is a flag of the same name."""
+
+    model: str = "minivl-dvlm"
+    source: str | None = None  # None: SOURCES[model], else no AR row
+    samples: int = 25  # per MiniVL task
+    batch_sizes: tuple[int, ...] = (1, 8)
+    thresholds: tuple[float, ...] = (0.7, 0.9, 0.95)
+    repeats: int = 3
+    max_new_tokens: int = 64
+    seed: int = 1
+    llada: bool = True
+    device: str = "cpu"
+    dtype: str = "auto"
+
+    def __post_init__(self):
+        for name in ("samples", "repeats", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise DiffusionVLError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}.")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise DiffusionVLError(f"--batch-sizes must be positive integers, got {self.batch_sizes}.")
+        if not all(0 <= t <= 1 for t in self.thresholds):
+            raise DiffusionVLError(f"--thresholds must lie in [0, 1], got {self.thresholds}.")
 
 
-def decoders(source, model, args) -> dict:
-    common = dict(max_new_tokens=args.max_new_tokens, steps=args.steps, return_dict_in_generate=True)
-    total_steps = -(-args.max_new_tokens // args.block_size) * args.steps  # the static policy's step budget
+@dataclass
+class Setting:
+    name: str
+    kind: str  # "ar", "block" or "llada"
+    config: DecodingConfig
+    runs: list[dict] = field(default_factory=list)  # one per timed pass and batch size
+
+
+def settings(block_size: int, config: BenchConfig, with_ar: bool) -> list[Setting]:
+    common = {"max_new_tokens": config.max_new_tokens}
+    out = [Setting("AR", "ar", DecodingConfig(**common))] if with_ar else []
+    out += [Setting("static", "block", DecodingConfig(steps=block_size, **common))]
+    if block_size > 1:
+        out += [Setting("static/2", "block", DecodingConfig(steps=block_size // 2, **common))]
+    for strategy, short in (("low_confidence_dynamic", "dynamic"), ("threshold", "threshold")):
+        out += [Setting(f"{short}@{t:g}", "block", DecodingConfig(
+            steps=block_size, remasking_strategy=strategy, confidence_threshold=t, **common))
+            for t in config.thresholds]
+    if config.llada:
+        out += [Setting("LLaDA-V", "llada", DecodingConfig(steps=block_size, **common))]
+    return out
+
+
+class PeakMemory:
+    """Peak memory of what runs inside `with`, in MB: CUDA's peak allocation, or on CPU the peak resident set
+    above its level at entry (a sampling thread; the process's own high-water mark never goes down)."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, 0.0
+
+    @staticmethod
+    def _resident_mb() -> float:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096 / 2**20
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+            return self
+        self.base, self.done = self._resident_mb(), threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self):
+        while not self.done.wait(0.002):
+            self.peak_mb = max(self.peak_mb, self._resident_mb() - self.base)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self.base) / 2**20
+        else:
+            self.done.set()
+            self.thread.join()
+
+
+def decode(setting: Setting, models: dict, processor, inputs: dict):
+    """(texts, new tokens, nfe, row forwards) of one batch."""
+    from .baselines import full_sequence_generate
+    from .inference import answer
+    from .model import vision_inputs
+
+    if setting.kind == "llada":
+        model = models["dvlm"]
+        device = next(model.parameters()).device
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        vision = vision_inputs(inputs.get("pixel_values"), inputs.get("image_grid_thw"))
+        ids = inputs["input_ids"]  # batch size 1: no padding
+        size, length = model.block_size, setting.config.max_new_tokens
+        out = full_sequence_generate(model, ids, length, size, steps=length, vision=vision)
+        rows = [[t for t in row if t != model.special_tokens.pad] for row in out.sequences.tolist()]
+        texts = processor.tokenizer.batch_decode(rows, skip_special_tokens=True)
+        return texts, sum(map(len, rows)), out.nfe, out.nfe
+    out = answer(models["ar" if setting.kind == "ar" else "dvlm"], processor, inputs, setting.config)
+    return out.texts, out.tokens, out.nfe, out.row_forwards
+
+
+def measure(setting: Setting, models, processor, batches: list, device) -> dict:
+    texts, tokens, nfe, row_forwards, latencies = [], 0, 0, 0, []
+    with PeakMemory(device) as memory:
+        for inputs in batches:
+            start = time.perf_counter()
+            out = decode(setting, models, processor, inputs)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            latencies.append(time.perf_counter() - start)
+            texts += [text.strip() for text in out[0]]
+            tokens, nfe, row_forwards = tokens + out[1], nfe + out[2], row_forwards + out[3]
+    return {"texts": texts, "tokens": tokens, "nfe": nfe, "row_forwards": row_forwards,
+            "seconds": sum(latencies), "latencies": latencies, "peak_memory_mb": memory.peak_mb}
+
+
+# ---------------------------------------------------------------- the run
+
+
+def samples_and_batches(config: BenchConfig, processor) -> tuple[list, dict]:
+    """The MiniVL test samples (every task, `samples` each) and, per batch size, their preprocessed batches."""
+    from .inference import chat_inputs
+    from .minivl.generator import TASKS, generate
+    from .minivl.models import image_size_of
+
+    size = image_size_of(processor)
+    samples = [s for task in TASKS for s in generate(task, "test", config.seed, config.samples, size)]
+    batches = {}
+    for n in config.batch_sizes:
+        groups = [samples[i: i + n] for i in range(0, len(samples), n)]
+        batches[n] = [chat_inputs(processor, [s.question for s in g], [[s.image] for s in g]) for g in groups]
+    return samples, batches
+
+
+def load_models(config: BenchConfig, source: str | None) -> tuple[dict, object]:
+    from .cli import torch_dtype
+    from .evaluation.minivl import load
+    from .inference import open_model
+
+    dtype = torch_dtype(config.dtype)
+    dvlm, processor = load(config.model, dtype=dtype, device=config.device)
+    models = {"dvlm": dvlm}
+    if source is not None:
+        models["ar"] = open_model(source, dtype=dtype, device=config.device)
+    return models, processor
+
+
+def run(config: BenchConfig, progress: bool = True) -> dict:
+    """The result documented in the module docstring: {"settings", "rows", "headline"}."""
+    from tqdm.auto import tqdm
+
+    from .evaluation.metrics import exact_match
+
+    source = config.source if config.source is not None else SOURCES.get(config.model)
+    models, processor = load_models(config, source)
+    samples, batches = samples_and_batches(config, processor)
+    device = next(models["dvlm"].parameters()).device
+    table = settings(models["dvlm"].block_size, config, "ar" in models)
+    plan = [(s, n) for s in table for n in config.batch_sizes if s.kind != "llada" or n == 1]
+    for setting, n in plan:  # warm-up: the first batch of each
+        measure(setting, models, processor, batches[n][:1], device)
+    runs = {(s.name, n): [] for s, n in plan}
+    for _ in tqdm(range(config.repeats), desc="timed passes", disable=not progress or None):
+        for setting, n in plan:
+            runs[(setting.name, n)].append(measure(setting, models, processor, batches[n], device))
+    truths = [s.answer for s in samples]
+    rows = [summarise(setting, n, runs[(setting.name, n)], truths, exact_match) for setting, n in plan]
+    compare(rows)
+    return {"settings": {**asdict(config), "source": source, "torch": torch.__version__,
+                         "threads": torch.get_num_threads(), "block_size": models["dvlm"].block_size,
+                         "prompts": len(samples)},
+            "rows": rows, "headline": headline(rows, config.batch_sizes)}
+
+
+def summarise(setting: Setting, batch_size: int, runs: list[dict], truths: list[str], score) -> dict:
+    first = runs[0]  # greedy: every pass gives the same answers, tokens and forwards
+    seconds = statistics.median(r["seconds"] for r in runs)
+    latencies = [latency for r in runs for latency in r["latencies"]]
     return {
-        "AR (greedy, KV cache)": lambda ids: autoregressive_generate(source, ids, args.max_new_tokens, EOT, 0),
-        "block, static": lambda ids: model.generate(ids, **common),
-        "block, dynamic": lambda ids: model.generate(
-            ids, remasking_strategy="low_confidence_dynamic", confidence_threshold=args.threshold, **common
-        ),
-        "block, threshold": lambda ids: model.generate(
-            ids, remasking_strategy="threshold", confidence_threshold=args.threshold, **common
-        ),
-        "full sequence (LLaDA-V style)": lambda ids: full_sequence_generate(
-            model, ids, args.max_new_tokens, args.block_size, total_steps
-        ),
+        "setting": setting.name, "kind": setting.kind, "batch_size": batch_size,
+        "accuracy": 100 * sum(score(p, t) for p, t in zip(first["texts"], truths)) / len(truths),
+        "tokens": first["tokens"], "nfe": first["nfe"],
+        "tokens_per_forward": first["tokens"] / max(first["row_forwards"], 1),
+        "tokens_per_s": first["tokens"] / seconds, "seconds": seconds,
+        "latency_p50_ms": 1000 * statistics.median(latencies),
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
     }
 
 
-def measure(decode, prompts, answers) -> dict:
-    start = time.perf_counter()
-    outputs = [decode(prompt[None]) for prompt in prompts]
-    seconds = time.perf_counter() - start
-    produced = [out.sequences[0][: (out.sequences[0] != 0).sum()].tolist() for out in outputs]
-    return {
-        "seconds": seconds,
-        "tokens": sum(len(p) for p in produced),
-        "nfe": sum(out.nfe for out in outputs),
-        "correct": sum(p == a for p, a in zip(produced, answers)),
-    }
-
-
-def run(args) -> list[dict]:
-    source, model = build_models(args)
-    g = torch.Generator().manual_seed(args.seed + 2)
-    prompts, answers = [], []
-    for _ in range(args.prompts):
-        k = int(torch.randint(args.min_prompt, args.max_prompt + 1, (1,), generator=g))
-        prompt = torch.randint(FIRST, FIRST + SPAN, (k,), generator=g).tolist()
-        prompts.append(torch.tensor(prompt + [SEPARATOR]))
-        answers.append(toy_answer(prompt, args.repeat, EOT)[: args.max_new_tokens])
-    methods = decoders(source, model, args)
-    runs = {name: [] for name in methods}
-    for name, decode in methods.items():  # warm-up
-        measure(decode, prompts[:2], answers[:2])
-    for _ in tqdm(range(args.runs), desc="timed runs"):
-        for name, decode in methods.items():  # interleaved, so drift of the machine hits every method alike
-            runs[name].append(measure(decode, prompts, answers))
-    rows = []
-    for name, results in runs.items():
-        first = results[0]
-        seconds = statistics.median(r["seconds"] for r in results)
-        rows.append({
-            "method": name,
-            "accuracy": first["correct"] / len(prompts),
-            "nfe_per_prompt": first["nfe"] / len(prompts),
-            "tokens_per_forward": first["tokens"] / first["nfe"],
-            "tokens_per_second": first["tokens"] / seconds,
-            "median_seconds": seconds,
-        })
+def compare(rows: list[dict]) -> None:
+    """vs_ar_tokens_per_s (same batch size) and vs_llada_tokens_per_s (LLaDA-V at batch 1) on every row."""
+    ar = {r["batch_size"]: r["tokens_per_s"] for r in rows if r["kind"] == "ar"}
+    llada = next((r["tokens_per_s"] for r in rows if r["kind"] == "llada"), None)
     for row in rows:
-        row["speedup_vs_full_sequence"] = rows[-1]["median_seconds"] / row["median_seconds"]
-        row["speedup_vs_ar"] = rows[0]["median_seconds"] / row["median_seconds"]
-    return rows
+        row["vs_ar_tokens_per_s"] = row["tokens_per_s"] / ar[row["batch_size"]] if row["batch_size"] in ar else None
+        row["vs_llada_tokens_per_s"] = row["tokens_per_s"] / llada if llada else None
 
 
-def table(rows: list[dict], args) -> str:
-    head = (
-        f"toy copy task, {args.prompts} prompts, answers up to {args.max_new_tokens} tokens, block size "
-        f"{args.block_size}, {args.steps} steps per block, threshold {args.threshold}, median of {args.runs} runs, "
-        f"torch {torch.__version__} on {torch.get_num_threads()} CPU threads\n\n"
-        "| method | exact match | NFE / prompt | tokens / forward | ms / prompt | tokens / s | vs full sequence | vs AR |\n"
-        "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
-    )
-    lines = [
-        f"| {r['method']} | {r['accuracy']:.2f} | {r['nfe_per_prompt']:.1f} | {r['tokens_per_forward']:.2f} | "
-        f"{1000 * r['median_seconds'] / args.prompts:.1f} | {r['tokens_per_second']:.0f} | {r['speedup_vs_full_sequence']:.2f}x | {r['speedup_vs_ar']:.2f}x |"
-        for r in rows
-    ]
-    return head + "\n".join(lines)
+def headline(rows: list[dict], batch_sizes) -> dict:
+    at = {(r["setting"], r["batch_size"]): r for r in rows}
+    static = at[("static", 1)] if 1 in batch_sizes else None
+    if static is None:
+        return {}
+    policies = [r for r in rows if r["batch_size"] == 1 and r["setting"].startswith(("dynamic@", "threshold@"))]
+    close = [r for r in policies if static["accuracy"] - r["accuracy"] <= 1.0]
+    best = max(close, key=lambda r: r["tokens_per_s"], default=None)
+    if best is None:
+        return {"best_dynamic": None}
+    batch8 = at.get((best["setting"], 8))
+    return {
+        "best_dynamic": best["setting"],
+        "dynamic_vs_ar_tokens_per_s": best["vs_ar_tokens_per_s"],
+        "dynamic_vs_llada_tokens_per_s": best["vs_llada_tokens_per_s"],
+        "dynamic_accuracy_drop_vs_static": static["accuracy"] - best["accuracy"],
+        "batch8_vs_batch1_tokens_per_s": batch8["tokens_per_s"] / best["tokens_per_s"] if batch8 else None,
+    }
+
+
+# ---------------------------------------------------------------- output
+
+
+def _ratio(value) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def markdown(result: dict) -> str:
+    s = result["settings"]
+    title = (f"{s['model']} (block size {s['block_size']}) vs {s['source'] or 'no AR source'}, {s['prompts']} MiniVL "
+             f"test prompts (seed {s['seed']}), answers up to {s['max_new_tokens']} tokens, median of {s['repeats']} "
+             f"passes, torch {s['torch']} on {s['device']} ({s['threads']} threads), dtype {s['dtype']}")
+    lines = [title, "",
+             "| setting | batch | accuracy | tokens/s | NFE | tokens/forward | p50 ms/batch | peak MB | vs AR | vs LLaDA-V |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in result["rows"]:
+        lines.append(f"| {r['setting']} | {r['batch_size']} | {r['accuracy']:.1f} | {r['tokens_per_s']:.0f} | {r['nfe']} "
+                     f"| {r['tokens_per_forward']:.2f} | {r['latency_p50_ms']:.1f} | {r['peak_memory_mb']:.0f} "
+                     f"| {_ratio(r['vs_ar_tokens_per_s'])} | {_ratio(r['vs_llada_tokens_per_s'])} |")
+    h = result["headline"]
+    if h.get("best_dynamic"):
+        lines += ["", (f"best dynamic within 1 point of static: {h['best_dynamic']} "
+                       f"({h['dynamic_accuracy_drop_vs_static']:.1f} points below): "
+                       f"{_ratio(h['dynamic_vs_ar_tokens_per_s'])} AR's tokens/s, "
+                       f"{_ratio(h['dynamic_vs_llada_tokens_per_s'])} LLaDA-V's; batch 8 vs 1: "
+                       f"{_ratio(h['batch8_vs_batch1_tokens_per_s'])}")]
+    return "\n".join(lines)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise DiffusionVLError("--plot needs matplotlib: pip install matplotlib (or the extra diffusionvl[bench]).") from None
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot(result: dict, path) -> None:
+    """Accuracy against tokens/s and against tokens per forward, one point per setting and batch size."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for axis, key, label in ((axes[0], "tokens_per_s", "tokens / s"), (axes[1], "tokens_per_forward", "tokens / forward")):
+        for r in result["rows"]:
+            if r["kind"] == "ar":
+                axis.scatter(r[key], r["accuracy"], marker="*", s=160, c="black")
+            else:
+                axis.scatter(r[key], r["accuracy"], marker="s" if r["kind"] == "llada" else "o", s=40,
+                             c="C0" if r["batch_size"] == 1 else "C1")
+            if r["batch_size"] == 1:  # the batch-8 twin of a point sits to its right at the same height
+                axis.annotate(r["setting"], (r[key], r["accuracy"]), fontsize=7, xytext=(4, 3),
+                              textcoords="offset points")
+        axis.set_xscale("log")
+        axis.set_xlabel(label)
+        axis.grid(alpha=0.3)
+    axes[0].set_ylabel("MiniVL exact match (%)")
+    s = result["settings"]
+    figure.suptitle(f"{s['model']} on {s['device']}: AR source = star, batch 1 blue (labelled), batch 8 orange, LLaDA-V square",
+                    fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _numbers(kind):
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--block-size", type=int, default=8, help="tokens per diffusion block")
-    parser.add_argument("--steps", type=int, default=8, help="denoising steps per block")
-    parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of dynamic/threshold")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
-    parser.add_argument("--repeat", type=int, default=6, help="the answer repeats the shifted prompt this often")
-    parser.add_argument("--min-prompt", type=int, default=8, help="shortest prompt (tokens before the separator)")
-    parser.add_argument("--max-prompt", type=int, default=8, help="longest prompt")
-    parser.add_argument("--prompts", type=int, default=16, help="prompts each decoder answers")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs; times are their median")
-    parser.add_argument("--ar-steps", type=int, default=300, help="AR training steps of the toy model")
-    parser.add_argument("--diffusion-steps", type=int, default=500, help="block-diffusion finetuning steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of training and prompts")
-    parser.add_argument("--json", help="also write the rows to this JSON file")
-
-
-def write_json(path, rows: list[dict], args: argparse.Namespace) -> None:
-    """The rows and the settings that produced them; only the benchmark's own options, never the CLI's plumbing
-    (the command's runner function is not JSON)."""
-    settings = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
-    settings.update(torch=torch.__version__, threads=torch.get_num_threads())
-    with open(path, "w") as handle:
-        json.dump({"settings": settings, "rows": rows}, handle, indent=2)
+    d = BenchConfig()
+    parser.add_argument("--model", default=d.model, help="a DiffusionVL VLM checkpoint folder or shipped name")
+    parser.add_argument("--source", help="its autoregressive source (default: minivl-ar for minivl-dvlm, else none)")
+    parser.add_argument("--samples", type=int, default=d.samples, help="MiniVL test samples per task")
+    parser.add_argument("--batch-sizes", type=_numbers(int), default=d.batch_sizes, help="e.g. 1,8")
+    parser.add_argument("--thresholds", type=_numbers(float), default=d.thresholds,
+                        help="thresholds of the dynamic and threshold policies")
+    parser.add_argument("--repeats", type=int, default=d.repeats, help="timed passes; times are their median")
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length limit")
+    parser.add_argument("--seed", type=int, default=d.seed, help="seed of the MiniVL test samples")
+    parser.add_argument("--no-llada", dest="llada", action="store_false", help="skip LLaDA-V-style decoding")
+    parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
+                        help="weights' dtype; auto keeps the checkpoint's")
+    parser.add_argument("--json", help="also write the result (settings, rows, headline) to this JSON file")
+    parser.add_argument("--plot", help="also draw accuracy against speed to this PNG file")
 
 
 def main(args: argparse.Namespace) -> None:
-    rows = run(args)
-    print(table(rows, args))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = BenchConfig(args.model, args.source, args.samples, args.batch_sizes, args.thresholds, args.repeats,
+                         args.max_new_tokens, args.seed, args.llada, device, args.dtype)
+    if args.plot:
+        _pyplot()  # a missing matplotlib fails now, not after the run
+    result = run(config)
+    print(markdown(result))
     if args.json:
-        write_json(args.json, rows, args)
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    main(parser.parse_args())
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
+    if args.plot:
+        plot(result, args.plot)

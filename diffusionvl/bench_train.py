@@ -10,6 +10,7 @@ Reported: median step time (forward + backward), tokens/s, the bytes autograd ke
 """
 
 import argparse
+import json
 import statistics
 import time
 
@@ -17,7 +18,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from .bench import write_json
 from .model import DiffusionVL, vision_inputs
 
 IMAGE, MASK, EOT = 250, 255, 2
@@ -152,6 +152,15 @@ def main(args: argparse.Namespace) -> None:
     print(table(rows, args))
     if args.json:
         write_json(args.json, rows, args)
+
+
+def write_json(path, rows: list[dict], args: argparse.Namespace) -> None:
+    """The rows and the settings that produced them; only the benchmark's own options, never the CLI's plumbing
+    (the command's runner function is not JSON)."""
+    settings = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None)))}
+    settings.update(torch=torch.__version__, threads=torch.get_num_threads())
+    with open(path, "w") as handle:
+        json.dump({"settings": settings, "rows": rows}, handle, indent=2)
 
 
 if __name__ == "__main__":

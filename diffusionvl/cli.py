@@ -172,7 +172,7 @@ COMMANDS = {
               "bench:main"),
     "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches", "bench_train:add_arguments",
                     "bench_train:main"),
-    "eval": ("evaluate a DiffusionVL or Qwen2.5-VL checkpoint on MiniVL's test split",
+    "eval": ("score a checkpoint on MiniVL's test split or on your own questions (--tasks FILE.jsonl)",
              "evaluation.minivl:add_arguments", "evaluation.minivl:main"),
     "demo": ("answer a few MiniVL images with the shipped dVLM and its AR source, side by side",
              "minivl.demo:add_arguments", "minivl.demo:main"),

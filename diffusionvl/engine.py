@@ -372,7 +372,8 @@ def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=
     """Decode a batch of prompts. `config.use_cache=False` runs the reference decoder instead."""
     ids, valid = check_inputs(model, input_ids, attention_mask, config, streamer)
     was_training = model.training
-    model.eval()
+    if was_training:  # .eval() walks every module (milliseconds on a small model): only when it changes something
+        model.eval()
     try:
         with torch.no_grad():
             prompts = build_prompts(model, ids, valid, vision)  # also for the reference: same image errors, first
@@ -384,4 +385,5 @@ def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=
                 streamer.put(prompts[0].ids.cpu())  # transformers' streamers expect the prompt first (skip_prompt)
             return BlockDecoder(model, prompts, config, tokenizer, generator).run(streamer)
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()

@@ -57,16 +57,33 @@ def test_full_sequence_baseline_uses_a_fixed_canvas_and_the_step_budget(trained)
     assert MASK_ID not in produced and EOT_ID not in produced[:-1]  # cut right after the first end-of-turn
 
 
-def test_benchmark_smoke_run_reports_every_decoder_and_writes_its_json(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    cli.main("bench --ar-steps 2 --diffusion-steps 2 --prompts 2 --runs 1 --max-new-tokens 16 --block-size 4 --steps 4 "
-             f"--json {out}".split())
-    rows = json.loads(out.read_text())["rows"]
-    assert [r["method"] for r in rows][1:4] == ["block, static", "block, dynamic", "block, threshold"]
-    static = rows[1]
-    assert static["tokens_per_forward"] <= 1.0  # steps == block size: one token per forward at most
-    assert rows[-1]["nfe_per_prompt"] == 16  # full sequence: 4 blocks x 4 steps, fixed length
-    assert "| block, static |" in capsys.readouterr().out
+def test_benchmark_runs_every_decoder_on_the_shipped_model_and_writes_json_and_plot(tmp_path, capsys):
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    cli.main(f"bench --samples 1 --repeats 1 --batch-sizes 1,2 --thresholds 0.9 --max-new-tokens 16 --device cpu "
+             f"--json {out} --plot {png}".split())
+    result = json.loads(out.read_text())
+    rows = {(r["setting"], r["batch_size"]): r for r in result["rows"]}
+    settings = ["AR", "static", "static/2", "dynamic@0.9", "threshold@0.9"]
+    assert set(rows) == {(s, n) for s in settings for n in (1, 2)} | {("LLaDA-V", 1)}  # LLaDA-V: batch 1 only
+    assert result["settings"]["source"] == "minivl-ar" and result["settings"]["prompts"] == 4
+    assert rows[("AR", 1)]["tokens_per_forward"] == 1.0 and rows[("AR", 1)]["vs_ar_tokens_per_s"] == 1.0
+    assert rows[("static", 1)]["tokens_per_forward"] <= 1.0  # steps == block size: one token per forward at most
+    assert rows[("LLaDA-V", 1)]["nfe"] == 4 * 16  # a fixed canvas: one forward per position, every prompt
+    for setting in settings:  # batching changes the speed, never the greedy answers
+        assert rows[(setting, 1)]["accuracy"] == rows[(setting, 2)]["accuracy"]
+        assert rows[(setting, 1)]["tokens"] == rows[(setting, 2)]["tokens"]
+    headline = result["headline"]
+    assert set(headline) == {"best_dynamic", "dynamic_vs_ar_tokens_per_s", "dynamic_vs_llada_tokens_per_s",
+                             "dynamic_accuracy_drop_vs_static", "batch8_vs_batch1_tokens_per_s"}
+    assert headline["batch8_vs_batch1_tokens_per_s"] is None  # no batch size 8 in this run
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "| dynamic@0.9 | 1 |" in capsys.readouterr().out
+
+
+def test_benchmark_options_are_checked_before_any_model_loads(capsys):
+    for argv, message in (("--batch-sizes 0", "--batch-sizes must be positive"), ("--thresholds 1.5", "lie in"),
+                          ("--samples 0", "--samples must be at least 1"), ("--batch-sizes x", "comma-separated")):
+        assert message in cli_error(capsys, "bench", *argv.split())
 
 
 def test_training_benchmark_checks_the_losses_and_writes_its_json(tmp_path, capsys):

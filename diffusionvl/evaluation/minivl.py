@@ -1,6 +1,9 @@
 """`diffusionvl eval`: exact match (and caption token F1) of a saved model on MiniVL's test split.
 
-    diffusionvl eval [--model DIR] --tasks minivl:caption,count --samples 200 --batch-size 8 [--json]
+    diffusionvl eval [--model DIR] --tasks minivl:caption,count --samples 200 --batch-size 8 [--log LOG] [--json]
+
+A `--tasks` that names a JSONL file (a path ending .jsonl, or any other existing file) runs `evaluation.tasks`
+instead: the user's own questions, with the metrics of the usual benchmarks.
 
 `--tasks` is `minivl` (every task) or `minivl:` followed by a comma-separated list of caption, count, digits,
 chart. Each task draws `--samples` test samples with `minivl.generator.generate(task, "test", seed, N)`, at the
@@ -31,17 +34,25 @@ JSON object with these keys:
 - `seed`: the `--seed` of the test samples
 - `samples_per_task`: `--samples`
 
+`--log FILE` writes one JSON object per sample, as `evaluation.tasks` does: `id`, `prompt` (the question),
+`prediction`, `truth`, `metric` ("exact_match"), `score`, `token_f1` (captions only), `tokens`, `batch`, `nfe` (the
+batch's forwards divided by its samples).
+
 Only `tokens_per_s` and `seconds` depend on the machine; the rest is the same on every run.
 """
 
 import argparse
 import json
 import time
+from contextlib import nullcontext
 
 from ..errors import CheckpointLayoutError, DiffusionVLError
-from .metrics import exact_match, token_f1
+from .metrics import METRICS, exact_match, token_f1
+from .tasks import Tally, check_log, is_task_file, row_records
+from .tasks import main as run_task_file
 
 SUITE = "minivl"
+DEFAULT_SAMPLES = 200
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -50,8 +61,8 @@ def parse_tasks(spec: str) -> list[str]:
 
     suite, colon, names = spec.partition(":")
     if suite.strip() != SUITE:
-        raise DiffusionVLError(f"unknown task suite {suite!r} in --tasks {spec!r}; use 'minivl' or "
-                               f"'minivl:{','.join(TASKS)}'.")
+        raise DiffusionVLError(f"unknown task suite {suite!r} in --tasks {spec!r}; use 'minivl', "
+                               f"'minivl:{','.join(TASKS)}' or a JSONL file of questions (FILE.jsonl).")
     if not colon:
         return list(TASKS)
     tasks = [name.strip() for name in names.split(",") if name.strip()]
@@ -67,11 +78,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..loading import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a DiffusionVL or Qwen2.5-VL checkpoint folder with its "
-                        "processor, or a shipped model: minivl-dvlm, minivl-ar")
-    parser.add_argument("--tasks", default=SUITE, help="'minivl' (every task) or 'minivl:caption,count,digits,chart'")
-    parser.add_argument("--samples", type=int, default=200, help="test samples per task")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the test samples")
+                        "processor, or a shipped model: minivl-dvlm, minivl-ar; a JSONL file without images also "
+                        "takes a text model (smollm2, smollm2-dlm, a text checkpoint)")
+    parser.add_argument("--tasks", default=SUITE, help="'minivl' (every task), 'minivl:caption,count,digits,chart', "
+                        "or a JSONL file of questions (FILE.jsonl: question, answer, image/images, choices, metric, id)")
+    parser.add_argument("--samples", type=int, help=f"test samples per MiniVL task (None: {DEFAULT_SAMPLES}), or "
+                        "the first N questions of a JSONL file (None: all)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the MiniVL test samples")
+    parser.add_argument("--metric", choices=list(METRICS), help="a JSONL file's metric where a line names none "
+                        "(None: multiple_choice with choices, else exact_match)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts decoded together")
+    parser.add_argument("--log", metavar="FILE", help="write one JSON line per sample (prompt, prediction, truth, "
+                        "score, tokens, nfe)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_decoding_arguments(parser)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -91,8 +109,9 @@ def load(path, dtype=None, device=None):
 
 
 def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_size: int, config,
-             model_name: str = "", progress: bool = True) -> dict:
-    """The result object documented in the module docstring. The progress bar (stderr) shows only on a terminal."""
+             model_name: str = "", progress: bool = True, log=None) -> dict:
+    """The result object documented in the module docstring; with `log` (an open text file) one line per sample.
+    The progress bar (stderr) shows only on a terminal."""
     from tqdm.auto import tqdm
 
     from ..inference import answer, chat_inputs
@@ -103,17 +122,16 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
     samples = {task: generate(task, "test", seed, samples_per_task, size) for task in tasks}
     batches = [(task, samples[task][i: i + batch_size]) for task in tasks
                for i in range(0, samples_per_task, batch_size)]
-    predictions = {task: [] for task in tasks}
-    nfe = row_forwards = prefill = new_tokens = 0
-    seconds = 0.0
-    for task, batch in tqdm(batches, desc="eval", unit="batch", disable=not progress or None):
+    predictions, tally = {task: [] for task in tasks}, Tally()
+    for index, (task, batch) in enumerate(tqdm(batches, desc="eval", unit="batch", disable=not progress or None)):
         start = time.perf_counter()  # preprocessing counts: a user waits for it too
         inputs = chat_inputs(processor, [s.question for s in batch], [[s.image] for s in batch])
         out = answer(model, processor, inputs, config)
-        seconds += time.perf_counter() - start
+        tally.add(out, time.perf_counter() - start)
         predictions[task] += out.texts
-        nfe, row_forwards, new_tokens = nfe + out.nfe, row_forwards + out.row_forwards, new_tokens + out.tokens
-        prefill += out.prefill_forwards
+        if log is not None:
+            for sample, prediction, row in zip(batch, out.texts, row_records(out, index)):
+                log.write(json.dumps(log_record(sample, prediction, row)) + "\n")
     scores = {}
     for task in tasks:
         pairs = list(zip(predictions[task], (s.answer for s in samples[task])))
@@ -124,15 +142,20 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
     return {
         "mean_exact_match": sum(s["exact_match"] for s in scores.values()) / len(scores),
         "tasks": scores,
-        "tokens_per_forward": new_tokens / max(row_forwards, 1),
-        "tokens_per_decoding_forward": new_tokens / max(row_forwards - prefill, 1),
-        "nfe": nfe,
-        "tokens_per_s": new_tokens / seconds if seconds > 0 else 0.0,
-        "seconds": seconds,
+        **tally.speed(),
         "model": model_name,
         "seed": seed,
         "samples_per_task": samples_per_task,
     }
+
+
+def log_record(sample, prediction: str, row: dict) -> dict:
+    """One --log line: the fields of `evaluation.tasks`' log, plus token_f1 for a caption."""
+    record = {"id": sample.id, "prompt": sample.question, "prediction": prediction, "truth": sample.answer,
+              "metric": "exact_match", "score": exact_match(prediction, sample.answer)}
+    if sample.task == "caption":
+        record["token_f1"] = token_f1(prediction, sample.answer)
+    return {**record, **row}
 
 
 def markdown(result: dict) -> str:
@@ -148,18 +171,27 @@ def markdown(result: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
+    """`diffusionvl eval`: a JSONL file's questions (`evaluation.tasks.main`) or MiniVL's test split."""
     import torch
 
     from ..cli import decoding_config, torch_dtype
 
+    if is_task_file(args.tasks):
+        return run_task_file(args)
     tasks = parse_tasks(args.tasks)  # every option is checked before any weight is read
+    if args.metric is not None:
+        raise DiffusionVLError("--metric applies to a JSONL task file; MiniVL scores exact match (and token F1 "
+                               "for captions).")
+    args.samples = DEFAULT_SAMPLES if args.samples is None else args.samples
     for name in ("samples", "batch_size"):
         value = getattr(args, name)
         if value <= 0:
             raise DiffusionVLError(f"--{name.replace('_', '-')} must be a positive integer, got {value}.")
+    check_log(args.log)
     config = decoding_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load(args.model, dtype=torch_dtype(args.dtype), device=device)
-    result = evaluate(model, processor, tasks, args.samples, args.seed, args.batch_size, config,
-                      model_name=str(args.model))
+    with open(args.log, "w", encoding="utf-8") if args.log else nullcontext() as log:
+        result = evaluate(model, processor, tasks, args.samples, args.seed, args.batch_size, config,
+                          model_name=str(args.model), log=log)
     print(json.dumps(result) if args.json else markdown(result))
