@@ -4,8 +4,8 @@ import math
 
 import torch
 
-from .engine import DecodingOutput
 from .masks import positions_from_padding
+from .outputs import DecodingOutput
 from .policies import LowConfidenceStatic, StepContext, commit_step, static_schedule, step_quota
 from .sampling import propose
 

@@ -74,8 +74,8 @@ def main(args: argparse.Namespace) -> None:
 
     from .cli import decoding_config
     from .errors import DiffusionVLError
+    from .folders import DEFAULT_MODEL
     from .inference import answer, open_model, open_processor
-    from .loading import DEFAULT_MODEL
 
     config = decoding_config(args)
     path = args.model or DEFAULT_MODEL

@@ -12,7 +12,7 @@ from transformers.initialization import no_init_weights
 
 from .config import DiffusionVLConfig
 from .errors import CheckpointLayoutError
-from .loading import check_safetensors
+from .folders import check_safetensors
 from .tokens import IMAGE_TOKEN, RELEASED_MASK_TOKEN_ID, known_id
 
 TEXT_FIELDS = (
@@ -157,12 +157,11 @@ def _diffusion_config(path: Path, base, released: dict, mask_token_id, **fields)
     )
 
 
-def _load_strict(config: DiffusionVLConfig, state: dict, path: Path, tied_head: str | None, dtype):
-    """Build without random init, load every tensor, and fail on any gap but a tied head."""
-    from .model import DiffusionVL
-
+def _load_strict(model_class, config: DiffusionVLConfig, state: dict, path: Path, tied_head: str | None, dtype):
+    """Build `model_class` (DiffusionVL, passed in by its from_pretrained) without random init, load every tensor,
+    and fail on any gap but a tied head."""
     with no_init_weights():
-        model = DiffusionVL(config)
+        model = model_class(config)
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if k != tied_head]
     if missing or result.unexpected_keys:
@@ -184,17 +183,18 @@ def released_tensors(path: Path) -> dict[str, torch.Tensor]:
     return renamed
 
 
-def load_released_qwenvl(path, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
+def load_released_qwenvl(path, model_class, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
     """A DiffusionVL-Qwen2.5VL checkpoint as a DiffusionVL (1-D positions, as it was trained)."""
     path = Path(path)
     released, vision = _read_released(path)
     base = qwenvl_config(released, vision)
     config = _diffusion_config(path, base, released, mask_token_id, position_mode="1d")
     state = {"model." + key: tensor for key, tensor in released_tensors(path).items()}
-    return _load_strict(config, state, path, "model.lm_head.weight" if base.tie_word_embeddings else None, dtype)
+    tied = "model.lm_head.weight" if base.tie_word_embeddings else None
+    return _load_strict(model_class, config, state, path, tied, dtype)
 
 
-def load_released_siglip(path, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
+def load_released_siglip(path, model_class, mask_token_id: int | None = None, dtype: torch.dtype | None = None):
     """A DiffusionVL-Qwen2.5 (SigLIP + projector + Qwen2.5) checkpoint as a DiffusionVL.
 
     The SigLIP config comes from `vision_config` in config.json or from vision_config.json beside it; its layer
@@ -215,4 +215,4 @@ def load_released_siglip(path, mask_token_id: int | None = None, dtype: torch.dt
                                 image_newline="model.image_newline" in state)
     config = _diffusion_config(path, base, released, mask_token_id)
     tied = "model.language_model.lm_head.weight" if base.tie_word_embeddings else None
-    return _load_strict(config, state, path, tied, dtype)
+    return _load_strict(model_class, config, state, path, tied, dtype)

@@ -64,7 +64,7 @@ def torch_dtype(name: str):
 
 def model_argument(args: argparse.Namespace) -> str:
     """--model, else the positional MODEL, else the shipped default."""
-    from .loading import DEFAULT_MODEL
+    from .folders import DEFAULT_MODEL
 
     given = [value for value in (args.model_option, args.model) if value is not None]
     if len(set(given)) > 1:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .errors import CheckpointLayoutError, DiffusionVLError
-from .loading import PROCESSOR_FILES, TOKENIZER_FILES, resolve_model
+from .folders import PROCESSOR_FILES, TOKENIZER_FILES, resolve_model
 from .model import VISION_LANGUAGE_TYPES, DiffusionVL
 from .processing import DiffusionVLProcessor
 

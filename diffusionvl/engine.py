@@ -15,35 +15,10 @@ from .errors import DiffusionVLError
 from .generation_config import DecodingConfig
 from .kv_cache import BlockCache
 from .masks import block_causal_mask, positions_from_padding
+from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
+from .reference import reference_decode
 from .sampling import propose
-
-
-@dataclass
-class DecodingOutput:
-    """sequences (N, T): new tokens only, pad after the end. nfe: model forwards. row_forwards: forwards summed
-    over the rows that took part in them. tokens_per_forward: new tokens per row forward (independent of the
-    batch size). block_steps: per row, the denoising steps of each of its blocks. prefill_forwards: the row
-    forwards that only read the prompt (its complete blocks), included in row_forwards."""
-
-    sequences: torch.Tensor
-    nfe: int
-    tokens_per_forward: float
-    block_steps: list[list[int]]
-    row_forwards: int
-    prefill_forwards: int = 0
-
-    @classmethod
-    def from_rows(cls, rows: list[list[int]], nfe: int, pad: int, block_steps=None, row_forwards=None,
-                  prefill_forwards: int = 0):
-        """Pack per-row outputs, pad after each row's end. `row_forwards`: forwards summed over rows (default nfe)."""
-        sequences = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
-        for index, row in enumerate(rows):
-            sequences[index, : len(row)] = torch.tensor(row, dtype=torch.long)
-        row_forwards = int(row_forwards if row_forwards is not None else nfe)
-        per_forward = sum(len(r) for r in rows) / max(row_forwards, 1)
-        return cls(sequences, nfe, per_forward, block_steps if block_steps is not None else [[] for _ in rows],
-                   row_forwards, prefill_forwards)
 
 
 @dataclass
@@ -104,6 +79,7 @@ class BlockDecoder:
         self.size = model.block_size
         self.steps = min(config.steps, self.size)
         self.policy = config.policy
+        self.stops = StopStrings(config.stop_strings, tokenizer) if config.stop_strings else None
         layout = prompt_layout(prompts, self.size, self.tokens.mask, self.tokens.pad)
         self.offsets, self.shift = layout.offsets, layout.shift
         self.prompt_lengths = [len(p.ids) for p in prompts]
@@ -222,6 +198,7 @@ class BlockDecoder:
     def _extend(self, row: int, new: list[int]) -> bool:
         """Append a block's new tokens to a row; True when the row is finished (end-of-turn, length, stop)."""
         out = self.outputs[row]
+        before = len(out)
         out.extend(new)
         finished = False
         if self.tokens.eot in new:
@@ -230,7 +207,7 @@ class BlockDecoder:
         if len(out) >= self.config.max_new_tokens:
             del out[self.config.max_new_tokens :]
             finished = True
-        if self.config.stop_strings and _cut_at_stop_string(out, self.config.stop_strings, self.tokenizer):
+        if self.stops is not None and len(out) > before and self.stops.cut(out, len(out) - before):
             finished = True
         return finished
 
@@ -248,19 +225,6 @@ class BlockDecoder:
     def result(self) -> DecodingOutput:
         return DecodingOutput.from_rows(self.outputs, self.nfe, self.tokens.pad, self.block_steps,
                                         int(self.row_forwards.sum()), self.prefill_forwards)
-
-
-def _cut_at_stop_string(out: list[int], stop_strings, tokenizer) -> bool:
-    """Truncate `out` after the shortest prefix whose text holds a stop string; True if one was found."""
-    if tokenizer is None:
-        raise DiffusionVLError("stop_strings need the tokenizer: pass generate(..., tokenizer=tokenizer).")
-    if not any(s in tokenizer.decode(out) for s in stop_strings):
-        return False
-    for end in range(1, len(out) + 1):
-        if any(s in tokenizer.decode(out[:end]) for s in stop_strings):
-            del out[end:]
-            return True
-    return False
 
 
 def check_inputs(model, input_ids, attention_mask, config: DecodingConfig, streamer=None):
@@ -378,8 +342,6 @@ def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=
         with torch.no_grad():
             prompts = build_prompts(model, ids, valid, vision)  # also for the reference: same image errors, first
             if not config.use_cache:
-                from .reference import reference_decode
-
                 return reference_decode(model, ids, valid, vision, config, tokenizer, generator)
             if streamer is not None:
                 streamer.put(prompts[0].ids.cpu())  # transformers' streamers expect the prompt first (skip_prompt)

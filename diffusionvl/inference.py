@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 
 from .errors import CheckpointLayoutError
+from .folders import is_autoregressive_folder, resolve_model
 from .generation_config import DecodingConfig
-from .loading import is_autoregressive_folder, load_any, load_model, load_processor, resolve_model
+from .loading import load_any, load_model, load_processor
 from .tokens import END_OF_TURN_TOKENS
 
 END_OF_TURN = END_OF_TURN_TOKENS[0]  # Qwen's <|im_end|>: how an AR source (chat-trained) ends its answer

