@@ -1,4 +1,5 @@
-"""Baselines run by the same benchmark: the source AR model, and full-sequence (LLaDA-V style) decoding."""
+"""The full-sequence (LLaDA-V style) baseline of the benchmark. (The AR baseline is `inference.answer` on the
+source model: transformers' batched `generate` with its KV cache, the path every command shares.)"""
 
 import math
 
@@ -17,31 +18,6 @@ def _rows(input_ids: torch.Tensor) -> torch.Tensor:
 
 def _until_end(tokens: list[int], eot: int) -> list[int]:
     return tokens[: tokens.index(eot) + 1] if eot in tokens else tokens
-
-
-@torch.no_grad()
-def autoregressive_generate(ar_model, input_ids, max_new_tokens: int, eot_id: int, pad_id: int) -> DecodingOutput:
-    """Greedy decoding of the source AR model with its KV cache (transformers' `generate`), one prompt at a time.
-
-    NFE counts the forwards the model actually ran (a hook), so it includes the prefill.
-    """
-    calls = []
-    hook = ar_model.register_forward_pre_hook(lambda module, args: calls.append(1))
-    rows = []
-    try:
-        for prompt in _rows(input_ids):
-            out = ar_model.generate(
-                prompt[None],
-                attention_mask=torch.ones_like(prompt[None]),
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=eot_id,
-                pad_token_id=pad_id,
-            )
-            rows.append(_until_end(out[0, len(prompt) :].tolist(), eot_id))
-    finally:
-        hook.remove()
-    return DecodingOutput.from_rows(rows, len(calls), pad_id)
 
 
 @torch.no_grad()

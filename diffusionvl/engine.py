@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .attention import shared_kv_heads
 from .errors import DiffusionVLError
 from .generation_config import DecodingConfig
 from .kv_cache import BlockCache
@@ -18,7 +19,7 @@ from .masks import block_causal_mask, positions_from_padding
 from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
 from .reference import reference_decode
-from .sampling import propose
+from .sampling import propose_masked
 
 
 @dataclass
@@ -135,16 +136,16 @@ class BlockDecoder:
         self.row_forwards[self.active] += 1
         return hidden
 
-    def _block_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits (n, B, V) of the current block from a forward's hidden states (n, Q, H), Q >= B: the last B
-        states, or with logit_shift the B states before each position (the first from `carry`)."""
+    def _block_states(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The states (n, B, H) that predict the current block's tokens, from a forward's hidden states (n, Q, H),
+        Q >= B: the last B states, or with logit_shift the B states before each position (the first from `carry`)."""
         if not self.shift_logits:
-            return self.backbone.head(hidden[:, -self.size :])
+            return hidden[:, -self.size :]
         if hidden.shape[1] > self.size:  # a finished block or the prompt rode along: its last column precedes ours
             self.carry = hidden[:, -self.size - 1]
         elif self.carry is None:  # no prefill: the block starts at position 0, which predicts itself (a prompt token)
             self.carry = hidden[:, -self.size]
-        return self.backbone.head(torch.cat([self.carry[:, None], hidden[:, -self.size : -1]], dim=1))
+        return torch.cat([self.carry[:, None], hidden[:, -self.size : -1]], dim=1)
 
     def denoise_block(self) -> None:
         """Fill every mask of the current block. Its K/V are never committed here."""
@@ -159,12 +160,12 @@ class BlockDecoder:
             committed = 0 if self.pending is None else self.pending[0].shape[1]
             if committed:  # fused commit: the finished block (or the prompt) rides along and stays cached
                 embeds, rope = torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
-            logits = self._block_logits(self._forward(embeds, rope))
+            states = self._block_states(self._forward(embeds, rope))
             self.cache.commit(committed)  # keep the ridden-along K/V; the current block's are not kept
             self.pending = None
-            token, confidence = propose(
-                logits, self.tokens.never_generated, config.temperature, config.top_k, config.top_p, self.generator
-            )
+            token, confidence = propose_masked(  # logits only where a token is still to be chosen
+                self.backbone.head(states[masked]), masked, self.tokens.never_generated, config.temperature,
+                config.top_k, config.top_p, self.generator)
             taken += masked.any(1)
             context = StepContext(step, self.steps, step_quota(schedule, step, masked))
             self.block, masked = commit_step(self.policy, token, confidence, self.block, masked, context)
@@ -345,7 +346,8 @@ def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=
                 return reference_decode(model, ids, valid, vision, config, tokenizer, generator)
             if streamer is not None:
                 streamer.put(prompts[0].ids.cpu())  # transformers' streamers expect the prompt first (skip_prompt)
-            return BlockDecoder(model, prompts, config, tokenizer, generator).run(streamer)
+            with shared_kv_heads(model.backbone.decoder.config):
+                return BlockDecoder(model, prompts, config, tokenizer, generator).run(streamer)
     finally:
         if was_training:
             model.train()

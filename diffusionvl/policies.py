@@ -44,7 +44,8 @@ def top_k_mask(confidence: torch.Tensor, masked: torch.Tensor, k: torch.Tensor) 
 
 
 class UnmaskingPolicy:
-    """Interface: return a (N, B) bool tensor, a subset of `masked`, of the positions to commit now."""
+    """Interface: return a (N, B) bool tensor, a subset of `masked`, of the positions to commit now. `confidence`
+    (N, B) is the proposals' probability at masked positions and 0 elsewhere (no logits are computed there)."""
 
     def select(self, confidence: torch.Tensor, masked: torch.Tensor, context: StepContext) -> torch.Tensor:
         raise NotImplementedError

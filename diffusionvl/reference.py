@@ -5,7 +5,7 @@ import torch
 
 from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end
-from .sampling import propose
+from .sampling import propose_masked
 
 
 def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, generator=None, vision=None):
@@ -26,8 +26,8 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
             images = {} if vision is None else vision.as_kwargs()
             logits = model(input_ids=canvas, **images).logits[:, start:]
             forwards, used = forwards + 1, used + 1
-            token, confidence = propose(
-                logits, tokens.never_generated, config.temperature, config.top_k, config.top_p, generator
+            token, confidence = propose_masked(
+                logits[masked], masked, tokens.never_generated, config.temperature, config.top_k, config.top_p, generator
             )
             # the original's quota: B spread over the steps (the first B % S one more), at most the masks left
             quota = min(size // steps + (1 if step < size % steps else 0), int(masked.sum()))

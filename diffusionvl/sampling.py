@@ -42,3 +42,22 @@ def propose(
         flat = flat.to(generator.device)
     token = torch.multinomial(flat, 1, generator=generator).to(probs.device).view(probs.shape[:-1])
     return token, probs.gather(-1, token[..., None])[..., 0]
+
+
+def propose_masked(
+    logits: torch.Tensor,
+    masked: torch.Tensor,
+    never: tuple[int, ...],
+    temperature: float,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`propose` for the masked positions of a block only: logits (k, V) are theirs, in row-major order of
+    masked (N, B), k = masked.sum(). Returns (token, confidence), each (N, B); an unmasked position gets token 0
+    and confidence 0, which no policy may select anyway. Only masked positions need a head output, so the
+    caller computes k rows of logits instead of N * B (the lm_head is a large share of a step)."""
+    token, confidence = propose(logits, never, temperature, top_k, top_p, generator)
+    tokens = torch.zeros(masked.shape, dtype=token.dtype, device=masked.device)
+    confidences = torch.zeros(masked.shape, dtype=confidence.dtype, device=masked.device)
+    return tokens.masked_scatter_(masked, token), confidences.masked_scatter_(masked, confidence)

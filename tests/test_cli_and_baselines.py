@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
-from conftest import EOT_ID, MASK_ID, cli_error, random_ids, tiny_causal_lm, tiny_tokenizer, toy_prompt
+from conftest import EOT_ID, MASK_ID, cli_error, tiny_causal_lm, tiny_tokenizer, toy_prompt
 
 from diffusionvl import DiffusionVL, cli
-from diffusionvl.baselines import autoregressive_generate, full_sequence_generate
+from diffusionvl.baselines import full_sequence_generate
 
 
 @pytest.fixture
@@ -36,18 +36,24 @@ def test_cli_errors_name_the_problem(saved, tmp_path, capsys):
     assert "steps must be a positive integer" in cli_error(capsys, "generate", path, "--prompt", "w1", "--steps", "0")
 
 
-def test_autoregressive_baseline_is_greedy_and_counts_its_forwards():
-    ar = tiny_causal_lm()
-    prompt = random_ids(1, 7, seed=1)
-    out = autoregressive_generate(ar, prompt, max_new_tokens=6, eot_id=EOT_ID, pad_id=0)
-    sequence = prompt[0].tolist()
-    with torch.no_grad():
-        for _ in range(6):  # greedy without a cache, by hand
-            sequence.append(int(ar(input_ids=torch.tensor([sequence])).logits[0, -1].argmax()))
-    expected = sequence[7:]
-    expected = expected[: expected.index(EOT_ID) + 1] if EOT_ID in expected else expected
-    assert out.sequences[0, : len(expected)].tolist() == expected
-    assert out.nfe == len(expected)  # one forward per new token, the first one being the prefill
+def test_the_ar_baseline_decodes_a_padded_batch_greedily_with_its_cache():
+    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.inference import answer
+
+    ar, tokenizer = tiny_causal_lm(vocab_size=63), tiny_tokenizer(words=60)
+    prompts = ["w1 w2 w3 w4 w5 w6 w7", "w8 w9 w10"]  # different lengths: the batch is left-padded
+    inputs = tokenizer(prompts, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt")
+    out = answer(ar, tokenizer, dict(inputs), DecodingConfig(max_new_tokens=6))
+    for prompt, row in zip(prompts, out.rows):
+        sequence = tokenizer(prompt, add_special_tokens=False).input_ids
+        length = len(sequence)
+        with torch.no_grad():
+            for _ in range(6):  # greedy without a cache or padding, by hand
+                sequence.append(int(ar(input_ids=torch.tensor([sequence])).logits[0, -1].argmax()))
+        expected = sequence[length:]
+        assert row == (expected[: expected.index(EOT_ID) + 1] if EOT_ID in expected else expected)
+    assert out.nfe == max(len(row) for row in out.rows)  # one batched forward per position, the prefill first
+    assert out.row_forwards == sum(len(row) for row in out.rows)  # a row takes part until its end-of-turn
 
 
 def test_full_sequence_baseline_uses_a_fixed_canvas_and_the_step_budget(trained):

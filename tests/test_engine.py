@@ -219,3 +219,27 @@ def test_settling_a_finished_block_saves_forwards_and_changes_no_token(trained, 
     for fast, slow in zip(settled, unsettled):
         assert torch.equal(fast.sequences, slow.sequences)
     assert sum(o.nfe for o in settled) < sum(o.nfe for o in unsettled)
+
+
+@pytest.mark.parametrize("name", ["text", "minivl-dvlm"])
+def test_decoding_shares_kv_heads_inside_sdpa_and_restores_the_attention(name, monkeypatch):
+    from diffusionvl import attention
+    from diffusionvl.inference import open_model, open_processor
+
+    model = wrap(block_size=4) if name == "text" else open_model(name)
+    config = model.backbone.decoder.config
+    assert config._attn_implementation == "sdpa" and config.num_key_value_heads < config.num_attention_heads
+    calls = []
+    original = attention.sdpa_shared_kv
+    monkeypatch.setattr(attention, "sdpa_shared_kv", lambda *a, **k: calls.append(a[4] is not None) or original(*a, **k))
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(attention.ATTENTION, attention.sdpa_shared_kv)  # the spy, under the registered name
+    try:
+        ids = random_ids(2, 6, seed=1) if name == "text" else \
+            open_processor(name).tokenizer(["a red circle"], return_tensors="pt").input_ids
+        model.generate(ids, max_new_tokens=8, steps=4)
+    finally:
+        AttentionInterface.register(attention.ATTENTION, original)
+    assert calls and all(calls)  # every decoder layer of every step, each under the block mask
+    assert config._attn_implementation == "sdpa"
