@@ -308,25 +308,24 @@ def _pyplot():
 
 
 def plot(result: dict, path) -> None:
-    """Accuracy against tokens/s and against tokens per forward, one point per setting and batch size."""
+    """Accuracy against tokens/s and against tokens per forward: one colour per setting, one marker per batch
+    size (the AR source in black), named in the legend."""
     plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    names = list(dict.fromkeys(r["setting"] for r in result["rows"]))
+    markers = dict(zip(sorted({r["batch_size"] for r in result["rows"]}), "o^sDv"))
     for axis, key, label in ((axes[0], "tokens_per_s", "tokens / s"), (axes[1], "tokens_per_forward", "tokens / forward")):
         for r in result["rows"]:
-            if r["kind"] == "ar":
-                axis.scatter(r[key], r["accuracy"], marker="*", s=160, c="black")
-            else:
-                axis.scatter(r[key], r["accuracy"], marker="s" if r["kind"] == "llada" else "o", s=40,
-                             c="C0" if r["batch_size"] == 1 else "C1")
-            if r["batch_size"] == 1:  # the batch-8 twin of a point sits to its right at the same height
-                axis.annotate(r["setting"], (r[key], r["accuracy"]), fontsize=7, xytext=(4, 3),
-                              textcoords="offset points")
+            colour = "black" if r["kind"] == "ar" else plt.cm.tab10(names.index(r["setting"]) % 10)
+            axis.scatter(r[key], r["accuracy"], color=colour, marker=markers[r["batch_size"]], s=60 if r["kind"] == "ar" else 40,
+                         alpha=0.85, label=f"{r['setting']}, batch {r['batch_size']}")
         axis.set_xscale("log")
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("MiniVL exact match (%)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     s = result["settings"]
-    figure.suptitle(f"{s['model']} on {s['device']}: AR source = star, batch 1 blue (labelled), batch 8 orange, LLaDA-V square",
+    figure.suptitle(f"{s['model']} against {s['source']} ({s['prompts']} MiniVL prompts, {s['device']}, {s['dtype']})",
                     fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -358,10 +357,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
                         help="weights' dtype; auto keeps the checkpoint's")
     parser.add_argument("--json", help="also write the result (settings, rows, headline) to this JSON file")
+    shape = parser.add_argument_group("cost at a real model's shape (random weights; see bench_shape.py)")
+    shape.add_argument("--shape", help="qwen2.5-0.5b or qwen2.5-3b: measure steps and tokens/s at that shape instead")
+    shape.add_argument("--layers", type=int, help="decoder layers (default: the shape's own)")
+    shape.add_argument("--block-size", type=int, default=8, help="block size of the wrapped model")
+    shape.add_argument("--sharpness", type=float, default=1.0, help="final-norm scale making the model confident")
+    shape.add_argument("--gen", type=int, default=256, help="new tokens per prompt")
+    shape.add_argument("--shape-threshold", type=float, default=0.9, help="threshold of the dynamic policy")
     parser.add_argument("--plot", help="also draw accuracy against speed to this PNG file")
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.shape:
+        from . import bench_shape
+
+        return bench_shape.main(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = BenchConfig(args.model, args.source, args.samples, args.batch_sizes, args.thresholds, args.repeats,
                          args.max_new_tokens, args.seed, args.llada, device, args.dtype)

@@ -117,3 +117,33 @@ def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
         assert [row["answers"] for row in again["rows"]] == [row["answers"] for row in results["rows"]]
     finally:
         torch.set_num_threads(threads)
+
+
+# The shipped smollm2-dlm's greedy answers (static decoding, one token per step), pinned: a change to the adapter,
+# its merge onto the base, or the engine that alters them fails here.
+PINNED = {
+    "What is the capital of France?": "The capital of France is Paris.",
+    "What is 11 + 11?": "11 + 11 = 22.",
+    "Give an antonym of happy.": "The opposite of happy is sad.",
+    "Rewrite in the past tense: I walk to school.": "I walked to school.",
+}
+
+
+@needs_smollm2
+def test_the_shipped_adapter_answers_fixed_prompts_through_the_api_generate_and_chat(cache, monkeypatch, capsys):
+    from diffusionvl.cli import main
+    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.inference import answer, chat_inputs, load
+
+    model, tokenizer = load("smollm2-dlm")
+    assert (cache / "smollm2-dlm" / "config.json").is_file() and model.config.logit_shift  # built once, cached
+    out = answer(model, tokenizer, chat_inputs(tokenizer, list(PINNED)), DecodingConfig(max_new_tokens=48, steps=4))
+    assert out.texts == list(PINNED.values())
+    assert "Paris" in out.texts[0]
+    prompt = next(iter(PINNED))
+    main(["generate", "--model", "smollm2-dlm", "--prompt", prompt, "--max-new-tokens", "48", "--steps", "4", "--json"])
+    assert json.loads(capsys.readouterr().out)["text"] == PINNED[prompt]
+    lines = iter([prompt, "/quit"])
+    monkeypatch.setattr("builtins.input", lambda text="": next(lines))
+    main(["chat", "--model", "smollm2-dlm", "--max-new-tokens", "48", "--steps", "4"])
+    assert PINNED[prompt] in capsys.readouterr().out  # streamed block by block, the same answer
