@@ -361,7 +361,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     shape.add_argument("--shape", help="qwen2.5-0.5b or qwen2.5-3b: measure steps and tokens/s at that shape instead")
     shape.add_argument("--layers", type=int, help="decoder layers (default: the shape's own)")
     shape.add_argument("--block-size", type=int, default=8, help="block size of the wrapped model")
-    shape.add_argument("--sharpness", type=float, default=1.0, help="final-norm scale making the model confident")
+    shape.add_argument("--sharpness", type=float, default=64.0, help="final-norm scale making the random model confident")
     shape.add_argument("--gen", type=int, default=256, help="new tokens per prompt")
     shape.add_argument("--shape-threshold", type=float, default=0.9, help="threshold of the dynamic policy")
     parser.add_argument("--plot", help="also draw accuracy against speed to this PNG file")

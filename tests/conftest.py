@@ -238,3 +238,13 @@ def probe_checkpoints(tmp_path_factory):
     from probes import build_checkpoints
 
     return build_checkpoints(tmp_path_factory.mktemp("checkpoints"), tmp_path_factory.getbasetemp() / "probe-images")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny matrices: one thread is several times faster than two fighting over a busy 2-core machine. Use it
+    for a whole module with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -109,3 +109,22 @@ def test_python_dash_m_runs_the_command_line():
 
     done = subprocess.run([sys.executable, "-m", "diffusionvl", "--version"], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == f"diffusionvl {__version__}"
+
+
+def test_shape_benchmark_reports_its_keys_on_a_tiny_shape(tmp_path, capsys, monkeypatch):
+    from diffusionvl import bench_shape
+
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "vocab_size": 1200}
+    monkeypatch.setitem(bench_shape.SHAPES, "tiny", tiny)
+    monkeypatch.setattr(bench_shape, "CONTEXTS", (64, 512, 2048))
+    out = tmp_path / "shape.json"
+    cli.main(f"bench --shape tiny --gen 16 --repeats 1 --batch-sizes 1,2 --block-size 4 --json {out}".split())
+    result = json.loads(out.read_text())
+    for key in ("step_vs_ar_step", "step_2048_vs_64", "dynamic_vs_ar_tokens_per_s", "batch2_vs_batch1_tokens_per_s"):
+        assert result[key] > 0
+    assert result["dtype"] == "torch.float32" and result["layers"] == 2 and result["sharpness"] == 64.0
+    for row in result["generation"].values():  # end-of-turn never wins: every decoder makes all its tokens
+        assert row["ar"]["tokens"] == row["dynamic"]["tokens"]
+    assert "| 2048 |" in capsys.readouterr().out
+    assert "unknown --shape" in cli_error(capsys, "bench", "--shape", "qwen9")

@@ -7,6 +7,8 @@ import pytest
 from diffusionvl.cli import main
 from diffusionvl.evaluation.metrics import exact_match, token_f1
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices, one thread
+
 KEYS = {"mean_exact_match", "tasks", "tokens_per_forward", "tokens_per_decoding_forward", "nfe", "tokens_per_s",
         "seconds", "model", "seed", "samples_per_task"}
 TIMING = ("tokens_per_s", "seconds")
@@ -29,17 +31,6 @@ def test_token_f1_is_squad_style_over_minivl_words():
     assert token_f1("1 1", "1") == pytest.approx(2 * 0.5 * 1 / 1.5)  # multiset: one 1 is shared
     assert token_f1("green", "red") == token_f1("", "red") == 0.0
     assert token_f1("", "") == 1.0
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two fighting over a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -11,20 +11,11 @@ from diffusionvl.errors import DataError
 from diffusionvl.evaluation.metrics import score
 from diffusionvl.evaluation.tasks import CHOICE_INSTRUCTION, read_tasks
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices, one thread
+
 SUMMARY = {"score", "metrics", "samples", "tokens_per_forward", "tokens_per_decoding_forward", "nfe", "tokens_per_s",
            "seconds", "model", "tasks"}
 LOG = {"id", "prompt", "prediction", "truth", "metric", "score", "tokens", "batch", "nfe"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two fighting over a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ import pytest
 from diffusionvl.generation_config import DecodingConfig
 from diffusionvl.inference import answer, chat_inputs  # bound here: the reference never goes through the spy below
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices, one thread
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -56,17 +58,6 @@ def test_without_lmms_eval_diffusionvl_imports_and_the_adapter_names_the_install
     assert run.returncode != 0
     assert "ImportError: diffusionvl.evaluation.lmms needs lmms-eval" in run.stderr
     assert "pip install lmms-eval" in run.stderr
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: one thread is several times faster than two fighting over a busy 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
