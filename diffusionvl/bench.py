@@ -36,7 +36,7 @@ import json
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -77,7 +77,6 @@ class Setting:
     name: str
     kind: str  # "ar", "block" or "llada"
     config: DecodingConfig
-    runs: list[dict] = field(default_factory=list)  # one per timed pass and batch size
 
 
 def settings(block_size: int, config: BenchConfig, with_ar: bool) -> list[Setting]:
