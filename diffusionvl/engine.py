@@ -90,6 +90,7 @@ class BlockDecoder:
         self.row_forwards = torch.zeros(len(prompts), dtype=torch.long, device=layout.ids.device)
         self.nfe = 0
         self._mask: tuple[tuple, torch.Tensor] | None = None  # (shape key, mask): reused by every step of a block
+        self._selected: tuple[tuple, BlockCache] | None = None  # (rows, their committed K/V) within a block
         capacity = (layout.full_blocks + -(-config.max_new_tokens // self.size) + 3) * self.size
         self.cache = BlockCache(self.backbone.decoder.config.num_hidden_layers, capacity)
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (embeds, rope) of a block not cached yet
@@ -120,56 +121,77 @@ class BlockDecoder:
         rope = (columns[None] + self.shift[:, None]).expand(self.first_rope.shape[0], -1, -1)
         return embeds, rope
 
-    def _forward(self, embeds: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run `embeds` (n, Q, H) after the committed cache (their K/V are written, not kept: see kv_cache.py);
-        returns their hidden states (n, Q, H)."""
-        past, q = self.cache.get_seq_length(), embeds.shape[1]
+        returns their hidden states (n, Q, H). `rows` (k,): only those active rows take part (embeds (k, Q, H))."""
+        cache = self.cache if rows is None else self._rows_cache(rows)
+        offsets = self.offsets if rows is None else self.offsets[rows]
+        past, q = cache.get_seq_length(), embeds.shape[1]
         columns = torch.arange(past + q, device=embeds.device)[None]
-        index = (columns - self.offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
-        key = (len(self.active), q, past + q)  # rows only ever leave, so this names one layout
+        index = (columns - offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
+        # rows only ever leave, so a row count names the full layout; a subset is named by its rows
+        key = (len(self.active) if rows is None else tuple(rows.tolist()), q, past + q)
         if self._mask is None or self._mask[0] != key:
-            valid = columns >= self.offsets[:, None]
+            valid = columns >= offsets[:, None]
             mask = block_causal_mask(index[:, -q:], valid[:, -q:], index, valid, self.size, self.model.dtype)
             self._mask = (key, mask)
-        hidden = self.backbone.decode(embeds, self._mask[1], rope, self.cache, use_cache=True)
+        hidden = self.backbone.decode(embeds, self._mask[1], rope, cache, use_cache=True)
         self.nfe += 1
-        self.row_forwards[self.active] += 1
+        self.row_forwards[self.active if rows is None else self.active[rows]] += 1
         return hidden
 
-    def _block_states(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _rows_cache(self, rows: torch.Tensor) -> BlockCache:
+        """The committed K/V of `rows` alone, copied once per set of rows within a block."""
+        key = tuple(rows.tolist())
+        if self._selected is None or self._selected[0] != key:
+            self._selected = (key, self.cache.select_rows(rows, self.size))
+        return self._selected[1]
+
+    def _block_states(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The states (n, B, H) that predict the current block's tokens, from a forward's hidden states (n, Q, H),
-        Q >= B: the last B states, or with logit_shift the B states before each position (the first from `carry`)."""
+        Q >= B: the last B states, or with logit_shift the B states before each position (the first from `carry`).
+        `rows`: the forward ran on those active rows only (a follow-up step, Q = B)."""
         if not self.shift_logits:
             return hidden[:, -self.size :]
         if hidden.shape[1] > self.size:  # a finished block or the prompt rode along: its last column precedes ours
             self.carry = hidden[:, -self.size - 1]
         elif self.carry is None:  # no prefill: the block starts at position 0, which predicts itself (a prompt token)
             self.carry = hidden[:, -self.size]
-        return torch.cat([self.carry[:, None], hidden[:, -self.size : -1]], dim=1)
+        carry = self.carry if rows is None else self.carry[rows]
+        return torch.cat([carry[:, None], hidden[:, -self.size : -1]], dim=1)
 
     def denoise_block(self) -> None:
-        """Fill every mask of the current block. Its K/V are never committed here."""
+        """Fill every mask of the current block. Its K/V are never committed here. A row whose block is complete
+        leaves the block's remaining steps: they run on the rows that still hold masks."""
         config = self.config
         masked = answer = self.block == self.tokens.mask
         schedule = static_schedule(self.size, self.steps)  # B over S steps, whatever the first block holds
         taken = torch.zeros(len(self.active), dtype=torch.long, device=self.block.device)
+        self._selected = None  # the committed cache changed since the last block
         for step in range(self.steps):
-            if not bool(masked.any()):
+            live = masked.any(1)
+            if not bool(live.any()):
                 break
+            # every row holds a mask at the first step, which is the only one a pending block rides along with
+            rows = None if bool(live.all()) else live.nonzero()[:, 0]
+            part = slice(None) if rows is None else rows
             embeds, rope = self._block_inputs()
+            embeds, rope = embeds[part], rope[:, part]
             committed = 0 if self.pending is None else self.pending[0].shape[1]
             if committed:  # fused commit: the finished block (or the prompt) rides along and stays cached
                 embeds, rope = torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
-            states = self._block_states(self._forward(embeds, rope))
+            states = self._block_states(self._forward(embeds, rope, rows), rows)
             self.cache.commit(committed)  # keep the ridden-along K/V; the current block's are not kept
             self.pending = None
+            block, still = self.block[part], masked[part]
             token, confidence = propose_masked(  # logits only where a token is still to be chosen
-                self.backbone.head(states[masked]), masked, self.tokens.never_generated, config.temperature,
+                self.backbone.head(states[still]), still, self.tokens.never_generated, config.temperature,
                 config.top_k, config.top_p, self.generator)
-            taken += masked.any(1)
-            context = StepContext(step, self.steps, step_quota(schedule, step, masked))
-            self.block, masked = commit_step(self.policy, token, confidence, self.block, masked, context)
-            self.block, masked = settle_after_end(self.block, masked, answer, self.tokens.eot)
+            taken += live
+            context = StepContext(step, self.steps, step_quota(schedule, step, still))
+            block, still = commit_step(self.policy, token, confidence, block, still, context)
+            block, still = settle_after_end(block, still, answer[part], self.tokens.eot)
+            self.block, masked = self.block.index_put((live,), block), masked.index_put((live,), still)
         for row, steps in zip(self.active.tolist(), taken.tolist()):
             self.block_steps[row].append(steps)
 

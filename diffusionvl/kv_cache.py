@@ -55,3 +55,16 @@ class BlockCache(Cache):
         """Keep the first `tokens` tokens written by the last forward."""
         for layer in self.layers:
             layer.length += tokens
+
+    def select_rows(self, rows: torch.Tensor, room: int) -> "BlockCache":
+        """A new cache holding the committed K/V of `rows` (a copy), with room for `room` more tokens: what the
+        rows still denoising a block attend to while the others have left its steps."""
+        selected = BlockCache(len(self.layers), self.layers[0].length + room)
+        for mine, theirs in zip(selected.layers, self.layers):
+            if theirs.is_initialized:
+                length = theirs.length
+                mine.lazy_initialization(theirs.keys[rows, :, :0], theirs.values[rows, :, :0])
+                mine.keys[:, :, :length] = theirs.keys[rows, :, :length]
+                mine.values[:, :, :length] = theirs.values[rows, :, :length]
+                mine.length = length
+        return selected

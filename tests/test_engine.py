@@ -82,6 +82,27 @@ def test_batch_of_different_lengths_equals_each_prompt_alone():
         assert torch.equal(batch[row, : alone.shape[1]], alone[0])
 
 
+@pytest.mark.parametrize("strategy", ["low_confidence_dynamic", "threshold"])
+def test_a_row_whose_block_is_done_leaves_the_blocks_remaining_steps(strategy):
+    """Rows finish a block after different numbers of steps; the steps after a row's last one run without it.
+    Its tokens and its forwards are then exactly what it gets alone."""
+    from diffusionvl.inference import chat_inputs, load
+    from diffusionvl.minivl.generator import generate
+
+    model, processor = load("minivl-dvlm")
+    samples = generate("caption", "test", 1, 4, 112) + generate("count", "test", 1, 4, 112)
+    options = dict(max_new_tokens=32, steps=8, remasking_strategy=strategy, confidence_threshold=0.9,
+                   return_dict_in_generate=True)
+    batch = model.generate(**chat_inputs(processor, [s.question for s in samples], [[s.image] for s in samples]),
+                           **options)
+    alone = [model.generate(**chat_inputs(processor, [s.question], [[s.image]]), **options) for s in samples]
+    assert [row[row != model.special_tokens.pad].tolist() for row in batch.sequences] == \
+        [out.sequences[0].tolist() for out in alone]
+    assert [steps for steps in batch.block_steps] == [out.block_steps[0] for out in alone]
+    assert batch.row_forwards == sum(out.row_forwards for out in alone)  # no row waits in a forward
+    assert batch.nfe < batch.row_forwards  # and the batch shares its forwards
+
+
 def test_a_row_that_ends_early_does_not_stop_the_others(trained):
     tokens = [[3, 4], [10, 11, 12, 13, 14, 15, 16, 17, 18], [20, 21, 22, 23, 24]]
     width = max(len(t) for t in tokens) + 1
