@@ -124,13 +124,14 @@ class BlockDecoder:
     def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run `embeds` (n, Q, H) after the committed cache (their K/V are written, not kept: see kv_cache.py);
         returns their hidden states (n, Q, H). `rows` (k,): only those active rows take part (embeds (k, Q, H))."""
-        cache = self.cache if rows is None else self._rows_cache(rows)
+        subset = None if rows is None else tuple(rows.tolist())
+        cache = self.cache if rows is None else self._rows_cache(rows, subset)
         offsets = self.offsets if rows is None else self.offsets[rows]
         past, q = cache.get_seq_length(), embeds.shape[1]
         columns = torch.arange(past + q, device=embeds.device)[None]
         index = (columns - offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
         # rows only ever leave, so a row count names the full layout; a subset is named by its rows
-        key = (len(self.active) if rows is None else tuple(rows.tolist()), q, past + q)
+        key = (len(self.active) if subset is None else subset, q, past + q)
         if self._mask is None or self._mask[0] != key:
             valid = columns >= offsets[:, None]
             mask = block_causal_mask(index[:, -q:], valid[:, -q:], index, valid, self.size, self.model.dtype)
@@ -140,11 +141,10 @@ class BlockDecoder:
         self.row_forwards[self.active if rows is None else self.active[rows]] += 1
         return hidden
 
-    def _rows_cache(self, rows: torch.Tensor) -> BlockCache:
-        """The committed K/V of `rows` alone, copied once per set of rows within a block."""
-        key = tuple(rows.tolist())
-        if self._selected is None or self._selected[0] != key:
-            self._selected = (key, self.cache.select_rows(rows, self.size))
+    def _rows_cache(self, rows: torch.Tensor, subset: tuple[int, ...]) -> BlockCache:
+        """The committed K/V of `rows` (named by `subset`, their indices) alone, copied once per set within a block."""
+        if self._selected is None or self._selected[0] != subset:
+            self._selected = (subset, self.cache.select_rows(rows, self.size))
         return self._selected[1]
 
     def _block_states(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:

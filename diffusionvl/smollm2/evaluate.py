@@ -9,21 +9,22 @@ from transformers import TrainerCallback
 
 from ..evaluation.metrics import exact_match, token_f1
 from ..evaluation.perplexity import answer_nll, perplexity
+from ..evaluation.tasks import Tally
 from ..generation_config import DecodingConfig
 
 
 def decode_all(model, tokenizer, records: list[dict], decoding: DecodingConfig, batch_size: int) -> dict:
-    """Answers to every record's messages: texts, token rows, and the counts summed over batches."""
+    """Answers to every record's messages: texts, token rows, and the counts summed over batches (a Tally)."""
     from ..inference import answer, chat_inputs
 
-    texts, rows, nfe, row_forwards, seconds = [], [], 0, 0, 0.0
+    texts, rows, tally = [], [], Tally()
     for start in range(0, len(records), batch_size):
         batch = records[start: start + batch_size]
         out = answer(model, tokenizer, chat_inputs(tokenizer, [r["messages"] for r in batch]), decoding)
         texts += out.texts
         rows += out.rows
-        nfe, row_forwards, seconds = nfe + out.nfe, row_forwards + out.row_forwards, seconds + out.seconds
-    return {"texts": texts, "rows": rows, "nfe": nfe, "row_forwards": row_forwards, "seconds": seconds}
+        tally.add(out, out.seconds)
+    return {"texts": texts, "rows": rows, "tally": tally}
 
 
 def agreement(texts: list[str], references: list[str]) -> dict:
@@ -126,11 +127,12 @@ class Judge:
 
     def row(self, name: str, model, decoding: DecodingConfig) -> dict:
         out = decode_all(model, self.tokenizer, self.records, decoding, self.config.eval_batch_size)
-        tokens = sum(len(r) for r in out["rows"])
+        speed = out["tally"].speed()
         return {"name": name, **agreement(out["texts"], [r["answer"] for r in self.records]),
                 "perplexity_ratio": perplexity(self.nll(out["rows"])) / perplexity(self.own),
-                "mean_tokens": tokens / len(self.records), "tokens_per_forward": tokens / max(out["row_forwards"], 1),
-                "nfe": out["nfe"], "tokens_per_s": tokens / max(out["seconds"], 1e-9), "answers": out["texts"]}
+                "mean_tokens": out["tally"].tokens / len(self.records),
+                "tokens_per_forward": speed["tokens_per_forward"], "nfe": speed["nfe"],
+                "tokens_per_s": speed["tokens_per_s"], "answers": out["texts"]}
 
 
 def markdown(results: dict) -> str:
