@@ -91,13 +91,15 @@ def ar_step_ms(ar, context: int, repeats: int) -> float:
 def block_step_ms(model, context: int, repeats: int) -> float:
     """One engine step (static, steps = B), after `context` committed tokens: a block's B steps, divided by B."""
     from .attention import shared_kv_heads
-    from .engine import BlockDecoder, build_prompts
+    from .engine import BlockDecoder
+    from .prompts import build_prompts
     from .generation_config import DecodingConfig
 
     device = next(model.parameters()).device
     ids = torch.randint(0, 1000, (1, context), device=device)
     config = DecodingConfig(max_new_tokens=4 * model.block_size, steps=model.block_size, commit="separate")
-    decoder = BlockDecoder(model, build_prompts(model, ids, torch.ones_like(ids, dtype=torch.bool)), config)
+    decoder = BlockDecoder(model, config)
+    decoder.admit(build_prompts(model, ids, torch.ones_like(ids, dtype=torch.bool)))
     decoder.fixed = None  # P is a multiple of B: the block holds no prompt token
 
     def block():

@@ -51,6 +51,10 @@ class BlockCache(Cache):
     def __init__(self, num_layers: int, capacity: int):
         super().__init__(layers=[BlockLayer(capacity) for _ in range(num_layers)])
 
+    @property
+    def capacity(self) -> int:
+        return self.layers[0].capacity
+
     def commit(self, tokens: int) -> None:
         """Keep the first `tokens` tokens written by the last forward."""
         for layer in self.layers:
@@ -68,3 +72,28 @@ class BlockCache(Cache):
                 mine.values[:, :, :length] = theirs.values[rows, :, :length]
                 mine.length = length
         return selected
+
+    def rebuilt(self, shift: int, capacity: int, rows: int, joining: "BlockCache | None" = None, start: int = 0,
+                new_rows: int = 0) -> "BlockCache":
+        """A new cache of `capacity` columns for a decode whose rows change: this cache's `rows` rows, their committed
+        K/V moved `shift` columns right (or, negative, with the first -shift columns cut), then `new_rows` more rows:
+        the committed K/V of `joining` placed at columns [start, ...), zeros elsewhere (padding, never attended).
+        Both end at the same committed length, this one's plus `shift`."""
+        length = self.layers[0].length + shift
+        out = BlockCache(len(self.layers), capacity)
+        for mine, old, new in zip(out.layers, self.layers, joining.layers if joining is not None else [None] * len(self.layers)):
+            mine.length = length
+            template = old if old.is_initialized else new
+            if template is None or not template.is_initialized:
+                continue  # nothing computed yet: the first forward allocates (columns before `length` stay padding)
+            n = rows
+            mine.lazy_initialization(template.keys[:1, :, :0].expand(n + new_rows, -1, -1, -1),
+                                     template.values[:1, :, :0].expand(n + new_rows, -1, -1, -1))
+            if old.is_initialized:
+                keep = old.length - max(0, -shift)
+                mine.keys[:n, :, length - keep : length] = old.keys[:, :, old.length - keep : old.length]
+                mine.values[:n, :, length - keep : length] = old.values[:, :, old.length - keep : old.length]
+            if new is not None and new.is_initialized:
+                mine.keys[n:, :, start : start + new.length] = new.keys[:, :, : new.length]
+                mine.values[n:, :, start : start + new.length] = new.values[:, :, : new.length]
+        return out

@@ -47,7 +47,7 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
 
 
 def reference_decode(model, ids, valid, vision, config, tokenizer=None, generator=None) -> DecodingOutput:
-    """Decode every row alone: its unpadded prompt and its own images. ids, valid: (N, L), as engine.check_inputs
+    """Decode every row alone: its unpadded prompt and its own images. ids, valid: (N, L), as prompts.check_inputs
     returns them."""
     images = model.backbone.split_rows(ids, vision)
     rows = [

@@ -1,0 +1,162 @@
+"""Continuous batching in the engine: rows join a running decode at a block boundary and leave when done.
+
+A row admitted mid-decode (its prompt prefilled into a widened layout, its first block lined up with the
+others') must give exactly the tokens it gets alone, and the rows already running must not notice it.
+"""
+
+import pytest
+import torch
+from conftest import random_ids, toy_prompt, wrap
+
+from diffusionvl.attention import shared_kv_heads
+from diffusionvl.engine import BlockDecoder
+from diffusionvl.generation_config import DecodingConfig
+from diffusionvl.prompts import build_prompts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def prompts_of(model, *rows: torch.Tensor, vision=None):
+    """Prompts of unpadded rows of ids (right-padded into one batch, the mask marking each row's tokens)."""
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    valid = torch.zeros(len(rows), width, dtype=torch.bool)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)], valid[index, : len(row)] = row, True
+    return build_prompts(model, ids, valid, vision)
+
+
+@torch.no_grad()
+def staggered(model, config, waves: list[tuple[int, list[torch.Tensor]]], limits=None) -> dict[int, list[int]]:
+    """Run a decode where wave k's prompts are admitted before block `start_k`; returns each row's tokens."""
+    decoder = BlockDecoder(model, config)
+    outputs, block = {}, 0
+    waves = sorted(waves, key=lambda wave: wave[0])
+    with shared_kv_heads(model.backbone.decoder.config):
+        while waves or len(decoder.active):
+            while waves and waves[0][0] <= block:
+                _, rows = waves.pop(0)
+                decoder.admit(prompts_of(model, *rows), max_new_tokens=limits and [limits.pop(0) for _ in rows])
+            if len(decoder.active):
+                for row, _, finished in decoder.step():
+                    if finished:
+                        outputs[row] = list(decoder.outputs[row])
+            block += 1
+    return outputs
+
+
+def alone(model, prompt: torch.Tensor, config: DecodingConfig, max_new_tokens=None) -> list[int]:
+    options = {} if max_new_tokens is None else dict(max_new_tokens=max_new_tokens)
+    out = model.generate(prompt[None], generation_config=config, **options)[0]
+    return out[out != model.special_tokens.pad].tolist()
+
+
+@pytest.mark.parametrize("commit", ["fused", "separate"])
+@pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
+@pytest.mark.parametrize("logit_shift", [False, True])
+def test_rows_admitted_mid_decode_equal_each_row_alone(commit, strategy, logit_shift):
+    model = wrap(block_size=4, seed=1, logit_shift=logit_shift)
+    config = DecodingConfig(max_new_tokens=21, steps=3, remasking_strategy=strategy, confidence_threshold=0.02,
+                            commit=commit)
+    first = [random_ids(3, seed=1), random_ids(9, seed=2)]
+    # block 2: a prompt longer than every column so far (the layout widens), a short one and one of whole blocks
+    second = [random_ids(23, seed=3), random_ids(2, seed=4), random_ids(8, seed=5)]
+    third = [random_ids(6, seed=6)]
+    outputs = staggered(model, config, [(0, first), (2, second), (4, third)])
+    for row, prompt in enumerate(first + second + third):
+        assert outputs[row] == alone(model, prompt, config), row
+
+
+def test_a_row_admitted_into_a_fresh_decode_before_any_step_equals_alone():
+    model = wrap(block_size=4, seed=2)
+    config = DecodingConfig(max_new_tokens=13, steps=2)
+    rows = [random_ids(10, seed=7), random_ids(17, seed=8)]
+    outputs = staggered(model, config, [(0, rows[:1]), (0, rows[1:])])
+    assert [outputs[0], outputs[1]] == [alone(model, row, config) for row in rows]
+
+
+def test_joining_rows_do_not_disturb_running_rows_on_the_trained_model(trained):
+    config = DecodingConfig(max_new_tokens=32, steps=4, remasking_strategy="low_confidence_dynamic")
+    prompts = [toy_prompt([10, 11, 12, 13, 14]), toy_prompt([3, 4]), toy_prompt(list(range(20, 33))),
+               toy_prompt([5, 6, 7])]
+    outputs = staggered(trained, config, [(0, prompts[:1]), (1, prompts[1:3]), (3, prompts[3:])])
+    assert [outputs[row] for row in range(4)] == [alone(trained, p, config) for p in prompts]
+    assert outputs[0] == [40, 41, 42, 43, 44, trained.special_tokens.eot]
+
+
+def test_each_row_keeps_its_own_length_limit():
+    model = wrap(block_size=4, seed=3)
+    config = DecodingConfig(max_new_tokens=32, steps=4)
+    prompts = [random_ids(5, seed=9), random_ids(7, seed=10), random_ids(4, seed=11)]
+    outputs = staggered(model, config, [(0, prompts[:2]), (1, prompts[2:])], limits=[3, 11, 6])
+    for row, limit in enumerate([3, 11, 6]):
+        assert outputs[row] == alone(model, prompts[row], config, max_new_tokens=limit)
+
+
+@torch.no_grad()
+def test_a_cancelled_row_leaves_at_the_end_of_its_block_and_the_others_go_on():
+    model = wrap(block_size=4, seed=4)
+    config = DecodingConfig(max_new_tokens=24, steps=2)
+    prompts = [random_ids(6, seed=12), random_ids(5, seed=13)]
+    decoder = BlockDecoder(model, config)
+    decoder.admit(prompts_of(model, *prompts))
+    decoder.step()
+    decoder.cancel(0)
+    updates = decoder.step()
+    assert [(row, finished) for row, _, finished in updates] == [(0, True), (1, False)]
+    assert decoder.active.tolist() == [1] and len(decoder.outputs[0]) == 2 + 4  # its first block held 2 prompt tokens
+    while len(decoder.active):
+        decoder.step()
+    assert decoder.outputs[1] == alone(model, prompts[1], config)
+
+
+@torch.no_grad()
+def test_a_long_running_decode_drops_the_padding_of_rows_that_left():
+    """Rows keep joining and leaving: the layout must not grow with the decode's age."""
+    model = wrap(block_size=4, seed=5)
+    config = DecodingConfig(max_new_tokens=8, steps=4)
+    decoder = BlockDecoder(model, config)
+    widths = []
+    for wave in range(12):
+        decoder.admit(prompts_of(model, random_ids(5, seed=wave)))
+        decoder.step()
+        widths.append(decoder.column)
+    assert max(widths) <= 3 * 4, widths  # two blocks of an answer plus a prompt block, whatever the decode's age
+    assert decoder.cache.get_seq_length() <= decoder.column
+
+
+def test_the_observer_sees_every_denoising_step():
+    model = wrap(block_size=4, seed=6)
+    config = DecodingConfig(max_new_tokens=8, steps=4)
+    seen = []
+    decoder = BlockDecoder(model, config, observer=lambda rows, block, masked: seen.append((rows, masked.sum(1).tolist())))
+    with torch.no_grad():
+        decoder.admit(prompts_of(model, random_ids(4, seed=1)))
+        decoder.run()
+    assert [masks for _, masks in seen] == [[3], [2], [1], [0], [3], [2], [1], [0]]
+    assert decoder.nfe == len(seen)
+
+
+def test_image_rows_admitted_mid_decode_equal_each_row_alone():
+    """The shipped MiniVL model: image features spliced into prompts and M-RoPE positions survive the join."""
+    from diffusionvl.inference import chat_inputs, load
+    from diffusionvl.minivl.generator import generate
+    from diffusionvl.model import VisionInputs
+
+    model, processor = load("minivl-dvlm")
+    samples = generate("count", "test", 3, 4, 112) + generate("caption", "test", 3, 2, 112)
+    config = DecodingConfig(max_new_tokens=24, steps=8, remasking_strategy="low_confidence_dynamic")
+    decoder, outputs = BlockDecoder(model, config), []
+    with torch.no_grad(), shared_kv_heads(model.backbone.decoder.config):
+        for index, sample in enumerate(samples):
+            inputs = chat_inputs(processor, [sample.question], [[sample.image]])
+            ids = inputs["input_ids"]
+            vision = VisionInputs(inputs["pixel_values"], inputs["image_grid_thw"])
+            decoder.admit(build_prompts(model, ids, torch.ones_like(ids, dtype=torch.bool), vision))
+            if index % 2:  # two rows join before each block
+                decoder.step()
+        decoder.run()
+    outputs = [decoder.outputs[row] for row in range(len(samples))]
+    for sample, output in zip(samples, outputs):
+        single = model.generate(**chat_inputs(processor, [sample.question], [[sample.image]]), generation_config=config)
+        assert output == single[0][single[0] != model.special_tokens.pad].tolist()
