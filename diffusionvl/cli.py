@@ -179,6 +179,8 @@ COMMANDS = {
     "chat": ("talk to a model interactively (/image PATH attaches an image)", "chat:add_arguments", "chat:main"),
     "download": ("fetch a model that is not shipped inside the package (smollm2: SmolLM2-135M-Instruct)",
                  "smollm2.source:add_arguments", "smollm2.source:main"),
+    "serve": ("an OpenAI-compatible server with continuous batching, and a web page at /",
+              "serving.cli:add_arguments", "serving.cli:main"),
     "recipe": ("reproduce a study end to end, resumably (minivl, smollm2)", "recipes:add_arguments",
                "recipes:main"),
 }

@@ -147,3 +147,30 @@ def test_the_shipped_adapter_answers_fixed_prompts_through_the_api_generate_and_
     monkeypatch.setattr("builtins.input", lambda text="": next(lines))
     main(["chat", "--model", "smollm2-dlm", "--max-new-tokens", "48", "--steps", "4"])
     assert PINNED[prompt] in capsys.readouterr().out  # streamed block by block, the same answer
+
+
+@needs_smollm2
+def test_the_server_answers_the_pinned_prompts_concurrently_and_refuses_images(cache):
+    """A text model behind the OpenAI API: its chat template, rows of different lengths decoded together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import openai
+
+    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.serving.cli import build
+    from diffusionvl.serving.config import ServerConfig
+    from diffusionvl.serving.local import serving
+
+    config = ServerConfig(model="smollm2-dlm", decoding=DecodingConfig(max_new_tokens=48, steps=4))
+    with serving(build(config)) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+        def ask(prompt):
+            reply = client.chat.completions.create(model="smollm2-dlm", messages=[{"role": "user", "content": prompt}])
+            return reply.choices[0].message.content
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(ask, PINNED)) == list(PINNED.values())
+        pixel = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+        with pytest.raises(openai.BadRequestError, match="takes no images"):
+            client.chat.completions.create(model="smollm2-dlm", messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": pixel}}, {"type": "text", "text": "What is this?"}]}])

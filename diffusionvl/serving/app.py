@@ -1,0 +1,199 @@
+"""The OpenAI-compatible HTTP app: /v1/chat/completions (plain and streamed), /v1/models, /health, /metrics and
+the web page at /. Requests are checked here (protocol.py), decoded by the scheduler's one engine loop.
+
+Streaming sends one chunk per committed block. With the extra field `trace: true` it also sends, before each
+block's text, a chunk per denoising step: `{"choices": [], "diffusion": {"tokens": [...], "masked": [...]}}`, the
+block's B positions (token text, or null while masked; `prompt` marks positions holding the prompt's last
+tokens): what the web page draws.
+"""
+
+import asyncio
+import json
+import time
+import uuid
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from ..errors import DiffusionVLError
+from ..model import vision_inputs
+from ..prompts import check_positions
+from .config import ServerConfig
+from .metrics import Metrics
+from .protocol import APIError, ChatRequest, TextDelta, parse_request
+from .scheduler import Job, Scheduler
+
+
+def create_app(model, processor, config: ServerConfig, served_name: str) -> FastAPI:
+    """The app serving `model` (a DiffusionVL, in eval mode) under `served_name`."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    metrics = Metrics()
+    scheduler = Scheduler(model, tokenizer, config.max_batch, config.max_queue, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        scheduler.start()
+        yield
+        scheduler.stop()
+
+    app = FastAPI(title="diffusionvl", lifespan=lifespan)
+    app.state.scheduler, app.state.metrics = scheduler, metrics
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError):
+        metrics.count(error.status)
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(error.status_code, str(error.detail), kind=kind).body(),
+                            status_code=error.status_code)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": served_name, "active": scheduler.active, "queued": len(scheduler.waiting)}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": served_name, "object": "model", "created": 0,
+                                            "owned_by": "diffusionvl"}]}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page():
+        return resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > config.max_request_bytes:
+            raise APIError(413, f"the request is {int(length):,} bytes, over this server's {config.max_request_bytes:,}."
+                           " Send smaller images.", code="request_too_large")
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise APIError(400, f"the request body is not valid JSON: {error}.", code="invalid_json") from None
+        parsed = await run_in_threadpool(parse_request, body, config, served_name)
+        ids, vision = await run_in_threadpool(prepare, model, processor, parsed, config)
+        events: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def send(kind, payload):  # called on the engine's thread
+            loop.call_soon_threadsafe(events.put_nowait, (kind, payload))
+        job = Job(ids, vision, parsed.config, send, parsed.trace, parsed.seed,
+                  time.monotonic() + config.request_timeout)
+        scheduler.submit(job)
+        reply = Reply(served_name, int(ids.shape[1]), TextDelta(tokenizer, parsed.stop), tokenizer)
+        if parsed.stream:
+            return StreamingResponse(stream(reply, job, events, parsed, metrics), media_type="text/event-stream")
+        return await complete(reply, job, events, request, metrics)
+
+    return app
+
+
+def prepare(model, processor, request: ChatRequest, config: ServerConfig):
+    """Token ids (1, L) and vision inputs of a checked request, or an APIError (images on a text model, a prompt
+    over the limits)."""
+    if hasattr(processor, "chat_text"):
+        inputs = processor(processor.chat_text(request.messages, add_generation_prompt=True), request.images or None)
+    elif request.images:
+        raise APIError(400, "this model takes no images (it has no image processor); send text only.", "messages")
+    else:
+        chat = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in request.messages]
+        text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+        inputs = processor(text, return_tensors="pt", add_special_tokens=False)
+    ids = inputs["input_ids"]
+    if ids.shape[1] > config.max_prompt_tokens:
+        raise APIError(400, f"the prompt is {ids.shape[1]} tokens, over this server's {config.max_prompt_tokens}; "
+                       "shorten it.", "messages", "context_length_exceeded")
+    try:
+        check_positions(model, [ids.shape[1]], request.config)
+    except DiffusionVLError as error:
+        raise APIError(400, str(error), "messages", "context_length_exceeded") from None
+    return ids, vision_inputs(inputs.get("pixel_values"), inputs.get("image_grid_thw"))
+
+
+class Reply:
+    """The pieces of OpenAI's response objects for one request."""
+
+    def __init__(self, model: str, prompt_tokens: int, text: TextDelta, tokenizer):
+        self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
+        self.prompt_tokens, self.text, self.tokenizer = prompt_tokens, text, tokenizer
+
+    def usage(self, job: Job) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": job.tokens,
+                "total_tokens": self.prompt_tokens + job.tokens, "nfe": job.forwards,
+                "tokens_per_forward": round(job.tokens / max(job.forwards, 1), 4)}
+
+    def chunk(self, delta: dict | None, finish: str | None = None, **extra) -> str:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        body = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                "choices": choices, **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    def step(self, block: list[int], masked: list[bool], prompt: list[bool]) -> str:
+        tokens = [None if hidden else self.tokenizer.decode([token]) for token, hidden in zip(block, masked)]
+        return self.chunk(None, diffusion={"tokens": tokens, "masked": masked, "prompt": prompt})
+
+
+async def stream(reply: Reply, job: Job, events: asyncio.Queue, request: ChatRequest, metrics: Metrics):
+    """Server-sent events: the role, a chunk per block with text, the finish reason, usage if asked, [DONE]."""
+    try:
+        yield reply.chunk({"role": "assistant", "content": ""})
+        while True:
+            kind, payload = await events.get()
+            if kind == "step":
+                yield reply.step(*payload)
+            elif kind == "tokens":
+                text = reply.text.feed(payload)
+                if text:
+                    yield reply.chunk({"content": text})
+            elif kind == "error":
+                metrics.count(payload.status)
+                yield f"data: {json.dumps(payload.body())}\n\n"
+                return
+            else:
+                text = reply.text.feed([], final=True)
+                if text:
+                    yield reply.chunk({"content": text})
+                yield reply.chunk({}, payload)
+                if request.include_usage:
+                    yield reply.chunk(None, usage=reply.usage(job))
+                yield "data: [DONE]\n\n"
+                metrics.count(200)
+                return
+    finally:
+        job.cancelled = True  # a no-op once finished; frees the row when the client went away
+
+
+async def complete(reply: Reply, job: Job, events: asyncio.Queue, request: Request, metrics: Metrics):
+    """Wait for the whole answer, watching for the client going away (which frees the row)."""
+    try:
+        while True:
+            try:
+                kind, payload = await asyncio.wait_for(events.get(), timeout=1.0)
+            except asyncio.TimeoutError:
+                if await request.is_disconnected():
+                    return Response(status_code=499)
+                continue
+            if kind == "tokens":
+                reply.text.tokens.extend(payload)
+            elif kind == "error":
+                raise payload
+            elif kind == "done":
+                metrics.count(200)
+                message = {"role": "assistant", "content": reply.text.text()}
+                return {"id": reply.id, "object": "chat.completion", "created": reply.created, "model": reply.model,
+                        "choices": [{"index": 0, "message": message, "finish_reason": payload}],
+                        "usage": reply.usage(job)}
+    finally:
+        job.cancelled = True

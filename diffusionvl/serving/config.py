@@ -1,0 +1,53 @@
+"""Settings of `diffusionvl serve`, one frozen dataclass validated on construction."""
+
+from dataclasses import dataclass, field
+
+from ..errors import DiffusionVLError
+from ..generation_config import DecodingConfig
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the server accepts and how it batches.
+
+    model: a checkpoint folder or a shipped name; served under `served_name` (default: the name or folder name).
+    max_batch: rows decoded together; more requests wait in a queue of `max_queue`, beyond which a request gets 503.
+    max_tokens: the largest max_tokens (max_completion_tokens) a request may ask for.
+    max_prompt_tokens: the longest prompt, images' tokens included (the model's positions also bound it).
+    max_image_bytes, max_image_pixels, max_images: per image (decoded bytes, width x height) and per request.
+    request_timeout: seconds from arrival to the last token; a request past it is dropped with 408.
+    allow_local_images / allow_remote_images: accept `image_url` values that are file paths / http(s) URLs. Off by
+        default: a server reachable by others should not read its own disk or fetch URLs on their behalf.
+    decoding: the settings a request gets for what it does not set (steps, strategy, threshold, sampling).
+    """
+
+    model: str = "minivl-dvlm"
+    served_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 32
+    max_queue: int = 256
+    max_tokens: int = 1024
+    max_prompt_tokens: int = 8192
+    max_image_bytes: int = 10 * 2**20
+    max_image_pixels: int = 4096 * 4096
+    max_images: int = 8
+    request_timeout: float = 300.0
+    allow_local_images: bool = False
+    allow_remote_images: bool = False
+    decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=256))
+
+    def __post_init__(self):
+        for name in ("port", "max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_image_bytes",
+                     "max_image_pixels", "max_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or (name == "port" and value > 65535):
+                raise DiffusionVLError(f"{name} must be a positive integer{' up to 65535' if name == 'port' else ''}, "
+                                       f"got {value!r}.")
+        if not self.request_timeout > 0:
+            raise DiffusionVLError(f"request_timeout must be a positive number of seconds, got {self.request_timeout!r}.")
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest body worth reading: every image as base64 (4/3 of its bytes), plus 1 MiB of text."""
+        return self.max_images * (self.max_image_bytes * 4 // 3 + 1024) + 2**20

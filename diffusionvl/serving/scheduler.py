@@ -1,0 +1,181 @@
+"""Continuous batching: one thread runs the engine for every request in flight.
+
+Requests wait in a queue; before each block the loop admits as many as the batch has room for into a decoder
+(`engine.BlockDecoder.admit`: prefilled, lined up with the running rows), steps every decoder by one block and
+hands each request its new tokens. A request leaves its decoder when it is finished, cancelled (the client went
+away) or past its deadline, without waiting for the others. Requests whose settings cannot share a forward
+(steps, policy, sampling, a sampling seed) get decoders of their own, stepped in turn.
+"""
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from ..attention import shared_kv_heads
+from ..engine import BlockDecoder
+from ..generation_config import DecodingConfig
+from ..prompts import build_prompts
+from .protocol import APIError
+
+
+@dataclass
+class Job:
+    """One request in flight. `send(kind, payload)` is called from the engine thread: ("step", (block, masked,
+    prompt)) with trace (the block's ids, which are masks, which hold prompt tokens), ("tokens", new ids), ("done", finish reason), ("error", APIError)."""
+
+    ids: torch.Tensor  # (1, L)
+    vision: object
+    config: DecodingConfig
+    send: object
+    trace: bool = False
+    seed: int | None = None
+    deadline: float = float("inf")
+    cancelled: bool = False
+    tokens: int = 0
+    forwards: int = 0  # forwards this request took part in
+    arrived: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple:
+        """Settings a decoder's rows share; a seeded sampled request decodes alone, so its seed reproduces it."""
+        c = self.config
+        alone = id(self) if c.temperature > 0 and self.seed is not None else None
+        return c.steps, str(c.remasking_strategy), c.confidence_threshold, c.temperature, c.top_k, c.top_p, alone
+
+
+class Group:
+    """A decoder and the jobs of its rows."""
+
+    def __init__(self, model, job: Job, tokenizer):
+        generator = torch.Generator(model.device).manual_seed(job.seed) if job.seed is not None else None
+        self.decoder = BlockDecoder(model, job.config, tokenizer, generator, observer=self.observe)
+        self.jobs: dict[int, Job] = {}
+
+    def observe(self, rows: list[int], block: torch.Tensor, masked: torch.Tensor) -> None:
+        prompt = self.decoder.fixed  # (n, B): positions of a first block that hold the prompt's last tokens
+        for index, row in enumerate(rows):
+            job = self.jobs.get(row)
+            if job is not None and job.trace:
+                fixed = [False] * block.shape[1] if prompt is None else prompt[index].tolist()
+                job.send("step", (block[index].tolist(), masked[index].tolist(), fixed))
+
+
+class Scheduler:
+    """The engine loop. `submit` is called from request handlers; everything else runs on the loop's thread."""
+
+    def __init__(self, model, tokenizer, max_batch: int, max_queue: int, metrics=None):
+        self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.waiting: deque[Job] = deque()
+        self.groups: dict[tuple, Group] = {}
+        self.wake = threading.Condition()
+        self.running = False
+        self.thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> int:
+        return sum(len(group.decoder.active) for group in self.groups.values())
+
+    def submit(self, job: Job) -> None:
+        with self.wake:
+            if len(self.waiting) >= self.max_queue:
+                raise APIError(503, f"the server is busy: {len(self.waiting)} requests are waiting; retry shortly.",
+                               code="queue_full", kind="server_error")
+            self.waiting.append(job)
+            self.wake.notify()
+
+    def start(self) -> None:
+        self.running = True
+        self.thread = threading.Thread(target=self._loop, name="diffusionvl-engine", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.running = False
+            self.wake.notify()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        with torch.inference_mode(), shared_kv_heads(self.model.backbone.decoder.config):
+            while self.running:
+                with self.wake:
+                    while self.running and not self.waiting and not self.groups:
+                        self.wake.wait(timeout=1.0)
+                self._admit()
+                for key, group in list(self.groups.items()):
+                    self._drop_cancelled(group)
+                    if len(group.decoder.active):
+                        self._deliver(group, group.decoder.step())
+                    if not len(group.decoder.active):
+                        del self.groups[key]
+                if self.metrics is not None:
+                    self.metrics.observe_load(len(self.waiting), self.active)
+
+    def _admit(self) -> None:
+        """Move waiting jobs into decoders while the batch has room; prompts are embedded here (the engine's
+        thread), so the model never runs on two threads."""
+        joining: dict[tuple, list[Job]] = {}
+        room = self.max_batch - self.active
+        with self.wake:
+            while self.waiting and room > 0:
+                job = self.waiting.popleft()
+                if job.cancelled or self._expired(job):
+                    continue
+                joining.setdefault(job.key, []).append(job)
+                room -= 1
+        for key, jobs in joining.items():
+            group = self.groups.get(key) or Group(self.model, jobs[0], self.tokenizer)
+            prompts = []
+            for job in list(jobs):
+                try:
+                    ids = job.ids.to(self.model.device)
+                    prompts += build_prompts(self.model, ids, torch.ones_like(ids, dtype=torch.bool), job.vision)
+                except Exception as error:  # noqa: BLE001 - one bad request must not stop the loop
+                    jobs.remove(job)
+                    job.send("error", APIError(400, f"the request could not be prepared: {error}"))
+            if not jobs:
+                continue
+            rows = group.decoder.admit(prompts, [job.config.max_new_tokens for job in jobs],
+                                       [job.config.stop_strings for job in jobs])
+            group.jobs.update(zip(rows, jobs))
+            self.groups[key] = group
+
+    def _expired(self, job: Job) -> bool:
+        if time.monotonic() < job.deadline:
+            return False
+        job.cancelled = True  # answered now; its row leaves at the end of the block
+        job.send("error", APIError(408, "the request timed out before it finished; ask for fewer tokens or retry.",
+                                   code="timeout", kind="timeout"))
+        return True
+
+    def _drop_cancelled(self, group: Group) -> None:
+        for row, job in list(group.jobs.items()):
+            if job.cancelled or self._expired(job):
+                group.decoder.cancel(row)
+
+    def _deliver(self, group: Group, updates: list[tuple[int, list[int], bool]]) -> None:
+        decoder = group.decoder
+        for row, new, finished in updates:
+            job = group.jobs[row]
+            job.tokens += len(new)
+            job.forwards = int(decoder.row_forwards[row])
+            if new and not job.cancelled:
+                job.send("tokens", new)
+            if finished:
+                if not job.cancelled:
+                    job.send("done", self._reason(decoder, row, job))
+                if self.metrics is not None:
+                    self.metrics.observe_request(job)
+                del group.jobs[row]
+                decoder.forget(row)
+
+    def _reason(self, decoder: BlockDecoder, row: int, job: Job) -> str:
+        """OpenAI's finish_reason: 'stop' at end-of-turn or a stop string, 'length' at max_tokens."""
+        out = decoder.outputs[row]
+        if out and out[-1] == decoder.tokens.eot:
+            return "stop"
+        return "length" if len(out) >= job.config.max_new_tokens else "stop"

@@ -1,0 +1,250 @@
+"""The OpenAI-compatible server, through the official `openai` client on a real localhost socket: text, images,
+streaming, errors in OpenAI's shape, limits, continuous batching (concurrent answers equal solo answers)."""
+
+import base64
+import io
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from diffusionvl.generation_config import DecodingConfig
+from diffusionvl.minivl.generator import generate
+from diffusionvl.serving.cli import build
+from diffusionvl.serving.config import ServerConfig
+from diffusionvl.serving.local import serving
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+MODEL = "minivl-dvlm"
+DECODING = DecodingConfig(max_new_tokens=32, steps=8, remasking_strategy="low_confidence_dynamic")
+
+
+@pytest.fixture(scope="module")
+def url():
+    with serving(build(ServerConfig(decoding=DECODING, max_batch=8, max_image_pixels=512 * 512))) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+
+def data_url(image, kind="PNG") -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format=kind)
+    return f"data:image/{kind.lower()};base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def image_message(sample) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(sample.image)}},
+                                         {"type": "text", "text": sample.question}]}]
+
+
+def ask(client, messages, **options) -> str:
+    return client.chat.completions.create(model=MODEL, messages=messages, **options).choices[0].message.content
+
+
+def test_models_health_and_metrics(url, client):
+    assert [model.id for model in client.models.list()] == [MODEL]
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+    ask(client, [{"role": "user", "content": "Describe the image."}], max_tokens=4)
+    metrics = httpx.get(f"{url}/metrics").text
+    for name in ("diffusionvl_requests_total", "diffusionvl_generated_tokens_total", "diffusionvl_row_forwards_total",
+                 "diffusionvl_tokens_per_forward", "diffusionvl_queue_depth", "diffusionvl_batch_size"):
+        assert name in metrics
+
+
+def test_an_image_question_gets_the_answer_the_python_api_gives(client):
+    from diffusionvl.inference import answer, chat_inputs, load
+
+    model, processor = load(MODEL)
+    for sample in generate("count", "test", 0, 3, 112):
+        reply = client.chat.completions.create(model=MODEL, messages=image_message(sample))
+        direct = answer(model, processor, chat_inputs(processor, [sample.question], [[sample.image]]), DECODING)
+        assert reply.choices[0].message.content == direct.texts[0]
+        assert reply.choices[0].finish_reason == "stop"
+        assert reply.usage.completion_tokens == len(direct.rows[0]) and reply.usage.nfe >= 1
+        assert reply.usage.model_extra["tokens_per_forward"] == pytest.approx(
+            reply.usage.completion_tokens / reply.usage.nfe, abs=1e-4)
+
+
+def test_plain_text_and_max_tokens(client):
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "Be brief."},
+                                                                   {"role": "user", "content": "Describe the image."}],
+                                           max_tokens=3)
+    assert reply.usage.completion_tokens == 3 and reply.choices[0].finish_reason == "length"
+    assert reply.choices[0].message.content
+
+
+def test_streaming_sends_blocks_that_join_to_the_plain_answer_and_usage_at_the_end(client):
+    sample = generate("caption", "test", 1, 1, 112)[0]
+    plain = client.chat.completions.create(model=MODEL, messages=image_message(sample))
+    chunks = list(client.chat.completions.create(model=MODEL, messages=image_message(sample), stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == plain.choices[0].message.content and len(text.split()) > 3
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1  # one chunk per block
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
+
+
+def test_trace_streams_every_denoising_step(client):
+    sample = generate("caption", "test", 2, 1, 112)[0]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=image_message(sample), stream=True,
+                                                 stream_options={"include_usage": True},
+                                                 extra_body={"trace": True, "remasking_strategy": "low_confidence_static"}))
+    steps = [c.model_extra["diffusion"] for c in chunks if "diffusion" in (c.model_extra or {})]
+    assert len(steps) == chunks[-1].usage.model_extra["nfe"]  # one trace event per forward of this row
+    assert all(len(step["tokens"]) == len(step["masked"]) == 8 for step in steps)
+    # static, steps = B: one mask fills per step; the first block starts with the prompt's last tokens in place
+    first = 8 - sum(steps[0]["prompt"])
+    expected = list(range(first - 1, -1, -1)) + list(range(7, -1, -1)) * ((len(steps) - first) // 8)
+    assert [sum(step["masked"]) for step in steps] == expected[: len(steps)] and len(steps) > 8
+
+
+def test_stop_strings_end_the_answer_and_are_not_returned(client):
+    sample = generate("caption", "test", 3, 1, 112)[0]
+    full = ask(client, image_message(sample))
+    word = full.split()[1]
+    cut = ask(client, image_message(sample), stop=[word])
+    assert cut == full[: full.index(word)]
+    streamed = client.chat.completions.create(model=MODEL, messages=image_message(sample), stop=word, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == cut
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"])
+    return body["error"]
+
+
+@pytest.mark.parametrize("body,status,param", [
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "frobnicate": 1}, 400, "frobnicate"),
+    ({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}, 404, "model"),
+    ({"model": MODEL, "messages": []}, 400, "messages"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6}, 400, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "n": 2}, 400, "n"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "remasking_strategy": "best"}, 400,
+     "remasking_strategy"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}]}, 400,
+     "messages[0].content[0]"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 400, "messages[0].content[0]"),
+])
+def test_bad_requests_get_openai_shaped_errors(url, body, status, param):
+    response = httpx.post(f"{url}/v1/chat/completions", json=body)
+    assert response.status_code == status
+    assert error_of(response)["param"] == param
+
+
+def test_malformed_json_oversized_images_and_unknown_routes(url, client):
+    response = httpx.post(f"{url}/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+    assert response.status_code == 400 and error_of(response)["code"] == "invalid_json"
+    from PIL import Image
+
+    big = Image.new("RGB", (1024, 1024), "white")  # over the fixture's 512 x 512 pixel limit
+    with pytest.raises(openai.APIStatusError) as caught:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": data_url(big)}}, {"type": "text", "text": "hi"}]}])
+    assert caught.value.status_code == 413 and caught.value.body["code"] == "image_too_large"
+    huge = httpx.post(f"{url}/v1/chat/completions", content=b" " * (ServerConfig().max_request_bytes + 1))
+    assert huge.status_code == 413 and error_of(huge)["code"] == "request_too_large"
+    assert httpx.get(f"{url}/v1/nothing").status_code == 404
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_32_concurrent_requests_equal_each_request_alone_and_health_answers_throughout(url, client):
+    samples = [s for task in ("count", "caption", "digits", "chart") for s in generate(task, "test", 7, 8, 112)]
+    alone = [ask(client, image_message(s)) for s in samples]
+    health, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            health.append(httpx.get(f"{url}/health", timeout=10).status_code)
+            time.sleep(0.05)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    with ThreadPoolExecutor(32) as pool:
+        together = list(pool.map(lambda s: ask(client, image_message(s)), samples))
+    stop.set()
+    watcher.join()
+    assert together == alone
+    assert health and set(health) == {200}
+
+
+def test_a_client_that_goes_away_frees_its_row(url):
+    sample = generate("caption", "test", 4, 1, 112)[0]
+    body = {"model": MODEL, "messages": image_message(sample), "stream": True, "max_tokens": 32,
+            "remasking_strategy": "low_confidence_static"}
+    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+        next(response.iter_lines())  # the first chunk: the row is in the batch
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{url}/health").json()["active"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": MODEL, "active": 0, "queued": 0}
+
+
+def test_a_full_queue_answers_503_and_a_late_request_408():
+    config = ServerConfig(decoding=DecodingConfig(max_new_tokens=64, steps=8), max_batch=1, max_queue=1)
+    with serving(build(config)) as base:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "Describe the image."}]}
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(lambda _: httpx.post(f"{base}/v1/chat/completions", json=body,
+                                                         timeout=60).status_code, range(8)))
+        assert 200 in statuses and 503 in statuses and set(statuses) <= {200, 503}
+    with serving(build(ServerConfig(request_timeout=1e-3))) as base:
+        response = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60)
+        assert response.status_code == 408 and error_of(response)["code"] == "timeout"
+
+
+def test_local_image_paths_work_where_the_server_allows_them(tmp_path):
+    sample = generate("count", "test", 5, 1, 112)[0]
+    path = tmp_path / "shapes.png"
+    sample.image.save(path)
+    with serving(build(ServerConfig(allow_local_images=True))) as base:
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+        local = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": str(path)}}, {"type": "text", "text": sample.question}]}])
+        assert local.choices[0].message.content == ask(client, image_message(sample))
+
+
+def test_the_serve_command_starts_a_server_and_bad_flags_fail_before_loading(capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from diffusionvl.cli import main
+
+    for flags, message in ((["--max-batch", "0"], "max_batch must be a positive integer"),
+                           (["--threshold", "3"], "confidence_threshold must lie in [0, 1]"),
+                           (["--model", "minivl-ar"], "diffusionvl convert")):
+        with pytest.raises(SystemExit) as caught:
+            main(["serve", *flags])
+        assert caught.value.code == 2 and message in capsys.readouterr().err
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "diffusionvl.cli", "serve", "--port", str(port),
+                               "--max-new-tokens", "8"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert "serving diffusionvl model minivl-dvlm on http://127.0.0.1:" in server.stdout.readline()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
+        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Describe the image."}])
+        assert reply.usage.completion_tokens <= 8
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
