@@ -27,8 +27,9 @@ from .sampling import propose_masked
 class BlockDecoder:
     """A running decode: the cache, the active rows and what they have produced so far.
 
-    Rows are named by ids in admission order (0, 1, ...). `observer(rows, block, masked)`, when given, sees every
-    denoising step: the ids of the rows in the block, its tokens (n, B) and which are still masks (n, B).
+    Rows are named by ids in admission order (0, 1, ...). `observer(rows, step, block, masked)`, when given, sees
+    every denoising step: the ids of the rows in the block, the step's index within the block, the block's tokens
+    (n, B) and which are still masks (n, B).
     """
 
     def __init__(self, model, config: DecodingConfig, tokenizer=None, generator=None, observer=None):
@@ -114,7 +115,8 @@ class BlockDecoder:
         joining, lo, carry = self._prefill(layout, committed)
         capacity = max(self.cache.capacity + grow, committed + (-(-longest // self.size) + 4) * self.size)
         self.cache = self.cache.rebuilt(grow, capacity, len(self.active), joining, lo, len(rows))
-        self.offsets, self.shift = torch.cat([self.offsets + grow, layout.offsets]), torch.cat([self.shift - grow, layout.shift])
+        self.offsets = torch.cat([self.offsets + grow, layout.offsets])
+        self.shift = torch.cat([self.shift - grow, layout.shift])
         self.column += grow
         if self.pending is not None:
             self.pending = (torch.cat([self.pending[0], layout.embeds[:, committed : self.column]]),
@@ -256,7 +258,7 @@ class BlockDecoder:
             block, still = settle_after_end(block, still, answer[part], self.tokens.eot)
             self.block, masked = self.block.index_put((live,), block), masked.index_put((live,), still)
             if self.observer is not None:
-                self.observer(self.active.tolist(), self.block, masked)
+                self.observer(self.active.tolist(), step, self.block, masked)
         for row, steps in zip(self.active.tolist(), taken.tolist()):
             self.block_steps[row].append(steps)
 

@@ -39,6 +39,9 @@ def _open(source, name) -> Image.Image:
         raise ImageError(f"image {name} does not fit in memory; downscale it.", name, "too large") from error
     # Pillow signals damage with many types: UnidentifiedImageError/OSError (not an image, truncated),
     # SyntaxError (a corrupt PNG chunk), ValueError/struct.error/EOFError (broken headers).
+    except Image.UnidentifiedImageError as error:  # its text names the file object, e.g. <_io.BytesIO at 0x...>
+        raise ImageError(f"image {name} cannot be decoded: it is not in an image format Pillow reads (PNG, JPEG, "
+                         "WebP, GIF, BMP, ...); replace or drop it.", name) from error
     except Exception as error:  # noqa: BLE001
         raise ImageError(f"image {name} cannot be decoded ({type(error).__name__}: {error}); replace or drop it.",
                          name) from error

@@ -81,7 +81,8 @@ class BlockCache(Cache):
         Both end at the same committed length, this one's plus `shift`."""
         length = self.layers[0].length + shift
         out = BlockCache(len(self.layers), capacity)
-        for mine, old, new in zip(out.layers, self.layers, joining.layers if joining is not None else [None] * len(self.layers)):
+        theirs = joining.layers if joining is not None else [None] * len(self.layers)
+        for mine, old, new in zip(out.layers, self.layers, theirs):
             mine.length = length
             template = old if old.is_initialized else new
             if template is None or not template.is_initialized:

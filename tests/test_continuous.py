@@ -129,11 +129,12 @@ def test_the_observer_sees_every_denoising_step():
     model = wrap(block_size=4, seed=6)
     config = DecodingConfig(max_new_tokens=8, steps=4)
     seen = []
-    decoder = BlockDecoder(model, config, observer=lambda rows, block, masked: seen.append((rows, masked.sum(1).tolist())))
+    decoder = BlockDecoder(model, config,
+                           observer=lambda rows, step, block, masked: seen.append((step, masked.sum(1).tolist())))
     with torch.no_grad():
         decoder.admit(prompts_of(model, random_ids(4, seed=1)))
         decoder.run()
-    assert [masks for _, masks in seen] == [[3], [2], [1], [0], [3], [2], [1], [0]]
+    assert seen == [(0, [3]), (1, [2]), (2, [1]), (3, [0]), (0, [3]), (1, [2]), (2, [1]), (3, [0])]
     assert decoder.nfe == len(seen)
 
 

@@ -96,14 +96,16 @@ def test_trace_streams_every_denoising_step(client):
     sample = generate("caption", "test", 2, 1, 112)[0]
     chunks = list(client.chat.completions.create(model=MODEL, messages=image_message(sample), stream=True,
                                                  stream_options={"include_usage": True},
-                                                 extra_body={"trace": True, "remasking_strategy": "low_confidence_static"}))
+                                                 extra_body={"trace": True,
+                                                             "remasking_strategy": "low_confidence_static"}))
     steps = [c.model_extra["diffusion"] for c in chunks if "diffusion" in (c.model_extra or {})]
     assert len(steps) == chunks[-1].usage.model_extra["nfe"]  # one trace event per forward of this row
     assert all(len(step["tokens"]) == len(step["masked"]) == 8 for step in steps)
     # static, steps = B: one mask fills per step; the first block starts with the prompt's last tokens in place
-    first = 8 - sum(steps[0]["prompt"])
-    expected = list(range(first - 1, -1, -1)) + list(range(7, -1, -1)) * ((len(steps) - first) // 8)
-    assert [sum(step["masked"]) for step in steps] == expected[: len(steps)] and len(steps) > 8
+    for step in steps:
+        masks = 8 - (sum(step["prompt"]) if step["block"] == 0 else 0) - step["step"] - 1
+        assert sum(step["masked"]) == masks and step["tokens"].count(None) == masks
+    assert [step["block"] for step in steps] == sorted(step["block"] for step in steps) and steps[-1]["block"] >= 1
 
 
 def test_stop_strings_end_the_answer_and_are_not_returned(client):
@@ -144,7 +146,8 @@ def test_bad_requests_get_openai_shaped_errors(url, body, status, param):
 
 
 def test_malformed_json_oversized_images_and_unknown_routes(url, client):
-    response = httpx.post(f"{url}/v1/chat/completions", content=b'{"model": ', headers={"content-type": "application/json"})
+    response = httpx.post(f"{url}/v1/chat/completions", content=b'{"model": ',
+                          headers={"content-type": "application/json"})
     assert response.status_code == 400 and error_of(response)["code"] == "invalid_json"
     from PIL import Image
 
@@ -243,7 +246,8 @@ def test_the_serve_command_starts_a_server_and_bad_flags_fail_before_loading(cap
             except httpx.TransportError:
                 time.sleep(0.1)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
-        reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Describe the image."}])
+        messages = [{"role": "user", "content": "Describe the image."}]
+        reply = client.chat.completions.create(model=MODEL, messages=messages)
         assert reply.usage.completion_tokens <= 8
     finally:
         server.terminate()

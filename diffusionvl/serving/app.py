@@ -2,9 +2,10 @@
 the web page at /. Requests are checked here (protocol.py), decoded by the scheduler's one engine loop.
 
 Streaming sends one chunk per committed block. With the extra field `trace: true` it also sends, before each
-block's text, a chunk per denoising step: `{"choices": [], "diffusion": {"tokens": [...], "masked": [...]}}`, the
-block's B positions (token text, or null while masked; `prompt` marks positions holding the prompt's last
-tokens): what the web page draws.
+block's text, a chunk per denoising step, what the web page draws:
+    {"choices": [], "diffusion": {"block": 2, "step": 0, "tokens": [...], "masked": [...], "prompt": [...]}}
+the row's block number and the step within it, then the block's B positions: token text (null while masked),
+which are masks, and which hold the prompt's own last tokens (a first block).
 """
 
 import asyncio
@@ -75,8 +76,8 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
     async def chat(request: Request):
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > config.max_request_bytes:
-            raise APIError(413, f"the request is {int(length):,} bytes, over this server's {config.max_request_bytes:,}."
-                           " Send smaller images.", code="request_too_large")
+            raise APIError(413, f"the request is {int(length):,} bytes, over this server's "
+                           f"{config.max_request_bytes:,}. Send smaller images.", code="request_too_large")
         raw = await request.body()
         try:
             body = json.loads(raw)
@@ -140,9 +141,11 @@ class Reply:
                 "choices": choices, **extra}
         return f"data: {json.dumps(body)}\n\n"
 
-    def step(self, block: list[int], masked: list[bool], prompt: list[bool]) -> str:
-        tokens = [None if hidden else self.tokenizer.decode([token]) for token, hidden in zip(block, masked)]
-        return self.chunk(None, diffusion={"tokens": tokens, "masked": masked, "prompt": prompt})
+    def step(self, trace: dict) -> str:
+        tokens = [None if hidden else self.tokenizer.decode([token]) for token, hidden in zip(trace["ids"],
+                                                                                                 trace["masked"])]
+        return self.chunk(None, diffusion={"block": trace["block"], "step": trace["step"], "tokens": tokens,
+                                           "masked": trace["masked"], "prompt": trace["prompt"]})
 
 
 async def stream(reply: Reply, job: Job, events: asyncio.Queue, request: ChatRequest, metrics: Metrics):
@@ -152,7 +155,7 @@ async def stream(reply: Reply, job: Job, events: asyncio.Queue, request: ChatReq
         while True:
             kind, payload = await events.get()
             if kind == "step":
-                yield reply.step(*payload)
+                yield reply.step(payload)
             elif kind == "tokens":
                 text = reply.text.feed(payload)
                 if text:

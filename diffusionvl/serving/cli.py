@@ -42,8 +42,20 @@ def server_config(args: argparse.Namespace):
                         allow_remote_images=args.allow_remote_images, decoding=decoding_config(args))
 
 
+def require_serving_packages() -> None:
+    """The server's packages are an extra: say how to install them instead of failing on an import."""
+    from importlib.util import find_spec
+
+    from ..errors import DiffusionVLError
+
+    missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if find_spec(name) is None]
+    if missing:
+        raise DiffusionVLError(f"diffusionvl serve needs {', '.join(missing)}: pip install 'diffusionvl[serve]'.")
+
+
 def build(config, device=None, dtype=None):
     """The app of `config`: its model loaded (a DiffusionVL; an AR folder is refused with the fix)."""
+    require_serving_packages()
     from ..inference import open_model, open_processor
     from .app import create_app
 
@@ -58,6 +70,7 @@ def main(args: argparse.Namespace) -> None:
 
     from ..cli import torch_dtype
 
+    require_serving_packages()
     config = server_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     app = build(config, device, torch_dtype(args.dtype))

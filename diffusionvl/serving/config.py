@@ -41,11 +41,13 @@ class ServerConfig:
         for name in ("port", "max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_image_bytes",
                      "max_image_pixels", "max_images"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or (name == "port" and value > 65535):
+            too_large = name == "port" and isinstance(value, int) and value > 65535
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or too_large:
                 raise DiffusionVLError(f"{name} must be a positive integer{' up to 65535' if name == 'port' else ''}, "
                                        f"got {value!r}.")
         if not self.request_timeout > 0:
-            raise DiffusionVLError(f"request_timeout must be a positive number of seconds, got {self.request_timeout!r}.")
+            raise DiffusionVLError(f"request_timeout must be a positive number of seconds, got "
+                                   f"{self.request_timeout!r}.")
 
     @property
     def max_request_bytes(self) -> int:

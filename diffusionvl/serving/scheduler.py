@@ -23,8 +23,9 @@ from .protocol import APIError
 
 @dataclass
 class Job:
-    """One request in flight. `send(kind, payload)` is called from the engine thread: ("step", (block, masked,
-    prompt)) with trace (the block's ids, which are masks, which hold prompt tokens), ("tokens", new ids), ("done", finish reason), ("error", APIError)."""
+    """One request in flight. `send(kind, payload)` is called from the engine thread: ("step", {block, step,
+    ids, masked, prompt}) with trace (the row's block number, the step in it, the block's ids, which are masks,
+    which hold prompt tokens), ("tokens", new ids), ("done", finish reason), ("error", APIError)."""
 
     ids: torch.Tensor  # (1, L)
     vision: object
@@ -54,13 +55,15 @@ class Group:
         self.decoder = BlockDecoder(model, job.config, tokenizer, generator, observer=self.observe)
         self.jobs: dict[int, Job] = {}
 
-    def observe(self, rows: list[int], block: torch.Tensor, masked: torch.Tensor) -> None:
+    def observe(self, rows: list[int], step: int, block: torch.Tensor, masked: torch.Tensor) -> None:
         prompt = self.decoder.fixed  # (n, B): positions of a first block that hold the prompt's last tokens
         for index, row in enumerate(rows):
             job = self.jobs.get(row)
             if job is not None and job.trace:
                 fixed = [False] * block.shape[1] if prompt is None else prompt[index].tolist()
-                job.send("step", (block[index].tolist(), masked[index].tolist(), fixed))
+                number = len(self.decoder.block_steps[row])  # blocks this row finished before this one
+                job.send("step", dict(block=number, step=step, ids=block[index].tolist(),
+                                      masked=masked[index].tolist(), prompt=fixed))
 
 
 class Scheduler:
