@@ -181,6 +181,8 @@ COMMANDS = {
                  "smollm2.source:add_arguments", "smollm2.source:main"),
     "serve": ("an OpenAI-compatible server with continuous batching, and a web page at /",
               "serving.cli:add_arguments", "serving.cli:main"),
+    "bench-serve": ("serving benchmark: 1, 4, 16 concurrent clients against the same requests served one by one",
+                    "serving.load:add_arguments", "serving.load:main"),
     "recipe": ("reproduce a study end to end, resumably (minivl, smollm2)", "recipes:add_arguments",
                "recipes:main"),
 }

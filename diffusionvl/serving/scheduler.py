@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attention import shared_kv_heads
+from ..backbones import VisionInputs
 from ..engine import BlockDecoder
 from ..generation_config import DecodingConfig
 from ..prompts import build_prompts
@@ -109,14 +110,16 @@ class Scheduler:
                     while self.running and not self.waiting and not self.groups:
                         self.wake.wait(timeout=1.0)
                 self._admit()
+                if self.metrics is not None:
+                    self.metrics.observe_load(len(self.waiting), self.active)  # the rows about to be stepped
                 for key, group in list(self.groups.items()):
                     self._drop_cancelled(group)
                     if len(group.decoder.active):
                         self._deliver(group, group.decoder.step())
                     if not len(group.decoder.active):
                         del self.groups[key]
-                if self.metrics is not None:
-                    self.metrics.observe_load(len(self.waiting), self.active)
+                if self.metrics is not None and not self.groups:
+                    self.metrics.observe_load(len(self.waiting), 0)
 
     def _admit(self) -> None:
         """Move waiting jobs into decoders while the batch has room; prompts are embedded here (the engine's
@@ -132,20 +135,44 @@ class Scheduler:
                 room -= 1
         for key, jobs in joining.items():
             group = self.groups.get(key) or Group(self.model, jobs[0], self.tokenizer)
-            prompts = []
-            for job in list(jobs):
-                try:
-                    ids = job.ids.to(self.model.device)
-                    prompts += build_prompts(self.model, ids, torch.ones_like(ids, dtype=torch.bool), job.vision)
-                except Exception as error:  # noqa: BLE001 - one bad request must not stop the loop
-                    jobs.remove(job)
-                    job.send("error", APIError(400, f"the request could not be prepared: {error}"))
+            jobs, prompts = self._prompts(jobs)
             if not jobs:
                 continue
             rows = group.decoder.admit(prompts, [job.config.max_new_tokens for job in jobs],
                                        [job.config.stop_strings for job in jobs])
             group.jobs.update(zip(rows, jobs))
             self.groups[key] = group
+
+    def _prompts(self, jobs: list[Job]) -> tuple[list[Job], list]:
+        """The jobs' prompts, embedded in one call (one vision-encoder forward for all their images); if that fails,
+        one call per job, so that a bad request is answered with its error and the others go on."""
+        try:
+            return jobs, build_prompts(self.model, *self._batch(jobs))
+        except Exception:  # noqa: BLE001 - find the culprit below
+            pass
+        good, prompts = [], []
+        for job in jobs:
+            try:
+                prompts += build_prompts(self.model, *self._batch([job]))
+                good.append(job)
+            except Exception as error:  # noqa: BLE001 - one bad request must not stop the loop
+                job.send("error", APIError(400, f"the request could not be prepared: {error}"))
+        return good, prompts
+
+    def _batch(self, jobs: list[Job]) -> tuple[torch.Tensor, torch.Tensor, VisionInputs | None]:
+        """Right-padded ids (n, L), their valid mask and the images of all jobs, in order."""
+        width = max(job.ids.shape[1] for job in jobs)
+        ids = torch.zeros(len(jobs), width, dtype=torch.long)
+        valid = torch.zeros(len(jobs), width, dtype=torch.bool)
+        for row, job in enumerate(jobs):
+            ids[row, : job.ids.shape[1]], valid[row, : job.ids.shape[1]] = job.ids[0], True
+        images = [job.vision for job in jobs if job.vision is not None]
+        vision = None
+        if images:
+            grids = [image.image_grid_thw for image in images]
+            vision = VisionInputs(torch.cat([image.pixel_values for image in images]).to(self.model.device),
+                                  None if grids[0] is None else torch.cat(grids).to(self.model.device))
+        return ids.to(self.model.device), valid.to(self.model.device), vision
 
     def _expired(self, job: Job) -> bool:
         if time.monotonic() < job.deadline:
