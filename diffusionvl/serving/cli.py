@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=32, help="requests decoded together")
     parser.add_argument("--max-queue", type=int, default=256, help="waiting requests before answering 503")
     parser.add_argument("--max-tokens", type=int, default=1024, help="the largest max_tokens a request may ask")
+    parser.add_argument("--max-prompt-tokens", type=int, default=8192, help="the longest prompt, images included")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 408")
     parser.add_argument("--allow-local-images", action="store_true", help="accept image_url values that are paths")
     parser.add_argument("--allow-remote-images", action="store_true", help="accept http(s) image URLs (fetched here)")
@@ -38,6 +39,7 @@ def server_config(args: argparse.Namespace):
     model = args.model or DEFAULT_MODEL
     return ServerConfig(model=model, served_name=args.served_name or Path(model).name, host=args.host,
                         port=args.port, max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens,
+                        max_prompt_tokens=args.max_prompt_tokens,
                         request_timeout=args.request_timeout, allow_local_images=args.allow_local_images,
                         allow_remote_images=args.allow_remote_images, decoding=decoding_config(args))
 
