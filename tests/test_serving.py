@@ -252,3 +252,12 @@ def test_the_serve_command_starts_a_server_and_bad_flags_fail_before_loading(cap
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_a_body_streamed_without_a_length_is_cut_off_at_the_limit(url):
+    def body():
+        for _ in range(ServerConfig().max_request_bytes // 2**20 + 2):
+            yield b" " * 2**20
+    response = httpx.post(f"{url}/v1/chat/completions", content=body())  # chunked: no Content-Length
+    assert response.status_code == 413 and error_of(response)["code"] == "request_too_large"
+    assert httpx.get(f"{url}/health").status_code == 200

@@ -74,11 +74,7 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_request_bytes:
-            raise APIError(413, f"the request is {int(length):,} bytes, over this server's "
-                           f"{config.max_request_bytes:,}. Send smaller images.", code="request_too_large")
-        raw = await request.body()
+        raw = await read_body(request, config.max_request_bytes)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -99,6 +95,23 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
         return await complete(reply, job, events, request, metrics)
 
     return app
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 once it passes `limit` bytes (by its Content-Length, or while it streams in
+    without one), so an oversized request is never held in memory whole."""
+    too_large = APIError(413, f"the request is over this server's limit of {limit:,} bytes; send smaller images.",
+                         code="request_too_large")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def prepare(model, processor, request: ChatRequest, config: ServerConfig):
