@@ -20,7 +20,9 @@ Measured (medians of `--repeats`, after a warm-up, interleaved):
 
 JSON keys: `step_vs_ar_step` (block / AR step at P = 512), `step_2048_vs_64` (block step at P = 2048 over
 P = 64), `dynamic_vs_ar_tokens_per_s` (batch 1), `batch8_vs_batch1_tokens_per_s` (dynamic), `dtype`, `device`,
-`shape`, `layers`, `sharpness`, `tokens_per_forward`, and the raw `steps` and `generation` tables.
+`shape`, `layers`, `sharpness`, `tokens_per_forward`, `outside_forwards_share` (of a batch-1 dynamic decode's wall
+time, the part outside the model's decoder layers and output head: what the engine itself costs), and the raw `steps` and `generation`
+tables.
 """
 
 import statistics
@@ -130,6 +132,7 @@ def generation(model, ar, batch: int, prompt: int, gen: int, threshold: float, r
     times = {name: [] for name in ("ar", "dynamic")}
     for run in (run_ar, run_dynamic):
         run()  # warm-up
+    outside = outside_forwards_share(model, run_dynamic)  # one more, untimed, profiled
     for _ in range(repeats):  # interleaved
         for name, run in (("ar", run_ar), ("dynamic", run_dynamic)):
             start = time.perf_counter()
@@ -137,10 +140,40 @@ def generation(model, ar, batch: int, prompt: int, gen: int, threshold: float, r
             times[name].append(time.perf_counter() - start)
     tokens = {"ar": (outputs["ar"][:, prompt:] != eot).sum().item(),
               "dynamic": (outputs["dynamic"].sequences != eot).sum().item()}
-    return {name: {"tokens": tokens[name], "seconds": statistics.median(times[name]),
-                   "tokens_per_s": tokens[name] / statistics.median(times[name]),
-                   "tokens_per_forward": 1.0 if name == "ar" else outputs["dynamic"].tokens_per_forward}
-            for name in times}
+    result = {name: {"tokens": tokens[name], "seconds": statistics.median(times[name]),
+                     "tokens_per_s": tokens[name] / statistics.median(times[name]),
+                     "tokens_per_forward": 1.0 if name == "ar" else outputs["dynamic"].tokens_per_forward}
+              for name in times}
+    result["dynamic"]["outside_forwards_share"] = outside
+    return result
+
+
+@torch.no_grad()
+def outside_forwards_share(model, run) -> float:
+    """Share of one decode's wall time spent outside the model (its decoder layers and its output head): sampling,
+    the policy, masks, cache and row bookkeeping, everything the engine adds to the model's own work."""
+    backbone, spent = model.backbone, [0.0]
+    synchronize = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+
+    def timed(function):
+        def wrapper(*args, **kwargs):
+            synchronize()
+            start = time.perf_counter()
+            out = function(*args, **kwargs)
+            synchronize()
+            spent[0] += time.perf_counter() - start
+            return out
+        return wrapper
+    head = backbone.head  # an nn.Linear (a property of the backbone): its forward is wrapped
+    backbone.decode, head.forward = timed(backbone.decode), timed(head.forward)  # instance attributes, removed below
+    try:
+        start = time.perf_counter()
+        run()
+        synchronize()
+        total = time.perf_counter() - start
+    finally:
+        del backbone.decode, head.forward
+    return 1 - spent[0] / total
 
 
 def run(args) -> dict:
@@ -164,6 +197,7 @@ def run(args) -> dict:
         f"batch{max(generated)}_vs_batch{min(generated)}_tokens_per_s":
             last["dynamic"]["tokens_per_s"] / first["dynamic"]["tokens_per_s"],
         "tokens_per_forward": first["dynamic"]["tokens_per_forward"],
+        "outside_forwards_share": first["dynamic"]["outside_forwards_share"],
         "steps": steps, "generation": generated,
     }
 
@@ -182,7 +216,8 @@ def markdown(result: dict) -> str:
                      f"{row['dynamic']['tokens_per_forward']:.2f} | "
                      f"{row['dynamic']['tokens_per_s'] / row['ar']['tokens_per_s']:.2f}x |")
     keys = [k for k in result if k.endswith(("_vs_ar_step", "_vs_64", "_vs_ar_tokens_per_s")) or "_vs_batch" in k]
-    lines += ["", ", ".join(f"{k} = {result[k]:.2f}" for k in keys)]
+    lines += ["", ", ".join(f"{k} = {result[k]:.2f}" for k in keys),
+              f"outside the forwards (batch 1, dynamic): {100 * result['outside_forwards_share']:.1f}% of the time"]
     return "\n".join(lines)
 
 

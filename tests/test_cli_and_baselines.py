@@ -124,6 +124,7 @@ def test_shape_benchmark_reports_its_keys_on_a_tiny_shape(tmp_path, capsys, monk
     for key in ("step_vs_ar_step", "step_2048_vs_64", "dynamic_vs_ar_tokens_per_s", "batch2_vs_batch1_tokens_per_s"):
         assert result[key] > 0
     assert result["dtype"] == "torch.float32" and result["layers"] == 2 and result["sharpness"] == 64.0
+    assert 0 < result["outside_forwards_share"] < 1
     for row in result["generation"].values():  # end-of-turn never wins: every decoder makes all its tokens
         assert row["ar"]["tokens"] == row["dynamic"]["tokens"]
     assert "| 2048 |" in capsys.readouterr().out

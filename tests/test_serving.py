@@ -80,6 +80,15 @@ def test_plain_text_and_max_tokens(client):
     assert reply.choices[0].message.content
 
 
+def test_a_seeded_sampled_request_repeats_itself_and_max_completion_tokens_limits_it(client):
+    sample = generate("caption", "test", 6, 1, 112)[0]
+    options = dict(temperature=1.5, top_p=0.95, seed=11, max_completion_tokens=12)
+    first, again = (client.chat.completions.create(model=MODEL, messages=image_message(sample), **options)
+                    for _ in range(2))
+    assert first.choices[0].message.content == again.choices[0].message.content
+    assert first.usage.completion_tokens <= 12
+
+
 def test_streaming_sends_blocks_that_join_to_the_plain_answer_and_usage_at_the_end(client):
     sample = generate("caption", "test", 1, 1, 112)[0]
     plain = client.chat.completions.create(model=MODEL, messages=image_message(sample))
