@@ -21,8 +21,8 @@ Measured (medians of `--repeats`, after a warm-up, interleaved):
 JSON keys: `step_vs_ar_step` (block / AR step at P = 512), `step_2048_vs_64` (block step at P = 2048 over
 P = 64), `dynamic_vs_ar_tokens_per_s` (batch 1), `batch8_vs_batch1_tokens_per_s` (dynamic), `dtype`, `device`,
 `shape`, `layers`, `sharpness`, `tokens_per_forward`, `outside_forwards_share` (of a batch-1 dynamic decode's wall
-time, the part outside the model's decoder layers and output head: what the engine itself costs), and the raw `steps` and `generation`
-tables.
+time, the part outside the model's decoder layers and output head: what the engine itself costs), and the raw
+`steps` and `generation` tables.
 """
 
 import statistics
@@ -94,8 +94,8 @@ def block_step_ms(model, context: int, repeats: int) -> float:
     """One engine step (static, steps = B), after `context` committed tokens: a block's B steps, divided by B."""
     from .attention import shared_kv_heads
     from .engine import BlockDecoder
-    from .prompts import build_prompts
     from .generation_config import DecodingConfig
+    from .prompts import build_prompts
 
     device = next(model.parameters()).device
     ids = torch.randint(0, 1000, (1, context), device=device)

@@ -170,7 +170,8 @@ def test_the_server_answers_the_pinned_prompts_concurrently_and_refuses_images(c
             return reply.choices[0].message.content
         with ThreadPoolExecutor(4) as pool:
             assert list(pool.map(ask, PINNED)) == list(PINNED.values())
-        pixel = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC"
+        pixel = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/"
+                 "pLvAAAAAElFTkSuQmCC")  # one red pixel
         with pytest.raises(openai.BadRequestError, match="takes no images"):
             client.chat.completions.create(model="smollm2-dlm", messages=[{"role": "user", "content": [
                 {"type": "image_url", "image_url": {"url": pixel}}, {"type": "text", "text": "What is this?"}]}])
