@@ -270,3 +270,56 @@ def test_a_body_streamed_without_a_length_is_cut_off_at_the_limit(url):
     response = httpx.post(f"{url}/v1/chat/completions", content=body())  # chunked: no Content-Length
     assert response.status_code == 413 and error_of(response)["code"] == "request_too_large"
     assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_bad_requests_among_good_ones_change_none_of_the_good_answers(url, client):
+    samples = generate("caption", "test", 8, 6, 112)
+    alone = [ask(client, image_message(s)) for s in samples]
+    broken = {"model": MODEL, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}]}
+
+    def good(sample):
+        return ask(client, image_message(sample))
+
+    def bad(_):
+        return httpx.post(f"{url}/v1/chat/completions", json=broken, timeout=60).status_code
+    with ThreadPoolExecutor(12) as pool:
+        answers = pool.map(good, samples)
+        statuses = pool.map(bad, range(6))
+        assert list(answers) == alone and set(statuses) == {400}
+
+
+def test_a_request_the_engine_cannot_prepare_fails_alone():
+    """Past the request checks, embedding a prompt can still fail (here: image patches that do not match the
+    image's grid); that request gets its error, the one admitted with it is answered as if alone."""
+    import torch
+
+    from diffusionvl.inference import chat_inputs, load
+    from diffusionvl.model import VisionInputs
+    from diffusionvl.serving.scheduler import Job, Scheduler
+
+    model, processor = load(MODEL)
+    samples = generate("count", "test", 9, 2, 112)
+    events = {0: [], 1: []}
+    jobs = []
+    for index, sample in enumerate(samples):
+        inputs = chat_inputs(processor, [sample.question], [[sample.image]])
+        pixels = inputs["pixel_values"][: 3 if index else None]  # the second job's patches are cut short
+        jobs.append(Job(inputs["input_ids"], VisionInputs(pixels, inputs["image_grid_thw"]), DECODING,
+                        lambda kind, payload, index=index: events[index].append((kind, payload))))
+    scheduler = Scheduler(model, processor.tokenizer, max_batch=4, max_queue=4)
+    for job in jobs:  # both wait before the loop starts: they are admitted in one round, embedded in one call
+        scheduler.submit(job)
+    scheduler.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (events[0] and events[0][-1][0] == "done" and events[1]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        scheduler.stop()
+    assert events[1][0][0] == "error" and events[1][0][1].status == 400
+    tokens = [token for kind, payload in events[0] if kind == "tokens" for token in payload]
+    with torch.no_grad():
+        alone = model.generate(**chat_inputs(processor, [samples[0].question], [[samples[0].image]]),
+                               generation_config=DECODING)[0].tolist()
+    assert tokens == [t for t in alone if t != model.special_tokens.pad]
