@@ -323,3 +323,27 @@ def test_a_request_the_engine_cannot_prepare_fails_alone():
         alone = model.generate(**chat_inputs(processor, [samples[0].question], [[samples[0].image]]),
                                generation_config=DECODING)[0].tolist()
     assert tokens == [t for t in alone if t != model.special_tokens.pad]
+
+
+def test_a_client_that_stops_waiting_for_a_plain_answer_frees_its_row(monkeypatch):
+    """Without streaming, the server notices the disconnect while it waits and cancels the row. The engine is
+    slowed down (0.2 s a block) so that the client gives up mid-answer."""
+    from diffusionvl.serving import scheduler
+
+    class Slow(scheduler.BlockDecoder):
+        def step(self):
+            time.sleep(0.2)
+            return super().step()
+    monkeypatch.setattr(scheduler, "BlockDecoder", Slow)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Describe the image."}], "max_tokens": 480,
+            "remasking_strategy": "low_confidence_static"}  # no image: the model rambles on for 204 tokens
+    with serving(build(ServerConfig())) as base:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{base}/v1/chat/completions", json=body, timeout=httpx.Timeout(5, read=0.5))
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{base}/health").json()["active"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        metrics = httpx.get(f"{base}/metrics").text
+    assert time.monotonic() < deadline  # the row left long before its 26 blocks (5 s) would have ended
+    generated = next(line for line in metrics.splitlines() if line.startswith("diffusionvl_generated_tokens_total"))
+    assert 0 < float(generated.split()[1]) < 204

@@ -192,19 +192,21 @@ async def stream(reply: Reply, job: Job, events: asyncio.Queue, request: ChatReq
 
 
 async def complete(reply: Reply, job: Job, events: asyncio.Queue, request: Request, metrics: Metrics):
-    """Wait for the whole answer, watching for the client going away (which frees the row)."""
+    """Wait for the whole answer while a watcher looks for the client going away (which frees the row)."""
+    async def watch():
+        while not await request.is_disconnected():
+            await asyncio.sleep(0.25)
+        events.put_nowait(("gone", None))
+    watcher = asyncio.create_task(watch())
     try:
         while True:
-            try:
-                kind, payload = await asyncio.wait_for(events.get(), timeout=1.0)
-            except asyncio.TimeoutError:
-                if await request.is_disconnected():
-                    return Response(status_code=499)
-                continue
+            kind, payload = await events.get()
             if kind == "tokens":
                 reply.text.tokens.extend(payload)
             elif kind == "error":
                 raise payload
+            elif kind == "gone":
+                return Response(status_code=499)  # nobody reads it; the row leaves at the end of the block
             elif kind == "done":
                 metrics.count(200)
                 message = {"role": "assistant", "content": reply.text.text()}
@@ -212,4 +214,5 @@ async def complete(reply: Reply, job: Job, events: asyncio.Queue, request: Reque
                         "choices": [{"index": 0, "message": message, "finish_reason": payload}],
                         "usage": reply.usage(job)}
     finally:
+        watcher.cancel()
         job.cancelled = True
