@@ -53,17 +53,12 @@ class Conversation:
         self.pending.append(load_image(path))  # a bad file fails here, naming it, before anything is sent
 
     def inputs(self, text: str) -> dict:
+        from .inference import conversation_inputs
+
         parts = [{"type": "image"}] * len(self.pending) + [{"type": "text", "text": text}]
         self.messages.append({"role": "user", "content": parts})
         self.images, self.pending = self.images + self.pending, []
-        if hasattr(self.processor, "chat_text"):
-            prompt = self.processor.chat_text(self.messages, add_generation_prompt=True)
-            return dict(self.processor(prompt, self.images or None))
-        tokenizer = self.processor
-        prompt = tokenizer.apply_chat_template([{"role": m["role"], "content": m["content"][-1]["text"]
-                                                 if isinstance(m["content"], list) else m["content"]}
-                                                for m in self.messages], tokenize=False, add_generation_prompt=True)
-        return {"input_ids": tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids}
+        return conversation_inputs(self.processor, self.messages, self.images)
 
     def reply(self, text: str) -> None:
         self.messages.append({"role": "assistant", "content": text})

@@ -129,3 +129,17 @@ def chat_inputs(processor, prompts: list, images: list[list] | None = None) -> d
     texts = [processor.chat_text(chat, add_generation_prompt=True) for chat in chats]
     flat = [image for imgs in images for image in imgs]
     return dict(processor(texts, flat or None, padding_side="left"))
+
+
+def conversation_inputs(processor, messages: list[dict], images: list | None = None) -> dict:
+    """Processor outputs for one conversation ending with a user turn, ready for the reply. A message's content is a
+    str or a list of {"type": "image"} / {"type": "text", "text"} parts; `images` fill the image parts in order.
+    A bare tokenizer (a text model) renders its own chat template and takes no image."""
+    if hasattr(processor, "chat_text"):
+        return dict(processor(processor.chat_text(messages, add_generation_prompt=True), images or None))
+    if images:
+        raise CheckpointLayoutError("this model has no image processor, so it takes no images; pass text only.")
+    flat = [{"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
+             else "".join(part.get("text", "") for part in m["content"])} for m in messages]
+    text = processor.apply_chat_template(flat, tokenize=False, add_generation_prompt=True)
+    return {"input_ids": processor(text, return_tensors="pt", add_special_tokens=False).input_ids}

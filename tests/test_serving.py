@@ -347,3 +347,26 @@ def test_a_client_that_stops_waiting_for_a_plain_answer_frees_its_row(monkeypatc
     assert time.monotonic() < deadline  # the row left long before its 26 blocks (5 s) would have ended
     generated = next(line for line in metrics.splitlines() if line.startswith("diffusionvl_generated_tokens_total"))
     assert 0 < float(generated.split()[1]) < 204
+
+
+def test_image_urls_are_fetched_only_where_the_server_allows_them(tmp_path, client):
+    """--allow-remote-images: the server fetches http(s) image URLs itself (here from a local file server)."""
+    import functools
+    import http.server
+
+    sample = generate("count", "test", 10, 1, 112)[0]
+    sample.image.save(tmp_path / "shapes.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    image_url = f"http://127.0.0.1:{files.server_address[1]}/shapes.png"
+    remote = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                           {"type": "text", "text": sample.question}]}]
+    try:
+        with pytest.raises(openai.BadRequestError, match="allow-remote-images"):
+            client.chat.completions.create(model=MODEL, messages=remote)  # the shared server does not allow it
+        with serving(build(ServerConfig(decoding=DECODING, allow_remote_images=True))) as base:
+            allowed = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+            assert ask(allowed, remote) == ask(client, image_message(sample))
+    finally:
+        files.shutdown()

@@ -21,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from ..errors import DiffusionVLError
+from ..inference import conversation_inputs
 from ..model import vision_inputs
 from ..prompts import check_positions
 from .config import ServerConfig
@@ -117,14 +118,9 @@ async def read_body(request: Request, limit: int) -> bytes:
 def prepare(model, processor, request: ChatRequest, config: ServerConfig):
     """Token ids (1, L) and vision inputs of a checked request, or an APIError (images on a text model, a prompt
     over the limits)."""
-    if hasattr(processor, "chat_text"):
-        inputs = processor(processor.chat_text(request.messages, add_generation_prompt=True), request.images or None)
-    elif request.images:
+    if request.images and not hasattr(processor, "chat_text"):
         raise APIError(400, "this model takes no images (it has no image processor); send text only.", "messages")
-    else:
-        chat = [{"role": m["role"], "content": "".join(p["text"] for p in m["content"])} for m in request.messages]
-        text = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        inputs = processor(text, return_tensors="pt", add_special_tokens=False)
+    inputs = conversation_inputs(processor, request.messages, request.images)
     ids = inputs["input_ids"]
     if ids.shape[1] > config.max_prompt_tokens:
         raise APIError(400, f"the prompt is {ids.shape[1]} tokens, over this server's {config.max_prompt_tokens}; "
