@@ -107,7 +107,8 @@ def main(args: argparse.Namespace) -> None:
             continue
         inputs = conversation.inputs(line)
         print("model> ", end="", flush=True)
-        out = answer(model, processor, inputs, config, TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        out = answer(model, processor, inputs, config, streamer)
         conversation.reply(out.texts[0])
         print(f"[{out.tokens} tokens, NFE {out.nfe}, {out.tokens_per_forward:.2f} tokens/forward, "
               f"{out.seconds:.2f} s]", file=sys.stderr)
