@@ -113,7 +113,9 @@ class BlockDecoder:
         old_block = self.block, *self._first_block_parts()
         committed = self.cache.get_seq_length() + grow  # columns cached after the move; the rest is pending
         joining, lo, carry = self._prefill(layout, committed)
-        capacity = max(self.cache.capacity + grow, committed + (-(-longest // self.size) + 4) * self.size)
+        # room for the new rows' answers after the current block (as in _start), and for the old rows' as before
+        room = self.column + grow + (-(-longest // self.size) + 3) * self.size
+        capacity = max(self.cache.capacity + grow, room)
         self.cache = self.cache.rebuilt(grow, capacity, len(self.active), joining, lo, len(rows))
         self.offsets = torch.cat([self.offsets + grow, layout.offsets])
         self.shift = torch.cat([self.shift - grow, layout.shift])

@@ -161,3 +161,13 @@ def test_image_rows_admitted_mid_decode_equal_each_row_alone():
     for sample, output in zip(samples, outputs):
         single = model.generate(**chat_inputs(processor, [sample.question], [[sample.image]]), generation_config=config)
         assert output == single[0][single[0] != model.special_tokens.pad].tolist()
+
+
+def test_a_long_answer_joining_a_fresh_decode_with_a_long_prompt_fits_the_cache():
+    """The first batch's prompt is still pending (it rides along with the first step); a row joining then with a
+    long answer needs room after all of it."""
+    model = wrap(block_size=4, seed=7)
+    config = DecodingConfig(max_new_tokens=4, steps=4)
+    first, second = random_ids(41, seed=14), random_ids(3, seed=15)
+    outputs = staggered(model, config, [(0, [first]), (0, [second])], limits=[4, 60])
+    assert outputs[0] == alone(model, first, config) and outputs[1] == alone(model, second, config, 60)
