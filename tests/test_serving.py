@@ -370,3 +370,22 @@ def test_image_urls_are_fetched_only_where_the_server_allows_them(tmp_path, clie
             assert ask(allowed, remote) == ask(client, image_message(sample))
     finally:
         files.shutdown()
+
+
+def test_an_engine_failure_answers_500_and_the_server_goes_on(monkeypatch):
+    from diffusionvl.serving import scheduler
+
+    class Flaky(scheduler.BlockDecoder):
+        failures = [RuntimeError("simulated kernel failure")]
+
+        def step(self):
+            if self.failures:
+                raise self.failures.pop()
+            return super().step()
+    monkeypatch.setattr(scheduler, "BlockDecoder", Flaky)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Describe the image."}], "max_tokens": 8}
+    with serving(build(ServerConfig())) as base:
+        failed = httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30)
+        assert failed.status_code == 500 and "simulated kernel failure" in error_of(failed)["message"]
+        assert httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30).status_code == 200
+        assert httpx.get(f"{base}/health").json()["active"] == 0

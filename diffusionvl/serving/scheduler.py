@@ -115,8 +115,8 @@ class Scheduler:
                 for key, group in list(self.groups.items()):
                     self._drop_cancelled(group)
                     if len(group.decoder.active):
-                        self._deliver(group, group.decoder.step())
-                    if not len(group.decoder.active):
+                        self._step(key, group)
+                    if key in self.groups and not len(group.decoder.active):
                         del self.groups[key]
                 if self.metrics is not None and not self.groups:
                     self.metrics.observe_load(len(self.waiting), 0)
@@ -138,10 +138,29 @@ class Scheduler:
             jobs, prompts = self._prompts(jobs)
             if not jobs:
                 continue
-            rows = group.decoder.admit(prompts, [job.config.max_new_tokens for job in jobs],
-                                       [job.config.stop_strings for job in jobs])
+            try:
+                rows = group.decoder.admit(prompts, [job.config.max_new_tokens for job in jobs],
+                                           [job.config.stop_strings for job in jobs])
+            except Exception as error:  # noqa: BLE001 - the decoder is in an unknown state: fail its rows
+                self._fail(key, group, jobs, error)
+                continue
             group.jobs.update(zip(rows, jobs))
             self.groups[key] = group
+
+    def _step(self, key: tuple, group: Group) -> None:
+        try:
+            updates = group.decoder.step()
+        except Exception as error:  # noqa: BLE001 - the loop serves the other decoders and later requests
+            self._fail(key, group, list(group.jobs.values()), error)
+            return
+        self._deliver(group, updates)
+
+    def _fail(self, key: tuple, group: Group, jobs: list[Job], error: Exception) -> None:
+        """An unexpected engine error: every request of the decoder gets a 500 and the decoder is dropped."""
+        for job in {id(job): job for job in [*group.jobs.values(), *jobs]}.values():
+            job.send("error", APIError(500, f"the engine failed on this batch: {type(error).__name__}: {error}",
+                                       code="engine_error", kind="server_error"))
+        self.groups.pop(key, None)
 
     def _prompts(self, jobs: list[Job]) -> tuple[list[Job], list]:
         """The jobs' prompts, embedded in one call (one vision-encoder forward for all their images); if that fails,
