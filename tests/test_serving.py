@@ -389,3 +389,16 @@ def test_an_engine_failure_answers_500_and_the_server_goes_on(monkeypatch):
         assert failed.status_code == 500 and "simulated kernel failure" in error_of(failed)["message"]
         assert httpx.post(f"{base}/v1/chat/completions", json=body, timeout=30).status_code == 200
         assert httpx.get(f"{base}/health").json()["active"] == 0
+
+
+def test_an_unexpected_failure_while_preparing_answers_in_openai_shape(monkeypatch):
+    from diffusionvl.serving import app
+
+    def broken(*args):
+        raise KeyError("input_ids")
+    monkeypatch.setattr(app, "conversation_inputs", broken)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+    with serving(build(ServerConfig())) as base:
+        response = httpx.post(f"{base}/v1/chat/completions", json=body)
+        assert response.status_code == 500 and error_of(response)["type"] == "server_error"
+        assert httpx.get(f"{base}/health").status_code == 200

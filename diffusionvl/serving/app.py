@@ -50,6 +50,14 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
         metrics.count(error.status)
         return JSONResponse(error.body(), status_code=error.status)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        """Whatever escaped the checks still answers in OpenAI's shape: a user error 400, anything else 500."""
+        status = 400 if isinstance(error, DiffusionVLError) else 500
+        metrics.count(status)
+        kind = "invalid_request_error" if status == 400 else "server_error"
+        return JSONResponse(APIError(status, f"{type(error).__name__}: {error}", kind=kind).body(), status_code=status)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
