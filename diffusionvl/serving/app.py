@@ -98,7 +98,7 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
         job = Job(ids, vision, parsed.config, send, parsed.trace, parsed.seed,
                   time.monotonic() + config.request_timeout)
         scheduler.submit(job)
-        reply = Reply(served_name, int(ids.shape[1]), TextDelta(tokenizer, parsed.stop), tokenizer)
+        reply = Reply(served_name, int(ids.shape[1]), TextDelta(tokenizer, parsed.config.stop_strings), tokenizer)
         if parsed.stream:
             return StreamingResponse(stream(reply, job, events, parsed, metrics), media_type="text/event-stream")
         return await complete(reply, job, events, request, metrics)

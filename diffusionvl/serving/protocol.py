@@ -9,7 +9,7 @@ import base64
 import binascii
 import io
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
@@ -51,7 +51,6 @@ class ChatRequest:
     include_usage: bool = False
     trace: bool = False
     seed: int | None = None
-    stop: tuple[str, ...] = field(default_factory=tuple)
 
 
 def parse_request(body, server: ServerConfig, served_name: str) -> ChatRequest:
@@ -82,7 +81,7 @@ def parse_request(body, server: ServerConfig, served_name: str) -> ChatRequest:
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise APIError(400, f"seed must be an integer, got {seed!r}.", "seed")
     return ChatRequest(messages, images, config, stream, bool(options.get("include_usage")), _flag(body, "trace"),
-                       seed, stop)
+                       seed)
 
 
 def _flag(body: dict, name: str) -> bool:
@@ -93,8 +92,10 @@ def _flag(body: dict, name: str) -> bool:
 
 
 def _stop(value) -> tuple[str, ...]:
-    stops = (value,) if isinstance(value, str) else tuple(value or ())
-    if not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
+    stops = (value,) if isinstance(value, str) else tuple(value) if isinstance(value, list) else None
+    if value is None:
+        return ()
+    if stops is None or not all(isinstance(s, str) and s for s in stops) or len(stops) > 4:
         raise APIError(400, f"stop must be a non-empty string or a list of up to 4 of them, got {value!r}.", "stop")
     return stops
 
@@ -109,7 +110,7 @@ def _decoding(body: dict, server: ServerConfig, stop: tuple[str, ...]) -> Decodi
     options = dict(max_new_tokens=limit, temperature=body.get("temperature"), top_p=body.get("top_p"),
                    top_k=body.get("top_k"), steps=body.get("steps"), remasking_strategy=body.get("remasking_strategy"),
                    confidence_threshold=body.get("confidence_threshold"), stop_strings=stop or None)
-    names = dict(max_new_tokens=name, remasking_strategy="remasking_strategy")
+    names = {"max_new_tokens": name}  # the request's own field name; the others are spelled alike
     for key, value in options.items():
         if key == "remasking_strategy" and value is not None and not isinstance(value, str):
             raise APIError(400, f"remasking_strategy must be a string, got {value!r}.", key)

@@ -81,7 +81,9 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return sum(len(group.decoder.active) for group in self.groups.values())
+        """Rows being decoded. Read from request handlers too: list() copies the groups in one step (under the
+        GIL), where a generator over the dict could see the engine thread add or drop a group mid-iteration."""
+        return sum(len(group.decoder.active) for group in list(self.groups.values()))
 
     def submit(self, job: Job) -> None:
         with self.wake:
