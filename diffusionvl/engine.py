@@ -138,8 +138,9 @@ class BlockDecoder:
         """(fixed (n, B), fixed embeds (n, B, H), rope (A, n, B)) of the active rows' current block."""
         if self.fixed is not None:
             return self.fixed, self.fixed_embeds, self.first_rope
-        embeds = self.model.get_input_embeddings()(self.block)
-        return torch.zeros_like(self.block, dtype=torch.bool), torch.zeros_like(embeds), self._block_rope()
+        weight = self.model.get_input_embeddings().weight  # zeros of the embeddings' width and dtype; no lookup
+        zeros = weight.new_zeros(*self.block.shape, weight.shape[1])
+        return torch.zeros_like(self.block, dtype=torch.bool), zeros, self._block_rope()
 
     def _prefill(self, layout, committed: int) -> tuple[BlockCache | None, int, torch.Tensor]:
         """K/V of joining rows' columns [lo, committed) (lo: their first prompt column, in whole blocks), from a
