@@ -13,14 +13,14 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CheckpointLayoutError": "errors", "DataError": "errors", "DiffusionVLError": "errors", "ImageError": "errors",
     "UnsupportedModelError": "errors",
-    "DiffusionVLConfig": "config",
+    "DiffusionVLConfig": "modeling.config",
     "DiffusionOutput": "model", "DiffusionVL": "model",
-    "VisionLanguageConfig": "composite", "VisionLanguageModel": "composite",
-    "DiffusionVLProcessor": "processing",
-    "SpecialTokens": "tokens",
-    "check_block_diffusion_support": "compat",
-    "diffusion_loss": "loss",
-    "load_image": "images",
+    "VisionLanguageConfig": "modeling.composite", "VisionLanguageModel": "modeling.composite",
+    "DiffusionVLProcessor": "modeling.processing",
+    "SpecialTokens": "modeling.tokens",
+    "check_block_diffusion_support": "modeling.compat",
+    "diffusion_loss": "modeling.loss",
+    "load_image": "modeling.images",
     "load_model": "loading", "load_processor": "loading",
 }
 __all__ = sorted(_EXPORTS)

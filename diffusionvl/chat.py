@@ -48,7 +48,7 @@ class Conversation:
         self.processor, self.messages, self.images, self.pending = processor, [], [], []
 
     def attach(self, path: str) -> None:
-        from .images import load_image
+        from .modeling.images import load_image
 
         self.pending.append(load_image(path))  # a bad file fails here, naming it, before anything is sent
 
@@ -67,9 +67,9 @@ class Conversation:
 def main(args: argparse.Namespace) -> None:
     from transformers import TextStreamer
 
+    from .checkpoints.folders import DEFAULT_MODEL
     from .cli import decoding_config
     from .errors import DiffusionVLError
-    from .folders import DEFAULT_MODEL
     from .inference import answer, open_model, open_processor
 
     config = decoding_config(args)

@@ -64,7 +64,7 @@ def torch_dtype(name: str):
 
 def model_argument(args: argparse.Namespace) -> str:
     """--model, else the positional MODEL, else the shipped default."""
-    from .folders import DEFAULT_MODEL
+    from .checkpoints.folders import DEFAULT_MODEL
 
     given = [value for value in (args.model_option, args.model) if value is not None]
     if len(set(given)) > 1:
@@ -100,7 +100,7 @@ def generate(args: argparse.Namespace) -> None:
 
 
 def convert(args: argparse.Namespace) -> None:
-    from .convert import convert as run_convert
+    from .training.convert import convert as run_convert
 
     model = run_convert(args.src, args.dst, args.block_size, args.position_mode, args.mask_token_id,
                         torch_dtype(args.dtype), args.logit_shift)
@@ -124,7 +124,7 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
 
 def decoding_config(args: argparse.Namespace):
     """The DecodingConfig of the decoding flags; bad values fail here, before any weight is read."""
-    from .generation_config import DecodingConfig
+    from .decoding.config import DecodingConfig
 
     return DecodingConfig(max_new_tokens=args.max_new_tokens, steps=args.steps, remasking_strategy=args.strategy,
                           confidence_threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
@@ -167,13 +167,13 @@ COMMANDS = {
     "convert": ("turn a transformers checkpoint into a DiffusionVL one, ready to train", "cli:add_convert_arguments",
                 "cli:convert"),
     "train": ("train on LLaVA-format data (stage 'projector', 'diffusion' or 'autoregressive')",
-              "training_config:add_arguments", "train:main"),
-    "bench": ("decoding benchmark: AR vs block decoding vs full-sequence diffusion", "bench:add_arguments",
-              "bench:main"),
-    "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches", "bench_train:add_arguments",
-                    "bench_train:main"),
+              "training.config:add_arguments", "training.train:main"),
+    "bench": ("decoding benchmark: AR vs block decoding vs full-sequence diffusion", "benchmarks.decoding:add_arguments",
+              "benchmarks.decoding:main"),
+    "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches", "benchmarks.training:add_arguments",
+                    "benchmarks.training:main"),
     "eval": ("score a checkpoint on MiniVL's test split or on your own questions (--tasks FILE.jsonl)",
-             "evaluation.minivl:add_arguments", "evaluation.minivl:main"),
+             "minivl.evaluate:add_arguments", "minivl.evaluate:main"),
     "demo": ("answer a few MiniVL images with the shipped dVLM and its AR source, side by side",
              "minivl.demo:add_arguments", "minivl.demo:main"),
     "chat": ("talk to a model interactively (/image PATH attaches an image)", "chat:add_arguments", "chat:main"),

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .checkpoints.folders import is_autoregressive_folder, resolve_model
+from .decoding.config import DecodingConfig
 from .errors import CheckpointLayoutError
-from .folders import is_autoregressive_folder, resolve_model
-from .generation_config import DecodingConfig
 from .loading import load_any, load_model, load_processor
-from .tokens import END_OF_TURN_TOKENS
+from .modeling.tokens import END_OF_TURN_TOKENS
 
 END_OF_TURN = END_OF_TURN_TOKENS[0]  # Qwen's <|im_end|>: how an AR source (chat-trained) ends its answer
 

@@ -3,8 +3,7 @@ processor. Generation, evaluation, training and serving all open models through 
 `load_processor`.
 """
 
-from .errors import CheckpointLayoutError
-from .folders import (
+from .checkpoints.folders import (
     COMPOSITE_TYPE,
     PROCESSOR_FILES,
     TOKENIZER_FILES,
@@ -16,12 +15,13 @@ from .folders import (
     read_config,
     resolve_model,
 )
+from .errors import CheckpointLayoutError
 
 
 def load_model(path, dtype=None, device=None):
     """The model saved in a folder: a DiffusionVL (ours or a released layout) or a VisionLanguageModel."""
-    from .composite import VisionLanguageModel
     from .model import DiffusionVL
+    from .modeling.composite import VisionLanguageModel
 
     path = resolve_model(path)
     folder = local_folder(path)

@@ -13,17 +13,17 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreT
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.utils import ModelOutput
 
-from .backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackbone, VisionInputs
-from .compat import check_block_diffusion_support, check_wrappable
-from .composite import VisionLanguageModel
-from .config import DiffusionVLConfig
+from .checkpoints.folders import RELEASED_TYPES, check_checkpoint, local_folder, resolve_model
+from .decoding.config import DecodingConfig
 from .errors import CheckpointLayoutError, DiffusionVLError
-from .folders import RELEASED_TYPES, check_checkpoint, local_folder, resolve_model
-from .generation_config import DecodingConfig
-from .loss import diffusion_loss
-from .masks import block_causal_mask, positions_from_padding
-from .noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
-from .tokens import SpecialTokens, resolve_eot_token, resolve_mask_token, resolve_pad_token
+from .modeling.backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackbone, VisionInputs
+from .modeling.compat import check_block_diffusion_support, check_wrappable
+from .modeling.composite import VisionLanguageModel
+from .modeling.config import DiffusionVLConfig
+from .modeling.loss import diffusion_loss
+from .modeling.masks import block_causal_mask, positions_from_padding
+from .modeling.noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
+from .modeling.tokens import SpecialTokens, resolve_eot_token, resolve_mask_token, resolve_pad_token
 
 
 @dataclass
@@ -69,7 +69,7 @@ class DiffusionVL(PreTrainedModel):
         super().__init__(config)
         self.model = model if model is not None else _build_base(config)
         if model is None and config.lora:
-            from .lora import inject_lora
+            from .modeling.lora import inject_lora
 
             inject_lora(self.model, config.lora)  # the checkpoint holds adapters: build them before loading
         self._no_split_modules = self.model._no_split_modules
@@ -289,7 +289,7 @@ class DiffusionVL(PreTrainedModel):
         Returns the new tokens (N, T), pad after each row's end, or a `DecodingOutput` with
         `return_dict_in_generate=True`. `streamer` (e.g. `TextIteratorStreamer`) gets one chunk per block.
         """
-        from .engine import generate
+        from .decoding.engine import generate
 
         vision = vision_inputs(
             options.pop("pixel_values", None), options.pop("image_grid_thw", None),
@@ -308,9 +308,9 @@ class DiffusionVL(PreTrainedModel):
         folder = local_folder(path)
         found = check_checkpoint(folder) if folder is not None else None  # also when the Auto classes call us
         if found in RELEASED_TYPES and not isinstance(kwargs.get("config"), DiffusionVLConfig):
-            from . import checkpoints
+            from .checkpoints import released
 
-            return getattr(checkpoints, RELEASED_TYPES[found])(folder, cls, dtype=kwargs.get("dtype"))
+            return getattr(released, RELEASED_TYPES[found])(folder, cls, dtype=kwargs.get("dtype"))
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # report mis-shaped weights below, naming each one
         try:
@@ -343,8 +343,8 @@ def _register() -> None:
     """Let transformers' Auto classes open our checkpoints: the wrapper and the modality-shift composite."""
     from transformers import AutoConfig, AutoProcessor
 
-    from .composite import VisionLanguageConfig
-    from .processing import DiffusionVLProcessor
+    from .modeling.composite import VisionLanguageConfig
+    from .modeling.processing import DiffusionVLProcessor
 
     for config_class, model_class in ((DiffusionVLConfig, DiffusionVL), (VisionLanguageConfig, VisionLanguageModel)):
         AutoConfig.register(config_class.model_type, config_class, exist_ok=True)

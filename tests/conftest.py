@@ -156,7 +156,7 @@ def tiny_vl_processor(wrap_images: bool = False):
     """A word-level chat tokenizer whose special ids match `tiny_qwen_vl`, plus Qwen's Pillow image processor."""
     from transformers import Qwen2VLImageProcessorPil
 
-    from diffusionvl.processing import DiffusionVLProcessor
+    from diffusionvl.modeling.processing import DiffusionVLProcessor
 
     specials = {0: "<|endoftext|>", 1: "<|im_start|>", 2: "<|im_end|>", 3: "<unk>", VISION_START: "<|vision_start|>",
                 VISION_END: "<|vision_end|>", IMAGE_ID: "<|image_pad|>"}

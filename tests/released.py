@@ -1,6 +1,6 @@
 """Writes tiny checkpoints in the layouts of the original DiffusionVL release, from a translated model.
 
-The reverse of `diffusionvl.checkpoints`, written independently: names as SPEC §4 lists them.
+The reverse of `diffusionvl.checkpoints.released`, written independently: names as SPEC §4 lists them.
 """
 
 import json

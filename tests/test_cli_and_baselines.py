@@ -7,7 +7,7 @@ import torch
 from conftest import EOT_ID, MASK_ID, cli_error, tiny_causal_lm, tiny_tokenizer, toy_prompt
 
 from diffusionvl import DiffusionVL, cli
-from diffusionvl.baselines import full_sequence_generate
+from diffusionvl.decoding.baselines import full_sequence_generate
 
 
 @pytest.fixture
@@ -37,7 +37,7 @@ def test_cli_errors_name_the_problem(saved, tmp_path, capsys):
 
 
 def test_the_ar_baseline_decodes_a_padded_batch_greedily_with_its_cache():
-    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.decoding.config import DecodingConfig
     from diffusionvl.inference import answer
 
     ar, tokenizer = tiny_causal_lm(vocab_size=63), tiny_tokenizer(words=60)
@@ -112,7 +112,7 @@ def test_python_dash_m_runs_the_command_line():
 
 
 def test_shape_benchmark_reports_its_keys_on_a_tiny_shape(tmp_path, capsys, monkeypatch):
-    from diffusionvl import bench_shape
+    from diffusionvl.benchmarks import shapes as bench_shape
 
     tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
             "num_key_value_heads": 2, "vocab_size": 1200}

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import random_ids, toy_prompt, wrap
 
-from diffusionvl.attention import shared_kv_heads
-from diffusionvl.engine import BlockDecoder
-from diffusionvl.generation_config import DecodingConfig
-from diffusionvl.prompts import build_prompts
+from diffusionvl.decoding.config import DecodingConfig
+from diffusionvl.decoding.engine import BlockDecoder
+from diffusionvl.decoding.prompts import build_prompts
+from diffusionvl.modeling.attention import shared_kv_heads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -230,12 +230,12 @@ def test_stop_strings_end_a_row(trained):
 
 
 def test_settling_a_finished_block_saves_forwards_and_changes_no_token(trained, monkeypatch):
-    import diffusionvl.engine
+    import diffusionvl.decoding.engine
 
     prompts = [toy_prompt([10, 11]), toy_prompt([3, 4, 5, 6, 7, 8])]  # answers that end inside a block
     options = dict(max_new_tokens=32, steps=4, remasking_strategy=LeftToRight())
     settled = [run(trained, p, **options) for p in prompts]
-    monkeypatch.setattr(diffusionvl.engine, "settle_after_end", lambda block, masked, answer, eot: (block, masked))
+    monkeypatch.setattr(diffusionvl.decoding.engine, "settle_after_end", lambda block, masked, answer, eot: (block, masked))
     unsettled = [run(trained, p, **options) for p in prompts]
     for fast, slow in zip(settled, unsettled):
         assert torch.equal(fast.sequences, slow.sequences)
@@ -244,7 +244,7 @@ def test_settling_a_finished_block_saves_forwards_and_changes_no_token(trained, 
 
 @pytest.mark.parametrize("name", ["text", "minivl-dvlm"])
 def test_decoding_shares_kv_heads_inside_sdpa_and_restores_the_attention(name, monkeypatch):
-    from diffusionvl import attention
+    from diffusionvl.modeling import attention
     from diffusionvl.inference import open_model, open_processor
 
     model = wrap(block_size=4) if name == "text" else open_model(name)

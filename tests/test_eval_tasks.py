@@ -112,7 +112,7 @@ def test_the_command_checks_the_file_before_the_model(tmp_path, capsys):
 
 def direct_answers(samples, max_new_tokens: int) -> list[str]:
     """minivl-dvlm's answers to MiniVL samples (their PIL images), one at a time, as MiniVL's eval asks them."""
-    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.decoding.config import DecodingConfig
     from diffusionvl.inference import answer, chat_inputs, load
 
     model, processor = load("minivl-dvlm")

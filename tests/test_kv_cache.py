@@ -3,7 +3,7 @@
 import torch
 from conftest import random_ids, wrap
 
-from diffusionvl.kv_cache import BlockCache
+from diffusionvl.decoding.kv_cache import BlockCache
 
 
 def test_a_forward_is_kept_only_when_committed_and_matches_a_dynamic_cache():

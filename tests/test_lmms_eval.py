@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from diffusionvl.generation_config import DecodingConfig
+from diffusionvl.decoding.config import DecodingConfig
 from diffusionvl.inference import answer, chat_inputs  # bound here: the reference never goes through the spy below
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices, one thread

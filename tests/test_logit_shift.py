@@ -6,8 +6,8 @@ import torch
 from conftest import prompt_answer_batch, random_ids, tiny_causal_lm, wrap
 
 from diffusionvl import DiffusionVLError
-from diffusionvl.loss import autoregressive_loss
-from diffusionvl.noise import two_stream_layout
+from diffusionvl.modeling.loss import autoregressive_loss
+from diffusionvl.modeling.noise import two_stream_layout
 
 
 def shifted(block_size=4, seed=0, family="qwen2"):

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from diffusionvl.data import read_llava
+from diffusionvl.evaluation.metrics import words
 from diffusionvl.minivl.generator import (
     COLOUR_NAMES,
     PLACES,
@@ -18,9 +18,9 @@ from diffusionvl.minivl.generator import (
     join_words,
     split_of,
     vocabulary,
-    words,
     write_llava,
 )
+from diffusionvl.training.data import read_llava
 
 pytest.importorskip("sklearn")
 

@@ -6,7 +6,7 @@ from conftest import EOT_ID, MASK_ID, VOCAB, prompt_answer_batch, random_ids, ti
 from transformers import AutoModelForCausalLM, MambaConfig
 
 from diffusionvl import CheckpointLayoutError, DiffusionVL, UnsupportedModelError
-from diffusionvl.noise import two_stream_layout
+from diffusionvl.modeling.noise import two_stream_layout
 
 
 def test_loss_is_finite_and_reaches_every_weight(family):

@@ -6,8 +6,8 @@ from conftest import EOT_ID, MASK_ID, prompt_answer_batch, random_ids, wrap
 from huggingface_hub.errors import StrictDataclassError
 
 from diffusionvl import DiffusionVLConfig, diffusion_loss
-from diffusionvl.masks import CLEAN, NOISY, block_diffusion_rule
-from diffusionvl.noise import IGNORE, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
+from diffusionvl.modeling.masks import CLEAN, NOISY, block_diffusion_rule
+from diffusionvl.modeling.noise import IGNORE, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
 
 
 def test_align_pads_each_row_to_a_block_boundary_with_supervised_eot():
@@ -223,7 +223,7 @@ def test_config_without_the_new_fields_loads_the_defaults_and_rejects_unknown_va
 
 
 def test_autoregressive_loss_per_token_is_transformers_loss_and_per_sample_weighs_rows_alike():
-    from diffusionvl.loss import autoregressive_loss
+    from diffusionvl.modeling.loss import autoregressive_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11)

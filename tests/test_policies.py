@@ -2,7 +2,7 @@
 
 import torch
 
-from diffusionvl.policies import (
+from diffusionvl.decoding.policies import (
     LowConfidenceDynamic,
     LowConfidenceStatic,
     StepContext,
@@ -12,7 +12,7 @@ from diffusionvl.policies import (
     static_schedule,
     step_quota,
 )
-from diffusionvl.sampling import filter_logits, propose
+from diffusionvl.decoding.sampling import filter_logits, propose
 
 CONFIDENCE = torch.tensor([[0.95, 0.20, 0.91, 0.50], [0.10, 0.30, 0.20, 0.40]])
 MASKED = torch.tensor([[True, True, True, False], [True, True, True, True]])

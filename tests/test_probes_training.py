@@ -23,7 +23,7 @@ from test_train import Crash, bomb_png, corrupt_png, image_record, losses
 from diffusionvl import DiffusionVL
 from diffusionvl.errors import CheckpointLayoutError, DataError, DiffusionVLError
 from diffusionvl.loading import load_model
-from diffusionvl.train import TrainingConfig, train
+from diffusionvl.training.train import TrainingConfig, train
 
 GOOD = [image_record(f"good{i}", f"{i}.png") for i in range(4)] + [
     {"id": "text", "conversations": [{"from": "human", "value": "w5 w6"}, {"from": "gpt", "value": "w20"}]}]
@@ -199,7 +199,7 @@ def saved(model):
 
 def converted_text_lm(w: Workspace) -> Path:
     """`diffusionvl convert` of a text LM: the folder gets a tokenizer and no image processor."""
-    from diffusionvl.convert import convert
+    from diffusionvl.training.convert import convert
 
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config
 
 from diffusionvl import DiffusionVL, UnsupportedModelError
-from diffusionvl.lora import add_lora
+from diffusionvl.modeling.lora import add_lora
 
 # --- rows 62-71: from_autoregressive ------------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from conftest import IMAGE_ID, MASK_ID, VISION_START, cli_error, tiny_qwen_vl, t
 from transformers import AutoProcessor
 
 from diffusionvl import DiffusionVL
-from diffusionvl.processing import DiffusionVLProcessor
+from diffusionvl.modeling.processing import DiffusionVLProcessor
 
 CONVERSATION = [
     {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "w1 w2"}]},

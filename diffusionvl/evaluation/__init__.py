@@ -1,2 +1,3 @@
-"""Evaluation of saved models: `metrics` (exact match, token F1) and `minivl` (the `diffusionvl eval` command on
-MiniVL's test split, for DiffusionVL and autoregressive Qwen2.5-VL checkpoints alike)."""
+"""Evaluation harness of saved models, for any task set: `metrics` (exact match, token F1), `tasks` (your own
+questions in a JSONL file), `tally` (forwards, tokens and time summed over batches), `perplexity`, and `lmms`
+(the lmms-eval adapter). MiniVL's own evaluation is `minivl.evaluate`."""

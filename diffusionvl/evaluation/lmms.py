@@ -142,7 +142,7 @@ class DiffusionVLLmms(lmms):
         super().__init__()
         import torch
 
-        from ..generation_config import DecodingConfig
+        from ..decoding.config import DecodingConfig
         from ..inference import load
 
         del max_batch_size  # lmms-eval passes it for batch_size=auto, which is refused
@@ -170,7 +170,7 @@ class DiffusionVLLmms(lmms):
         generation_kwargs. do_sample=False (or temperature 0) is greedy; top_p 0 or None means no nucleus cut."""
         from loguru import logger
 
-        from ..generation_config import DecodingConfig
+        from ..decoding.config import DecodingConfig
 
         options = dict(gen_kwargs or {})
         if int(options.get("num_beams") or 1) > 1:

@@ -2,7 +2,7 @@
 
 - `exact_match`: 1.0 when both are equal after stripping whitespace and one trailing period ("7." == "7",
   " red " == "red"); case-sensitive, since MiniVL answers are canonical.
-- `token_f1`: SQuAD-style F1 over `diffusionvl.minivl.generator.words` tokens: the multiset overlap's precision
+- `token_f1`: SQuAD-style F1 over `words` tokens: the multiset overlap's precision
   and recall. Two empty texts score 1.0, one empty text 0.0.
 - `relaxed_accuracy` (ChartQA, as Pix2Struct's and lmms-eval's `relaxed_correctness`): a numeric truth is met by
   a number within 5% of it (relative; a truth of 0 needs exactly 0), any other truth by the same text ignoring
@@ -18,8 +18,6 @@
 import re
 import string
 from collections import Counter
-
-from ..minivl.generator import words
 
 LETTERS = string.ascii_uppercase
 RELATIVE_TOLERANCE = 0.05  # ChartQA's relaxed accuracy
@@ -37,6 +35,11 @@ LETTER_FORMS = (
 # "A" and "I" as words rather than letters: "A cat sits", "I think", "I'm" (but "A or B" names two letters)
 WORD_NOT_LETTER = re.compile(r"\b([AI])(?:\s+(?!or\b|and\b)[a-z]|'[a-z])")
 
+
+def words(text: str) -> list[str]:
+    """Split a text into tokens (MiniVL's vocabulary is made of them): '.', ',' and '?' are tokens of their own, every digit is a token of its
+    own ("3071" -> "3", "0", "7", "1"), and the rest is split on whitespace. Case is kept."""
+    return re.findall(r"[0-9]|[.,?]|[^\s0-9.,?]+", text)
 
 def normalise(text: str) -> str:
     """Whitespace stripped, then one trailing period (and the whitespace before it) removed."""

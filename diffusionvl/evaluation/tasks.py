@@ -40,8 +40,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DataError, DiffusionVLError, ImageError
-from ..images import load_image
+from ..modeling.images import load_image
 from .metrics import LETTERS, METRICS, answer_letter, normalise, score
+from .tally import Tally
 
 IMAGE_PLACEHOLDER = "<image>"  # processing.IMAGE_PLACEHOLDER, without importing transformers
 CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices directly."
@@ -133,7 +134,7 @@ def _question(record, where: str, folder: Path, default_metric: str | None, line
 
 def read_tasks(path, default_metric: str | None = None) -> list[Question]:
     """Every question of a task file, checked (see the module docstring); errors name the line."""
-    from ..data import _read_text
+    from ..training.data import _read_text
 
     path = Path(path)
     if not path.is_file():
@@ -160,33 +161,6 @@ def read_tasks(path, default_metric: str | None = None) -> list[Question]:
         raise DataError(f'{path} holds no questions; write one JSON object per line, e.g. {{"question": "What is '
                         f'2 + 2?", "answer": "4"}}.')
     return questions
-
-
-@dataclass
-class Tally:
-    """Forwards, tokens and time summed over batches of `inference.Answers`."""
-
-    nfe: int = 0
-    row_forwards: int = 0
-    prefill_forwards: int = 0
-    tokens: int = 0
-    seconds: float = 0.0
-
-    def add(self, out, seconds: float) -> None:
-        self.nfe += out.nfe
-        self.row_forwards += out.row_forwards
-        self.prefill_forwards += out.prefill_forwards
-        self.tokens += out.tokens
-        self.seconds += seconds
-
-    def speed(self) -> dict:
-        return {
-            "tokens_per_forward": self.tokens / max(self.row_forwards, 1),
-            "tokens_per_decoding_forward": self.tokens / max(self.row_forwards - self.prefill_forwards, 1),
-            "nfe": self.nfe,
-            "tokens_per_s": self.tokens / self.seconds if self.seconds > 0 else 0.0,
-            "seconds": self.seconds,
-        }
 
 
 def row_records(out, batch: int) -> list[dict]:

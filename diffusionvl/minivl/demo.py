@@ -37,9 +37,9 @@ def main(args: argparse.Namespace) -> None:
     import torch
     from transformers import TextStreamer
 
+    from ..decoding.config import DecodingConfig
     from ..errors import DiffusionVLError
     from ..evaluation.metrics import exact_match
-    from ..generation_config import DecodingConfig
     from ..inference import answer, chat_inputs, load
     from .generator import TASKS, sample
     from .models import image_size_of

@@ -30,13 +30,14 @@ import hashlib
 import json
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
 from PIL import Image, ImageDraw
+
+from ..evaluation.metrics import words
 
 TASKS = ("caption", "count", "digits", "chart")
 SPLITS = ("train", "test")
@@ -92,12 +93,6 @@ def _place_phrase(cell: int) -> str:
 def _item_phrase(cell: int, colour: str, shape: str) -> str:
     article = "an" if colour[0] in "aeiou" else "a"
     return f"{article} {colour} {shape} {_place_phrase(cell)}"
-
-
-def words(text: str) -> list[str]:
-    """Split a MiniVL text into tokens: '.', ',' and '?' are tokens of their own, every digit is a token of its
-    own ("3071" -> "3", "0", "7", "1"), and the rest is split on whitespace. Case is kept."""
-    return re.findall(r"[0-9]|[.,?]|[^\s0-9.,?]+", text)
 
 
 def join_words(tokens: list[str]) -> str:

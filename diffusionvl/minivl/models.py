@@ -17,8 +17,8 @@ from transformers import (
     Qwen2VLImageProcessorPil,
 )
 
-from ..processing import DiffusionVLProcessor
-from ..tokens import IMAGE_TOKEN, MASK_TOKEN
+from ..modeling.processing import DiffusionVLProcessor
+from ..modeling.tokens import IMAGE_TOKEN, MASK_TOKEN
 
 PAD, START, END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"

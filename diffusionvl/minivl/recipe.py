@@ -93,14 +93,14 @@ def _publish(staging: Path, final: Path) -> None:
 @lru_cache(maxsize=None)  # train.json is measured three times: source cost, baseline steps, baseline cost
 def _mean_length(data: Path, most: int = 256) -> float:
     """Mean token count of (the first `most`, task-interleaved) samples of a LLaVA file, as training sees them."""
-    from ..data import LlavaDataset, read_llava
+    from ..training.data import LlavaDataset, read_llava
 
     dataset = LlavaDataset(read_llava(data)[:most], _processor(data.parent), data.parent)
     return sum(len(dataset.example(i)["input_ids"]) for i in range(len(dataset))) / len(dataset)
 
 
 def _processor(data: Path):
-    from ..processing import DiffusionVLProcessor
+    from ..modeling.processing import DiffusionVLProcessor
 
     return DiffusionVLProcessor.from_pretrained(str(data / "processor"))
 
@@ -149,7 +149,7 @@ def initial_model(config: RecipeConfig, out: Path) -> Path:
 
 def translated(config: RecipeConfig, src: Path, dst: Path) -> Path:
     """`diffusionvl convert` of src (Qwen2.5-VL positions as the source was trained: 1-D, no vision wrapper)."""
-    from ..convert import convert
+    from ..training.convert import convert
 
     if not _done(dst):
         shutil.rmtree(dst, ignore_errors=True)
@@ -164,8 +164,8 @@ def run_training(config: RecipeConfig, out: Path, name: str, model: Path, data: 
     from transformers.trainer_utils import get_last_checkpoint
 
     from ..loading import load_any, load_processor
-    from ..train import train
-    from ..training_config import TrainingConfig
+    from ..training.config import TrainingConfig
+    from ..training.train import train
 
     final, run = out / name, out / "runs" / name
     if _done(final):
@@ -226,8 +226,8 @@ def settings(config: RecipeConfig) -> list[tuple[str, dict]]:
 
 def evaluate_model(config: RecipeConfig, out: Path, folder: Path, name: str, options: dict) -> dict:
     """`diffusionvl eval` of one model with one decoding, cached as OUT/eval/NAME.json."""
-    from ..evaluation.minivl import evaluate, load
-    from ..generation_config import DecodingConfig
+    from ..decoding.config import DecodingConfig
+    from .evaluate import evaluate, load
     from .generator import TASKS
 
     path = out / "eval" / f"{name}.json"

@@ -20,10 +20,10 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingRes
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..decoding.prompts import check_positions
 from ..errors import DiffusionVLError
 from ..inference import conversation_inputs
 from ..model import vision_inputs
-from ..prompts import check_positions
 from .config import ServerConfig
 from .metrics import Metrics
 from .protocol import APIError, ChatRequest, TextDelta, parse_request

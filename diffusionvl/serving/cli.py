@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def server_config(args: argparse.Namespace):
     """The ServerConfig of the flags; bad values fail here, before any weight is read."""
+    from ..checkpoints.folders import DEFAULT_MODEL
     from ..cli import decoding_config
-    from ..folders import DEFAULT_MODEL
     from .config import ServerConfig
 
     model = args.model or DEFAULT_MODEL

@@ -2,8 +2,8 @@
 
 from dataclasses import dataclass, field
 
+from ..decoding.config import DecodingConfig
 from ..errors import DiffusionVLError
-from ..generation_config import DecodingConfig
 
 
 @dataclass(frozen=True)

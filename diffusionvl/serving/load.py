@@ -159,8 +159,8 @@ def run(model: str = "minivl-dvlm", url: str | None = None, clients=(1, 4, 16), 
     `url`, a server for `model` with `decoding` as its defaults runs in this process while it lasts."""
     import torch
 
+    from ..decoding.config import DecodingConfig
     from ..errors import DiffusionVLError
-    from ..generation_config import DecodingConfig
 
     clients = sorted(set(clients))
     if not clients or clients[0] < 1 or requests < 1 or max_tokens < 1 or repeats < 1:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..decoding.config import DecodingConfig
 from ..errors import DiffusionVLError
-from ..generation_config import DecodingConfig
 from .config import ServerConfig
 
 # Fields of the OpenAI request that are honoured, those accepted only at their default, and this server's extras
@@ -199,7 +199,7 @@ def _image_bytes(url: str, where: str, server: ServerConfig) -> bytes:
 
 def decode_image(data: bytes, where: str, server: ServerConfig) -> Image.Image:
     """A decoded RGB image, its size checked from the header before any pixel is decoded."""
-    from ..images import load_image
+    from ..modeling.images import load_image
 
     try:
         with Image.open(io.BytesIO(data)) as header:

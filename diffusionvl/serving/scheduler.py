@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention import shared_kv_heads
-from ..backbones import VisionInputs
-from ..engine import BlockDecoder
-from ..generation_config import DecodingConfig
-from ..prompts import build_prompts
+from ..decoding.config import DecodingConfig
+from ..decoding.engine import BlockDecoder
+from ..decoding.prompts import build_prompts
+from ..modeling.attention import shared_kv_heads
+from ..modeling.backbones import VisionInputs
 from .protocol import APIError
 
 

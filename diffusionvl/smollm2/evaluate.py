@@ -7,10 +7,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from ..decoding.config import DecodingConfig
 from ..evaluation.metrics import exact_match, token_f1
 from ..evaluation.perplexity import answer_nll, perplexity
-from ..evaluation.tasks import Tally
-from ..generation_config import DecodingConfig
+from ..evaluation.tally import Tally
 
 
 def decode_all(model, tokenizer, records: list[dict], decoding: DecodingConfig, batch_size: int) -> dict:
@@ -84,8 +84,8 @@ def evaluate_adapter(config, out: Path, adapter: Path, records: list[dict]) -> d
     the held-out `records` (recipe.test_records)."""
     from transformers import AutoTokenizer
 
-    from ..adapters import build
     from ..loading import load_autoregressive
+    from ..training.adapters import build
 
     ar = load_autoregressive(config.base).eval()
     tokenizer = AutoTokenizer.from_pretrained(adapter)

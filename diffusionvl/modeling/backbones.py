@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DiffusionVLError
+from ..errors import DiffusionVLError
 
 
 @dataclass

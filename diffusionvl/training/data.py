@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from .errors import DataError, DiffusionVLError
-from .processing import IMAGE_PLACEHOLDER, DiffusionVLProcessor
+from ..errors import DataError, DiffusionVLError
+from ..modeling.processing import IMAGE_PLACEHOLDER, DiffusionVLProcessor
 
 logger = logging.getLogger(__name__)
 ROLES = {"human": "user", "gpt": "assistant"}

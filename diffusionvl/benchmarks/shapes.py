@@ -30,7 +30,7 @@ import time
 
 import torch
 
-from .errors import DiffusionVLError
+from ..errors import DiffusionVLError
 
 SHAPES = {  # transformers Qwen2Config fields of the released models
     "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -45,7 +45,7 @@ def build(shape: str, layers: int | None, block_size: int, sharpness: float, dty
     """(dVLM, its AR model): one set of random weights in the shape, end-of-turn never the argmax."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    from .model import DiffusionVL
+    from ..model import DiffusionVL
 
     if shape not in SHAPES:
         raise DiffusionVLError(f"unknown --shape {shape!r}; choose one of {', '.join(SHAPES)}.")
@@ -92,10 +92,10 @@ def ar_step_ms(ar, context: int, repeats: int) -> float:
 @torch.no_grad()
 def block_step_ms(model, context: int, repeats: int) -> float:
     """One engine step (static, steps = B), after `context` committed tokens: a block's B steps, divided by B."""
-    from .attention import shared_kv_heads
-    from .engine import BlockDecoder
-    from .generation_config import DecodingConfig
-    from .prompts import build_prompts
+    from ..decoding.config import DecodingConfig
+    from ..decoding.engine import BlockDecoder
+    from ..decoding.prompts import build_prompts
+    from ..modeling.attention import shared_kv_heads
 
     device = next(model.parameters()).device
     ids = torch.randint(0, 1000, (1, context), device=device)
@@ -114,7 +114,7 @@ def block_step_ms(model, context: int, repeats: int) -> float:
 @torch.no_grad()
 def generation(model, ar, batch: int, prompt: int, gen: int, threshold: float, repeats: int) -> dict:
     """Tokens/s (and tokens per forward) of AR `generate` and dynamic block decoding, `batch` prompts."""
-    from .generation_config import DecodingConfig
+    from ..decoding.config import DecodingConfig
 
     device = next(model.parameters()).device
     ids = torch.randint(0, 1000, (batch, prompt), device=device, generator=torch.Generator(device).manual_seed(1))
@@ -177,7 +177,7 @@ def outside_forwards_share(model, run) -> float:
 
 
 def run(args) -> dict:
-    from .cli import torch_dtype
+    from ..cli import torch_dtype
 
     dtype = torch_dtype(args.dtype) or torch.float32
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

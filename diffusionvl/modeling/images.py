@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .errors import ImageError, MissingImageError
+from ..errors import ImageError, MissingImageError
 
 # Pillow's own limit: it warns above MAX_IMAGE_PIXELS (89 Mpx) and refuses twice that as a decompression bomb
 # (e.g. a 20000 x 20000 PNG of a few MB). A 10000 x 10000 photo (100 Mpx, 300 MB as RGB) is large but real,

@@ -18,15 +18,15 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
+from ..errors import DiffusionVLError
+from ..loading import load_any, load_model, load_processor
+from ..model import DiffusionVL
+from ..modeling.composite import VisionLanguageModel
+from ..modeling.lora import add_lora, merge_lora
+from ..modeling.loss import autoregressive_loss
 from . import preflight
-from .composite import VisionLanguageModel
+from .config import SCHEDULES, TrainingConfig
 from .data import LlavaDataset, SkippedRecords, TokenizerOnlyProcessor, collate, read_llava
-from .errors import DiffusionVLError
-from .loading import load_any, load_model, load_processor
-from .lora import add_lora, merge_lora
-from .loss import autoregressive_loss
-from .model import DiffusionVL
-from .training_config import SCHEDULES, TrainingConfig
 
 STAGING = ".staging"  # checkpoints are written under OUTPUT/.staging and renamed into OUTPUT when complete
 RUN_STATE = "diffusionvl_run.json"  # what a checkpoint keeps beside the Trainer's own state

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from .errors import DiffusionVLError
+from ..errors import DiffusionVLError
 from .policies import UnmaskingPolicy, resolve_policy
 
 

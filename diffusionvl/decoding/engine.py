@@ -13,10 +13,10 @@ leaves when it is finished. `generate` is one admit and steps until every row is
 
 import torch
 
-from .attention import shared_kv_heads
-from .generation_config import DecodingConfig
+from ..modeling.attention import shared_kv_heads
+from ..modeling.masks import block_causal_mask
+from .config import DecodingConfig
 from .kv_cache import BlockCache
-from .masks import block_causal_mask
 from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
 from .prompts import Prompt, build_prompts, check_inputs, prompt_layout

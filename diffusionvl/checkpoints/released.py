@@ -10,10 +10,10 @@ from safetensors.torch import load_file
 from transformers import Qwen2_5_VLConfig
 from transformers.initialization import no_init_weights
 
-from .config import DiffusionVLConfig
-from .errors import CheckpointLayoutError
+from ..errors import CheckpointLayoutError
+from ..modeling.config import DiffusionVLConfig
+from ..modeling.tokens import IMAGE_TOKEN, RELEASED_MASK_TOKEN_ID, known_id
 from .folders import check_safetensors
-from .tokens import IMAGE_TOKEN, RELEASED_MASK_TOKEN_ID, known_id
 
 TEXT_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -200,7 +200,7 @@ def load_released_siglip(path, model_class, mask_token_id: int | None = None, dt
     The SigLIP config comes from `vision_config` in config.json or from vision_config.json beside it; its layer
     count is taken from the weights, so the original tower's config (one layer more) can be given as is.
     """
-    from .composite import VisionLanguageConfig
+    from ..modeling.composite import VisionLanguageConfig
 
     path = Path(path)
     released, vision = _read_released(path)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointLayoutError
+from ..errors import CheckpointLayoutError
 
 MANIFEST, TENSORS, ROWS = "adapter.json", "adapter.safetensors", "embedding_rows"
 STAMP = "adapter.sha256"  # beside a materialised model: which adapter it was built from
@@ -32,7 +32,7 @@ def is_adapter_folder(path) -> bool:
 
 
 def _diffusion_fields(config) -> dict:
-    from .config import DiffusionVLConfig
+    from ..modeling.config import DiffusionVLConfig
 
     return {name: getattr(config, name) for name in DiffusionVLConfig.__annotations__ if name != "base_config"}
 
@@ -75,8 +75,8 @@ def build(folder) -> "torch.nn.Module":
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from .loading import load_autoregressive
-    from .model import DiffusionVL
+    from ..loading import load_autoregressive
+    from ..model import DiffusionVL
 
     folder = Path(folder)
     manifest = _read_manifest(folder)

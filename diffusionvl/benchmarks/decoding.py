@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import DiffusionVLError
-from .generation_config import DecodingConfig
+from ..decoding.config import DecodingConfig
+from ..errors import DiffusionVLError
 
 SOURCES = {"minivl-dvlm": "minivl-ar"}  # a shipped dVLM's AR source
 
@@ -130,9 +130,9 @@ class PeakMemory:
 
 def decode(setting: Setting, models: dict, processor, inputs: dict):
     """(texts, new tokens, nfe, row forwards) of one batch."""
-    from .baselines import full_sequence_generate
-    from .inference import answer
-    from .model import vision_inputs
+    from ..decoding.baselines import full_sequence_generate
+    from ..inference import answer
+    from ..model import vision_inputs
 
     if setting.kind == "llada":
         model = models["dvlm"]
@@ -169,9 +169,9 @@ def measure(setting: Setting, models, processor, batches: list, device) -> dict:
 
 def samples_and_batches(config: BenchConfig, processor) -> tuple[list, dict]:
     """The MiniVL test samples (every task, `samples` each) and, per batch size, their preprocessed batches."""
-    from .inference import chat_inputs
-    from .minivl.generator import TASKS, generate
-    from .minivl.models import image_size_of
+    from ..inference import chat_inputs
+    from ..minivl.generator import TASKS, generate
+    from ..minivl.models import image_size_of
 
     size = image_size_of(processor)
     samples = [s for task in TASKS for s in generate(task, "test", config.seed, config.samples, size)]
@@ -183,9 +183,9 @@ def samples_and_batches(config: BenchConfig, processor) -> tuple[list, dict]:
 
 
 def load_models(config: BenchConfig, source: str | None) -> tuple[dict, object]:
-    from .cli import torch_dtype
-    from .evaluation.minivl import load
-    from .inference import open_model
+    from ..cli import torch_dtype
+    from ..inference import open_model
+    from ..minivl.evaluate import load
 
     dtype = torch_dtype(config.dtype)
     dvlm, processor = load(config.model, dtype=dtype, device=config.device)
@@ -199,7 +199,7 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     """The result documented in the module docstring: {"settings", "rows", "headline"}."""
     from tqdm.auto import tqdm
 
-    from .evaluation.metrics import exact_match
+    from ..evaluation.metrics import exact_match
 
     source = config.source if config.source is not None else SOURCES.get(config.model)
     models, processor = load_models(config, source)
@@ -356,7 +356,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
                         help="weights' dtype; auto keeps the checkpoint's")
     parser.add_argument("--json", help="also write the result (settings, rows, headline) to this JSON file")
-    shape = parser.add_argument_group("cost at a real model's shape (random weights; see bench_shape.py)")
+    shape = parser.add_argument_group("cost at a real model's shape (random weights; see benchmarks/shapes.py)")
     shape.add_argument("--shape", help="qwen2.5-0.5b or qwen2.5-3b: measure steps and tokens/s at that shape instead")
     shape.add_argument("--layers", type=int, help="decoder layers (default: the shape's own)")
     shape.add_argument("--block-size", type=int, default=8, help="block size of the wrapped model")
@@ -368,9 +368,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     if args.shape:
-        from . import bench_shape
+        from . import shapes
 
-        return bench_shape.main(args)
+        return shapes.main(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = BenchConfig(args.model, args.source, args.samples, args.batch_sizes, args.thresholds, args.repeats,
                          args.max_new_tokens, args.seed, args.llada, device, args.dtype)

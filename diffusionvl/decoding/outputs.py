@@ -1,10 +1,10 @@
 """What a decoder returns (`DecodingOutput`), and the stop-string check every decoder shares (`StopStrings`)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from .errors import DiffusionVLError
+from ..errors import DiffusionVLError
 
 
 @dataclass
@@ -12,7 +12,8 @@ class DecodingOutput:
     """sequences (N, T): new tokens only, pad after the end. nfe: model forwards. row_forwards: forwards summed
     over the rows that took part in them. tokens_per_forward: new tokens per row forward (independent of the
     batch size). block_steps: per row, the denoising steps of each of its blocks. prefill_forwards: the row
-    forwards that only read the prompt (its complete blocks), included in row_forwards."""
+    forwards that only read the prompt (its complete blocks), included in row_forwards. finish_reasons: per row,
+    why it ended (rows.FINISH_REASONS); empty for the baselines, which do not say."""
 
     sequences: torch.Tensor
     nfe: int
@@ -20,6 +21,15 @@ class DecodingOutput:
     block_steps: list[list[int]]
     row_forwards: int
     prefill_forwards: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_records(cls, records, nfe: int, pad: int, prefill_forwards: int = 0):
+        """Pack finished `rows.Row` records, in order."""
+        output = cls.from_rows([row.tokens for row in records], nfe, pad, [row.block_steps for row in records],
+                               sum(row.forwards for row in records), prefill_forwards)
+        output.finish_reasons = [row.finish_reason for row in records]
+        return output
 
     @classmethod
     def from_rows(cls, rows: list[list[int]], nfe: int, pad: int, block_steps=None, row_forwards=None,

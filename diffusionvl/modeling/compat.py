@@ -3,8 +3,8 @@
 import torch
 from transformers import PreTrainedModel
 
+from ..errors import UnsupportedModelError
 from .backbones import TextBackbone
-from .errors import UnsupportedModelError
 from .masks import to_attention_mask
 
 # Flash-attention kernels take no arbitrary mask, so they cannot express block-causal attention.

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import DiffusionVLError
-from .generation_config import DecodingConfig
-from .masks import positions_from_padding
+from ..errors import DiffusionVLError
+from ..modeling.masks import positions_from_padding
+from .config import DecodingConfig
 
 
 @dataclass

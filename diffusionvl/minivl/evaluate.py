@@ -47,9 +47,10 @@ import time
 from contextlib import nullcontext
 
 from ..errors import CheckpointLayoutError, DiffusionVLError
-from .metrics import METRICS, exact_match, token_f1
-from .tasks import Tally, check_log, is_task_file, row_records
-from .tasks import main as run_task_file
+from ..evaluation.metrics import METRICS, exact_match, token_f1
+from ..evaluation.tally import Tally
+from ..evaluation.tasks import check_log, is_task_file, row_records
+from ..evaluation.tasks import main as run_task_file
 
 SUITE = "minivl"
 DEFAULT_SAMPLES = 200
@@ -57,7 +58,7 @@ DEFAULT_SAMPLES = 200
 
 def parse_tasks(spec: str) -> list[str]:
     """'minivl' -> every MiniVL task; 'minivl:caption,count' -> those, in that order, without repeats."""
-    from ..minivl.generator import TASKS
+    from .generator import TASKS
 
     suite, colon, names = spec.partition(":")
     if suite.strip() != SUITE:
@@ -74,8 +75,8 @@ def parse_tasks(spec: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..checkpoints.folders import DEFAULT_MODEL
     from ..cli import add_decoding_arguments
-    from ..folders import DEFAULT_MODEL
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a DiffusionVL or Qwen2.5-VL checkpoint folder with its "
                         "processor, or a shipped model: minivl-dvlm, minivl-ar; a JSONL file without images also "
@@ -115,8 +116,8 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
     from tqdm.auto import tqdm
 
     from ..inference import answer, chat_inputs
-    from ..minivl.generator import generate
-    from ..minivl.models import image_size_of
+    from .generator import generate
+    from .models import image_size_of
 
     size = image_size_of(processor)  # drawn at the size the model was trained on (others are resized)
     samples = {task: generate(task, "test", seed, samples_per_task, size) for task in tasks}

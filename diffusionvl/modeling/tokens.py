@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 
-from .errors import DiffusionVLError
+from ..errors import DiffusionVLError
 
 MASK_TOKEN = "<|mask|>"
 # Qwen's image placeholder; the processor expands one per merged image patch.

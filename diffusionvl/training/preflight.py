@@ -6,8 +6,8 @@ for a first usable record). Each failure says what is wrong and how to fix it.""
 import tempfile
 from pathlib import Path
 
+from ..errors import DataError, DiffusionVLError
 from .data import record_images
-from .errors import DataError, DiffusionVLError
 
 
 def check_output_dir(path) -> None:

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from .masks import positions_from_padding
+from ..modeling.masks import positions_from_padding
 from .outputs import DecodingOutput
 from .policies import LowConfidenceStatic, StepContext, commit_step, static_schedule, step_quota
 from .sampling import propose

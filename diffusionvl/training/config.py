@@ -8,7 +8,7 @@ import math
 import typing
 from dataclasses import MISSING, dataclass, field, fields
 
-from .errors import DiffusionVLError
+from ..errors import DiffusionVLError
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Training benchmark: the cheap noisy stream (SPEC §2.6) against the full two-stream objective.
 
-    python -m diffusionvl.bench_train            # or: diffusionvl bench-train
+    python -m diffusionvl.benchmarks.training            # or: diffusionvl bench-train
 
 VLM-shaped batches: every sample holds an image of several hundred tokens, a short question and a short
 answer, so most blocks carry no supervision and the cheap layout drops them from the noisy stream. Both
@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from .model import DiffusionVL, vision_inputs
+from ..model import DiffusionVL, vision_inputs
 
 IMAGE, MASK, EOT = 250, 255, 2
 

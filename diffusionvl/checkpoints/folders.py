@@ -13,7 +13,7 @@ import re
 import struct
 from pathlib import Path
 
-from .errors import CheckpointLayoutError
+from ..errors import CheckpointLayoutError
 
 DIFFUSIONVL_TYPE, COMPOSITE_TYPE = "diffusionvl", "diffusionvl_vlm"
 # model_type of the original release's checkpoints -> their loader in checkpoints.py. The Qwen2.5-VL name is
@@ -25,7 +25,7 @@ REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 # Models that ship inside the package (MiniVL, trained by `diffusionvl recipe minivl`): name -> folder name.
 SHIPPED_MODELS = ("minivl-dvlm", "minivl-ar")
 DEFAULT_MODEL = "minivl-dvlm"
-SHIPPED_FOLDER = Path(__file__).parent / "minivl" / "weights"
+SHIPPED_FOLDER = Path(__file__).parents[1] / "minivl" / "weights"
 # Models built into the cache on first use, by a function of their subpackage ("module:function" -> folder).
 CACHED_MODELS = {"smollm2": "smollm2.source:base_folder", "smollm2-dlm": "smollm2.source:dlm_folder"}
 MODEL_NAMES = SHIPPED_MODELS + tuple(CACHED_MODELS)
@@ -43,7 +43,7 @@ def resolve_model(path):
         return path
     if str(path) in CACHED_MODELS:
         module, function = CACHED_MODELS[str(path)].split(":")
-        return str(getattr(importlib.import_module(f".{module}", __package__), function)())
+        return str(getattr(importlib.import_module(f"diffusionvl.{module}"), function)())
     folder = SHIPPED_FOLDER / str(path)
     if not (folder / "config.json").is_file():
         raise CheckpointLayoutError(
@@ -99,7 +99,7 @@ def _check_fields(where: Path, config: dict) -> None:
     the config's own checks, reported against the file rather than from deep inside transformers."""
     from huggingface_hub.errors import StrictDataclassError
 
-    from .config import DiffusionVLConfig
+    from ..modeling.config import DiffusionVLConfig
 
     try:
         DiffusionVLConfig.from_dict(config)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointLayoutError, DiffusionVLError
-from .folders import PROCESSOR_FILES, TOKENIZER_FILES, resolve_model
-from .model import VISION_LANGUAGE_TYPES, DiffusionVL
-from .processing import DiffusionVLProcessor
+from ..checkpoints.folders import PROCESSOR_FILES, TOKENIZER_FILES, resolve_model
+from ..errors import CheckpointLayoutError, DiffusionVLError
+from ..model import VISION_LANGUAGE_TYPES, DiffusionVL
+from ..modeling.processing import DiffusionVLProcessor
 
 
 def check_source(src: Path) -> tuple[dict, bool]:

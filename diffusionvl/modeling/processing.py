@@ -6,7 +6,7 @@ import torch
 from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
-from .errors import DiffusionVLError
+from ..errors import DiffusionVLError
 from .images import load_image
 from .tokens import IMAGE_TOKEN
 
