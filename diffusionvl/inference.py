@@ -104,12 +104,20 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
         else:
             out = model.generate(**inputs, generation_config=config, return_dict_in_generate=True, streamer=streamer,
                                  tokenizer=tokenizer, generator=generator)
-            pad = model.special_tokens.pad
-            rows = [[token for token in row if token != pad] for row in out.sequences.tolist()]
+            rows = rows_of(out.sequences, model.special_tokens.pad)
             nfe, row_forwards, prefill = out.nfe, out.row_forwards, out.prefill_forwards
     seconds = time.perf_counter() - start
-    texts = [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
-    return Answers(texts, rows, int(nfe), int(row_forwards), seconds, int(prefill))
+    return Answers(texts_of(tokenizer, rows), rows, int(nfe), int(row_forwards), seconds, int(prefill))
+
+
+def rows_of(sequences: torch.Tensor, pad: int) -> list[list[int]]:
+    """Each row's new tokens of a decoder's (N, T) output, the pad after its end dropped."""
+    return [[token for token in row if token != pad] for row in sequences.tolist()]
+
+
+def texts_of(tokenizer, rows: list[list[int]]) -> list[str]:
+    """The answers' texts: special tokens (end-of-turn) left out, surrounding whitespace stripped."""
+    return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
 
 
 def chat_inputs(processor, prompts: list, images: list[list] | None = None) -> dict:

@@ -1,4 +1,4 @@
-"""Opening a checkpoint folder: check it (folders.py) before building anything, then load the model and its
+"""Opening a checkpoint folder: check it (checkpoints/folders.py) before building anything, then load the model and its
 processor. Generation, evaluation, training and serving all open models through `load_model`, `load_any` and
 `load_processor`.
 """

@@ -120,3 +120,21 @@ def test_no_module_imports_itself_through_others():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_the_decoder_sets_every_attribute_in_its_init():
+    """Its state is declared in one place: every attribute any method assigns is first set in __init__."""
+    tree = ast.parse((PACKAGE / "decoding" / "engine.py").read_text())
+    decoder = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "BlockDecoder")
+
+    def assigned(function) -> set[str]:
+        kinds = (ast.Assign, ast.AugAssign, ast.AnnAssign)
+        return {target.attr for node in ast.walk(function) if isinstance(node, kinds)
+                for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+                for target in ast.walk(target)
+                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"}
+
+    methods = [node for node in decoder.body if isinstance(node, ast.FunctionDef)]
+    declared = assigned(next(method for method in methods if method.name == "__init__"))
+    later = set().union(*(assigned(method) for method in methods if method.name != "__init__"))
+    assert later <= declared, later - declared

@@ -33,14 +33,14 @@ def staggered(model, config, waves: list[tuple[int, list[torch.Tensor]]], limits
     outputs, block = {}, 0
     waves = sorted(waves, key=lambda wave: wave[0])
     with shared_kv_heads(model.backbone.decoder.config):
-        while waves or len(decoder.active):
+        while waves or len(decoder.batch):
             while waves and waves[0][0] <= block:
                 _, rows = waves.pop(0)
                 decoder.admit(prompts_of(model, *rows), max_new_tokens=limits and [limits.pop(0) for _ in rows])
-            if len(decoder.active):
-                for row, _, finished in decoder.step():
-                    if finished:
-                        outputs[row] = list(decoder.outputs[row])
+            if len(decoder.batch):
+                for row, _ in decoder.step():
+                    if row.finished:
+                        outputs[row.id] = list(row.tokens)
             block += 1
     return outputs
 
@@ -99,15 +99,16 @@ def test_a_cancelled_row_leaves_at_the_end_of_its_block_and_the_others_go_on():
     config = DecodingConfig(max_new_tokens=24, steps=2)
     prompts = [random_ids(6, seed=12), random_ids(5, seed=13)]
     decoder = BlockDecoder(model, config)
-    decoder.admit(prompts_of(model, *prompts))
+    first, second = decoder.admit(prompts_of(model, *prompts))
     decoder.step()
     decoder.cancel(0)
     updates = decoder.step()
-    assert [(row, finished) for row, _, finished in updates] == [(0, True), (1, False)]
-    assert decoder.active.tolist() == [1] and len(decoder.outputs[0]) == 2 + 4  # its first block held 2 prompt tokens
-    while len(decoder.active):
+    assert [(row.id, row.finish_reason) for row, _ in updates] == [(0, "cancelled"), (1, None)]
+    assert [row.id for row in decoder.batch.rows] == [1]
+    assert len(first.tokens) == 2 + 4  # its first block held 2 prompt tokens
+    while len(decoder.batch):
         decoder.step()
-    assert decoder.outputs[1] == alone(model, prompts[1], config)
+    assert second.tokens == alone(model, prompts[1], config)
 
 
 @torch.no_grad()
@@ -147,7 +148,7 @@ def test_image_rows_admitted_mid_decode_equal_each_row_alone():
     model, processor = load("minivl-dvlm")
     samples = generate("count", "test", 3, 4, 112) + generate("caption", "test", 3, 2, 112)
     config = DecodingConfig(max_new_tokens=24, steps=8, remasking_strategy="low_confidence_dynamic")
-    decoder, outputs = BlockDecoder(model, config), []
+    decoder, finished = BlockDecoder(model, config), []
     with torch.no_grad(), shared_kv_heads(model.backbone.decoder.config):
         for index, sample in enumerate(samples):
             inputs = chat_inputs(processor, [sample.question], [[sample.image]])
@@ -155,9 +156,10 @@ def test_image_rows_admitted_mid_decode_equal_each_row_alone():
             vision = VisionInputs(inputs["pixel_values"], inputs["image_grid_thw"])
             decoder.admit(build_prompts(model, ids, torch.ones_like(ids, dtype=torch.bool), vision))
             if index % 2:  # two rows join before each block
-                decoder.step()
-        decoder.run()
-    outputs = [decoder.outputs[row] for row in range(len(samples))]
+                finished += [row for row, _ in decoder.step() if row.finished]
+        while len(decoder.batch):
+            finished += [row for row, _ in decoder.step() if row.finished]
+    outputs = [row.tokens for row in sorted(finished, key=lambda row: row.id)]
     for sample, output in zip(samples, outputs):
         single = model.generate(**chat_inputs(processor, [sample.question], [[sample.image]]), generation_config=config)
         assert output == single[0][single[0] != model.special_tokens.pad].tolist()
@@ -171,3 +173,23 @@ def test_a_long_answer_joining_a_fresh_decode_with_a_long_prompt_fits_the_cache(
     first, second = random_ids(41, seed=14), random_ids(3, seed=15)
     outputs = staggered(model, config, [(0, [first]), (0, [second])], limits=[4, 60])
     assert outputs[0] == alone(model, first, config) and outputs[1] == alone(model, second, config, 60)
+
+
+@pytest.mark.parametrize("options, reason, tokens", [
+    (dict(max_new_tokens=32), "stop", [40, 41, 42, 43, 44, 2]),
+    (dict(max_new_tokens=3), "length", [40, 41, 42]),
+    (dict(max_new_tokens=32, stop_strings=("w39",)), "stop_string", [40, 41, 42]),  # id 42 is "w39"
+])
+def test_each_row_says_why_it_ended_and_the_reference_agrees(trained, options, reason, tokens):
+    """The engine sets a row's finish reason once; the reference decoder ends rows by the same rule."""
+    from conftest import tiny_tokenizer
+
+    prompts = [toy_prompt([10, 11, 12, 13, 14]), toy_prompt([3, 4, 5, 6, 7, 8, 9])]
+    ids = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)
+    valid = torch.nn.utils.rnn.pad_sequence([torch.ones_like(p) for p in prompts], batch_first=True)
+    outputs = [trained.generate(ids, valid, steps=4, use_cache=cached, tokenizer=tiny_tokenizer(),
+                                return_dict_in_generate=True, **options) for cached in (True, False)]
+    fast, slow = outputs
+    assert fast.finish_reasons == slow.finish_reasons and torch.equal(fast.sequences, slow.sequences)
+    assert fast.finish_reasons[0] == reason
+    assert fast.sequences[0][fast.sequences[0] != trained.special_tokens.pad].tolist() == tokens

@@ -244,8 +244,8 @@ def test_settling_a_finished_block_saves_forwards_and_changes_no_token(trained, 
 
 @pytest.mark.parametrize("name", ["text", "minivl-dvlm"])
 def test_decoding_shares_kv_heads_inside_sdpa_and_restores_the_attention(name, monkeypatch):
-    from diffusionvl.modeling import attention
     from diffusionvl.inference import open_model, open_processor
+    from diffusionvl.modeling import attention
 
     model = wrap(block_size=4) if name == "text" else open_model(name)
     config = model.backbone.decoder.config

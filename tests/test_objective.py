@@ -28,7 +28,19 @@ def test_align_drops_what_follows_the_last_supervised_token():
     out_ids, out_labels, _ = align_to_blocks(ids, labels, (ids != 0).long(), 4, EOT_ID, 0)
     assert out_ids[0].tolist() == [7, 8, 9, EOT_ID, 0, 0, 0, 0]  # ends on a block boundary at its end-of-turn
     assert out_labels[0].tolist() == [-100, -100, 9, EOT_ID] + [-100] * 4
-    assert out_ids[1].tolist() == [7, 8, 9, 10, 11, 13, EOT_ID, EOT_ID]  # without supervision: kept whole
+    assert out_ids[1].tolist() == [7, 8, 9, 10, 11, 13, 0, 0]  # without supervision: kept whole, no EOT after it
+
+
+def test_align_gives_a_row_without_an_answer_no_end_of_turn():
+    """A row with no supervised label has no answer to end: EOT labels after it would teach the model to stop
+    before answering. Its tail is padding, unsupervised and not attended; an answered row still gets its EOT."""
+    ids = torch.tensor([[7, 8, 9, 10, 11, 0, 0, 0], [7, 8, 9, 10, 11, 0, 0, 0]])
+    labels = torch.tensor([[-100] * 8, [-100, -100, -100, 10, 11, -100, -100, -100]])
+    out_ids, out_labels, valid = align_to_blocks(ids, labels, (ids != 0).long(), 4, EOT_ID, 0)
+    assert out_ids.tolist() == [[7, 8, 9, 10, 11, 0, 0, 0], [7, 8, 9, 10, 11, EOT_ID, EOT_ID, EOT_ID]]
+    assert out_labels[0].eq(IGNORE).all() and (out_labels[0] == EOT_ID).sum() == 0
+    assert out_labels[1].tolist() == [-100, -100, -100, 10, 11, EOT_ID, EOT_ID, EOT_ID]
+    assert valid.tolist() == [[True] * 5 + [False] * 3, [True] * 8]
 
 
 def test_align_leaves_aligned_rows_alone_and_pads_short_rows():

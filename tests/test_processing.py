@@ -113,3 +113,16 @@ def test_cli_generate_with_an_image_prints_what_the_python_api_returns(tmp_path,
     assert printed.strip() == expected.strip()
     assert "missing.png" in cli_error(capsys, "generate", tmp_path / "dvl", "--prompt", "w1", "--image",
                                       tmp_path / "missing.png")
+
+
+def test_the_tokenizer_only_processor_is_a_whole_processor(tmp_path):
+    """Built through ProcessorMixin's own __init__ (the tokenizer its one sub-processor), so it saves and prints
+    like any processor."""
+    from conftest import tiny_tokenizer
+
+    from diffusionvl.training.data import TokenizerOnlyProcessor
+
+    processor = TokenizerOnlyProcessor(tiny_tokenizer())
+    assert TokenizerOnlyProcessor.get_attributes() == ["tokenizer"] and processor.image_processor is None
+    processor.save_pretrained(tmp_path)
+    assert (tmp_path / "tokenizer.json").is_file() and "TokenizerOnlyProcessor" in repr(processor)

@@ -131,7 +131,7 @@ class PeakMemory:
 def decode(setting: Setting, models: dict, processor, inputs: dict):
     """(texts, new tokens, nfe, row forwards) of one batch."""
     from ..decoding.baselines import full_sequence_generate
-    from ..inference import answer
+    from ..inference import answer, rows_of, texts_of
     from ..model import vision_inputs
 
     if setting.kind == "llada":
@@ -142,9 +142,8 @@ def decode(setting: Setting, models: dict, processor, inputs: dict):
         ids = inputs["input_ids"]  # batch size 1: no padding
         size, length = model.block_size, setting.config.max_new_tokens
         out = full_sequence_generate(model, ids, length, size, steps=length, vision=vision)
-        rows = [[t for t in row if t != model.special_tokens.pad] for row in out.sequences.tolist()]
-        texts = processor.tokenizer.batch_decode(rows, skip_special_tokens=True)
-        return texts, sum(map(len, rows)), out.nfe, out.nfe
+        rows = rows_of(out.sequences, model.special_tokens.pad)
+        return texts_of(processor.tokenizer, rows), sum(map(len, rows)), out.nfe, out.nfe
     out = answer(models["ar" if setting.kind == "ar" else "dvlm"], processor, inputs, setting.config)
     return out.texts, out.tokens, out.nfe, out.row_forwards
 
@@ -158,7 +157,7 @@ def measure(setting: Setting, models, processor, batches: list, device) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             latencies.append(time.perf_counter() - start)
-            texts += [text.strip() for text in out[0]]
+            texts += out[0]
             tokens, nfe, row_forwards = tokens + out[1], nfe + out[2], row_forwards + out[3]
     return {"texts": texts, "tokens": tokens, "nfe": nfe, "row_forwards": row_forwards,
             "seconds": sum(latencies), "latencies": latencies, "peak_memory_mb": memory.peak_mb}

@@ -102,10 +102,10 @@ def block_step_ms(model, context: int, repeats: int) -> float:
     config = DecodingConfig(max_new_tokens=4 * model.block_size, steps=model.block_size, commit="separate")
     decoder = BlockDecoder(model, config)
     decoder.admit(build_prompts(model, ids, torch.ones_like(ids, dtype=torch.bool)))
-    decoder.fixed = None  # P is a multiple of B: the block holds no prompt token
+    decoder.batch.fixed = None  # P is a multiple of B: the block holds no prompt token
 
     def block():
-        decoder.block = torch.full_like(decoder.block, model.special_tokens.mask)
+        decoder.batch.block = torch.full_like(decoder.batch.block, model.special_tokens.mask)
         decoder.denoise_block()
     with shared_kv_heads(model.backbone.decoder.config):
         return _median_ms(block, repeats) / model.block_size

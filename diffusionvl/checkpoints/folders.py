@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import CheckpointLayoutError
 
 DIFFUSIONVL_TYPE, COMPOSITE_TYPE = "diffusionvl", "diffusionvl_vlm"
-# model_type of the original release's checkpoints -> their loader in checkpoints.py. The Qwen2.5-VL name is
+# model_type of the original release's checkpoints -> their loader in released.py. The Qwen2.5-VL name is
 # documented (SPEC §4); the SigLIP variant's is assumed from its repository name (DiffusionVL-Qwen2.5-7B).
 RELEASED_TYPES = {"diffusionvl_qwenvl": "load_released_qwenvl", "diffusionvl_qwen": "load_released_siglip"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")

@@ -8,7 +8,8 @@ next denoising step and are cached by it).
 
 A decode is continuous: `admit` adds rows at a block boundary (their prompt blocks end at `column`, the layout
 widened on the left if a prompt needs more room), `step` denoises and commits one block for every row, and a row
-leaves when it is finished. `generate` is one admit and steps until every row is done.
+leaves, its record handed back, when it is finished. `generate` is one admit and steps until every row is done.
+Each row's state is one record (rows.Row); the active rows' tensors are one batch (rows.Batch).
 """
 
 import torch
@@ -21,15 +22,16 @@ from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
 from .prompts import Prompt, build_prompts, check_inputs, prompt_layout
 from .reference import reference_decode
+from .rows import Batch, Row
 from .sampling import propose_masked
 
 
 class BlockDecoder:
-    """A running decode: the cache, the active rows and what they have produced so far.
+    """A running decode: the cache and the active rows.
 
-    Rows are named by ids in admission order (0, 1, ...). `observer(rows, step, block, masked)`, when given, sees
-    every denoising step: the ids of the rows in the block, the step's index within the block, the block's tokens
-    (n, B) and which are still masks (n, B).
+    Rows are numbered in admission order (0, 1, ...). `observer(rows, step, block, masked)`, when given, sees
+    every denoising step: the records of the rows in the block, the step's index within the block, the block's
+    tokens (n, B) and which are still masks (n, B).
     """
 
     def __init__(self, model, config: DecodingConfig, tokenizer=None, generator=None, observer=None):
@@ -40,109 +42,91 @@ class BlockDecoder:
         self.steps = min(config.steps, self.size)
         self.policy = config.policy
         self.layers = self.backbone.decoder.config.num_hidden_layers
-        device = model.get_input_embeddings().weight.device
-        self.active = torch.zeros(0, dtype=torch.long, device=device)  # row id of each active row
-        self.outputs: dict[int, list[int]] = {}
-        self.block_steps: dict[int, list[int]] = {}
-        self.limits: dict[int, tuple[int, StopStrings | None]] = {}  # row id: (max_new_tokens, stop strings)
-        self.cancelled: set[int] = set()
-        self.row_forwards = torch.zeros(0, dtype=torch.long, device=device)  # per row id
+        self.shift_logits = model.config.logit_shift  # position i - 1 predicts token i (SPEC §2)
+        self.batch = Batch.empty(self.size, model.get_input_embeddings().weight.device)
+        self.next_id = 0  # the id of the next admitted row
         self.nfe = self.prefill_forwards = 0
-        self._mask: tuple[tuple, torch.Tensor] | None = None  # (shape key, mask): reused by every step of a block
-        self._selected: tuple[tuple, BlockCache] | None = None  # (rows, their committed K/V) within a block
         self.cache = BlockCache(self.layers, 0)
         self.column = 0  # first column of the current block
         self.pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (embeds, rope) of columns not cached yet
-        # The first block of a row may hold its prompt's last tokens: their embeddings (images included) and
-        # positions come from the prompt, not from re-embedding ids. None once no row holds one.
-        self.fixed = self.fixed_embeds = self.first_rope = None
-        # logit_shift: the hidden state (n, H) of the column before the current block; it predicts the block's first
-        # token and comes from the forward that read that column (prefill, commit, or the fused first step).
-        self.shift_logits, self.carry = model.config.logit_shift, None
+        self._mask: tuple[tuple, torch.Tensor] | None = None  # (shape key, mask): reused by every step of a block
+        self._selected: tuple[tuple, BlockCache] | None = None  # (rows, their committed K/V) within a block
 
     # --- rows joining and leaving -------------------------------------------------------------------------------
 
     def admit(self, prompts: list[Prompt], max_new_tokens: list[int] | None = None,
-              stop_strings: list[tuple[str, ...]] | None = None) -> list[int]:
-        """Add rows before the next block; returns their ids. Per row: its length limit and stop strings (default:
-        the config's). An empty decode lays the prompts out as one batch; a running one prefills them (their blocks
-        before the shared pending columns) with a forward of their own, and they join the next block."""
-        ids = list(range(len(self.row_forwards), len(self.row_forwards) + len(prompts)))
+              stop_strings: list[tuple[str, ...]] | None = None) -> list[Row]:
+        """Add rows before the next block; returns their records. Per row: its length limit and stop strings
+        (default: the config's). An empty decode lays the prompts out as one batch; a running one prefills them
+        (their blocks before the shared pending columns) with a forward of their own, and they join the next block."""
         limits = max_new_tokens or [self.config.max_new_tokens] * len(prompts)
         stops = stop_strings or [self.config.stop_strings] * len(prompts)
-        for row, limit, strings in zip(ids, limits, stops):
-            self.outputs[row], self.block_steps[row] = [], []
-            self.limits[row] = (limit, StopStrings(strings, self.tokenizer) if strings else None)
-        device = self.row_forwards.device
-        self.row_forwards = torch.cat([self.row_forwards, torch.zeros(len(prompts), dtype=torch.long, device=device)])
-        new = torch.tensor(ids, dtype=torch.long, device=device)
-        full_blocks = self.column // self.size if len(self.active) else 0
+        rows = [Row(self.next_id + index, limit, StopStrings(strings, self.tokenizer) if strings else None)
+                for index, (limit, strings) in enumerate(zip(limits, stops))]
+        self.next_id += len(rows)
+        full_blocks = self.column // self.size if len(self.batch) else 0
         layout = prompt_layout(prompts, self.size, self.tokens.mask, self.tokens.pad, full_blocks)
-        self.axes = layout.rope.shape[0]  # rope axes: 1, or 3 under M-RoPE
-        if len(self.active):
-            self._join(layout, new, max(limits))
+        if len(self.batch):
+            self._join(layout, rows, max(limits))
         else:
-            self._start(layout, new, max(limits))
+            self._start(layout, rows, max(limits))
         self._mask = None
-        return ids
+        return rows
 
-    def _start(self, layout, rows: torch.Tensor, longest: int) -> None:
+    def _opened(self, rows: list[Row], layout, start: int) -> Batch:
+        """The rows of `layout` with their first generation block (columns from `start`) open."""
+        block = layout.ids[:, start:]
+        return Batch(rows, layout.offsets, layout.shift, block, layout.rope.shape[0], block != self.tokens.mask,
+                     layout.embeds[:, start:], layout.rope[:, :, start:])
+
+    def _start(self, layout, rows: list[Row], longest: int) -> None:
         """Lay out a first batch. The prompt's complete blocks are read once. Fused: they ride along with the first
         denoising step, like a finished block (block-causal attention keeps them blind to the masks). Separate: a
         forward of their own."""
         start = layout.full_blocks * self.size
-        self.active, self.offsets, self.shift, self.column = rows, layout.offsets, layout.shift, start
+        self.batch, self.column = self._opened(rows, layout, start), start
         self.cache = BlockCache(self.layers, start + (-(-longest // self.size) + 3) * self.size)
-        self.pending, self.carry = None, None
-        self._open_first_block(layout, start)
+        self.pending = None
         if start and self.config.commit == "separate":
-            self.carry = self._forward(layout.embeds[:, :start], layout.rope[:, :, :start])[:, -1]
+            self.batch.carry = self._forward(layout.embeds[:, :start], layout.rope[:, :, :start])[:, -1]
             self.prefill_forwards += len(rows)
             self.cache.commit(start)
         elif start:
             self.pending = layout.embeds[:, :start], layout.rope[:, :, :start]
 
-    def _open_first_block(self, layout, start: int) -> None:
-        self.block = layout.ids[:, start:]
-        self.fixed, self.fixed_embeds = self.block != self.tokens.mask, layout.embeds[:, start:]
-        self.first_rope = layout.rope[:, :, start:]
-
-    def _join(self, layout, rows: torch.Tensor, longest: int) -> None:
+    def _join(self, layout, rows: list[Row], longest: int) -> None:
         """Rows of `layout` join the running ones: its first generation block lines up with the current block."""
         grow = layout.full_blocks * self.size - self.column  # >= 0: columns the old rows move right by
-        old_block = self.block, *self._first_block_parts()
+        old = self._with_first_block(self.batch)
         committed = self.cache.get_seq_length() + grow  # columns cached after the move; the rest is pending
-        joining, lo, carry = self._prefill(layout, committed)
+        joining, lo, carry = self._prefill(layout, committed, rows)
         # room for the new rows' answers after the current block (as in _start), and for the old rows' as before
         room = self.column + grow + (-(-longest // self.size) + 3) * self.size
         capacity = max(self.cache.capacity + grow, room)
-        self.cache = self.cache.rebuilt(grow, capacity, len(self.active), joining, lo, len(rows))
-        self.offsets = torch.cat([self.offsets + grow, layout.offsets])
-        self.shift = torch.cat([self.shift - grow, layout.shift])
+        self.cache = self.cache.rebuilt(grow, capacity, len(old), joining, lo, len(rows))
+        old.offsets, old.shift = old.offsets + grow, old.shift - grow
         self.column += grow
         if self.pending is not None:
             self.pending = (torch.cat([self.pending[0], layout.embeds[:, committed : self.column]]),
                             torch.cat([self.pending[1], layout.rope[:, :, committed : self.column]], dim=1))
-        if self.shift_logits:
-            zeros = layout.embeds.new_zeros(len(self.active), layout.embeds.shape[-1])
-            self.carry = torch.cat([zeros if self.carry is None else self.carry, carry])
-        self._open_first_block(layout, self.column)
-        self.block = torch.cat([old_block[0], self.block])
-        self.fixed = torch.cat([old_block[1], self.fixed])
-        self.fixed_embeds = torch.cat([old_block[2], self.fixed_embeds])
-        self.first_rope = torch.cat([old_block[3], self.first_rope], dim=1)
-        self.active = torch.cat([self.active, rows])
+        new = self._opened(rows, layout, self.column)
+        new.carry = carry
+        self.batch = old.joined(new)
         self._selected = None
 
-    def _first_block_parts(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(fixed (n, B), fixed embeds (n, B, H), rope (A, n, B)) of the active rows' current block."""
-        if self.fixed is not None:
-            return self.fixed, self.fixed_embeds, self.first_rope
-        weight = self.model.get_input_embeddings().weight  # zeros of the embeddings' width and dtype; no lookup
-        zeros = weight.new_zeros(*self.block.shape, weight.shape[1])
-        return torch.zeros_like(self.block, dtype=torch.bool), zeros, self._block_rope()
+    def _with_first_block(self, batch: Batch) -> Batch:
+        """`batch` holding first-block parts (zeros where the block is not a row's first) and, under logit_shift,
+        a carry (zeros where none was read), so that joining rows' parts line up with them."""
+        if batch.fixed is None:
+            weight = self.model.get_input_embeddings().weight  # zeros of the embeddings' width and dtype; no lookup
+            batch.fixed = torch.zeros_like(batch.block, dtype=torch.bool)
+            batch.fixed_embeds = weight.new_zeros(*batch.block.shape, weight.shape[1])
+            batch.first_rope = self._block_rope()
+        if self.shift_logits and batch.carry is None:
+            batch.carry = batch.fixed_embeds.new_zeros(len(batch), batch.fixed_embeds.shape[-1])
+        return batch
 
-    def _prefill(self, layout, committed: int) -> tuple[BlockCache | None, int, torch.Tensor]:
+    def _prefill(self, layout, committed: int, rows: list[Row]) -> tuple[BlockCache | None, int, torch.Tensor]:
         """K/V of joining rows' columns [lo, committed) (lo: their first prompt column, in whole blocks), from a
         forward of their own; lo; and their carry (k, H), the state of column committed - 1 (zeros if not read)."""
         lo = int(layout.offsets.min()) // self.size * self.size
@@ -152,44 +136,53 @@ class BlockDecoder:
         cache = BlockCache(self.layers, committed - lo)
         hidden = self._run(layout.embeds[:, lo:committed], layout.rope[:, :, lo:committed], cache, layout.offsets - lo)
         cache.commit(committed - lo)
-        self.prefill_forwards += len(layout.ids)
-        self.row_forwards[-len(layout.ids):] += 1
+        self.prefill_forwards += len(rows)
+        for row in rows:
+            row.forwards += 1
         return cache, lo, hidden[:, -1]
 
-    def cancel(self, row: int) -> None:
-        """`row` leaves at the end of the current block (a client went away); its tokens so far stay readable."""
-        self.cancelled.add(row)
-
-    def forget(self, row: int) -> None:
-        """Drop a finished row's outputs (a long-running decode keeps only what is still wanted)."""
-        for store in (self.outputs, self.block_steps, self.limits):
-            store.pop(row, None)
-        self.cancelled.discard(row)
+    def cancel(self, row_id: int) -> None:
+        """Row `row_id` leaves at the end of the current block (a client went away); a finished row is gone already."""
+        for row in self.batch.rows:
+            if row.id == row_id:
+                row.cancel_requested = True
 
     # --- one block --------------------------------------------------------------------------------------------
 
     def _block_rope(self) -> torch.Tensor:
         """Rope positions (A, n, B) of the current block's generated tokens: column + the row's shift."""
-        columns = torch.arange(self.column, self.column + self.size, device=self.block.device)
-        return (columns[None] + self.shift[:, None]).expand(self.axes, -1, -1)
+        columns = torch.arange(self.column, self.column + self.size, device=self.batch.block.device)
+        return (columns[None] + self.batch.shift[:, None]).expand(self.batch.axes, -1, -1)
 
     def _block_inputs(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Embeddings (n, B, H) and rope positions (A, n, B) of the current block."""
-        embeds = self.model.get_input_embeddings()(self.block)
-        if self.fixed is not None:
-            return torch.where(self.fixed[..., None], self.fixed_embeds, embeds), self.first_rope
+        batch = self.batch
+        embeds = self.model.get_input_embeddings()(batch.block)
+        if batch.fixed is not None:
+            return torch.where(batch.fixed[..., None], batch.fixed_embeds, embeds), batch.first_rope
         return embeds, self._block_rope()
+
+    def _step_inputs(self, rows: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (k, Q, H) and rope (A, k, Q) of a step of `rows` (None: all): the block, after the pending
+        columns (Q = B + pending) when they ride along with it."""
+        embeds, rope = self._block_inputs()
+        if rows is not None:
+            embeds, rope = embeds[rows], rope[:, rows]
+        if self.pending is None:
+            return embeds, rope
+        return torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
 
     def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run `embeds` (n, Q, H) after the committed cache (their K/V are written, not kept: see kv_cache.py);
         returns their hidden states (n, Q, H). `rows` (k,): only those active rows take part (embeds (k, Q, H))."""
         subset = None if rows is None else tuple(rows.tolist())
         cache = self.cache if rows is None else self._rows_cache(rows, subset)
-        offsets = self.offsets if rows is None else self.offsets[rows]
+        offsets = self.batch.offsets if rows is None else self.batch.offsets[rows]
         # the mask is rebuilt when rows join (admit resets it); rows that leave change the count, a subset is named
-        key = (len(self.active) if subset is None else subset, embeds.shape[1], cache.get_seq_length())
+        key = (len(self.batch) if subset is None else subset, embeds.shape[1], cache.get_seq_length())
         hidden = self._run(embeds, rope, cache, offsets, key)
-        self.row_forwards[self.active if rows is None else self.active[rows]] += 1
+        for index in range(len(self.batch)) if subset is None else subset:
+            self.batch.rows[index].forwards += 1
         return hidden
 
     def _run(self, embeds, rope, cache: BlockCache, offsets: torch.Tensor, key: tuple | None = None) -> torch.Tensor:
@@ -215,85 +208,78 @@ class BlockDecoder:
             self._selected = (subset, self.cache.select_rows(rows, self.size))
         return self._selected[1]
 
-    def _block_states(self, hidden: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The states (n, B, H) that predict the current block's tokens, from a forward's hidden states (n, Q, H),
-        Q >= B: the last B states, or with logit_shift the B states before each position (the first from `carry`).
-        `rows`: the forward ran on those active rows only (a follow-up step, Q = B)."""
+    def _predicting_states(self, hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        """The states (k, B, H) that predict the current block's tokens, from a step's hidden states (k, Q, H):
+        the last B, or under logit_shift the B before each position, the first being the row's carry."""
         if not self.shift_logits:
             return hidden[:, -self.size :]
-        if hidden.shape[1] > self.size:  # a finished block or the prompt rode along: its last column precedes ours
-            self.carry = hidden[:, -self.size - 1]
-        elif self.carry is None:  # no prefill: the block starts at position 0, which predicts itself (a prompt token)
-            self.carry = hidden[:, -self.size]
-        carry = self.carry if rows is None else self.carry[rows]
+        carry = self.batch.carry if rows is None else self.batch.carry[rows]
         return torch.cat([carry[:, None], hidden[:, -self.size : -1]], dim=1)
 
     def denoise_block(self) -> None:
         """Fill every mask of the current block. Its K/V are never committed here. A row whose block is complete
         leaves the block's remaining steps: they run on the rows that still hold masks."""
-        config = self.config
-        masked = answer = self.block == self.tokens.mask
+        batch, config = self.batch, self.config
+        masked = answer = batch.block == self.tokens.mask  # (n, B)
         schedule = static_schedule(self.size, self.steps)  # B over S steps, whatever the first block holds
-        taken = torch.zeros(len(self.active), dtype=torch.long, device=self.block.device)
+        taken = torch.zeros(len(batch), dtype=torch.long, device=batch.block.device)  # steps each row took part in
         self._selected = None  # the committed cache changed since the last block
         for step in range(self.steps):
             live = masked.any(1)
             if not bool(live.any()):
                 break
-            # every row holds a mask at the first step, which is the only one a pending block rides along with
+            # propose: one forward of the rows that still hold masks. Every row holds one at the first step, the
+            # only one the pending columns (the finished block or the prompt) ride along with, to be cached.
             rows = None if bool(live.all()) else live.nonzero()[:, 0]
             part = slice(None) if rows is None else rows
-            embeds, rope = self._block_inputs()
-            embeds, rope = embeds[part], rope[:, part]
-            committed = 0 if self.pending is None else self.pending[0].shape[1]
-            if committed:  # fused commit: the finished block (or the prompt) rides along and stays cached
-                embeds, rope = torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
-            states = self._block_states(self._forward(embeds, rope, rows), rows)
-            self.cache.commit(committed)  # keep the ridden-along K/V; the current block's are not kept
+            ridden = 0 if self.pending is None else self.pending[0].shape[1]
+            hidden = self._forward(*self._step_inputs(rows), rows)
+            self.cache.commit(ridden)  # keep the ridden-along K/V; the current block's are not kept
             self.pending = None
-            block, still = self.block[part], masked[part]
+            if self.shift_logits and ridden:  # the column before the block was just read
+                batch.carry = hidden[:, -self.size - 1]
+            elif self.shift_logits and batch.carry is None:  # no prefill: position 0 predicts itself (a prompt token)
+                batch.carry = hidden[:, -self.size]
+            still = masked[part]
             token, confidence = propose_masked(  # logits only where a token is still to be chosen
-                self.backbone.head(states[still]), still, self.tokens.never_generated, config.temperature,
-                config.top_k, config.top_p, self.generator)
-            taken += live
+                self.backbone.head(self._predicting_states(hidden, rows)[still]), still, self.tokens.never_generated,
+                config.temperature, config.top_k, config.top_p, self.generator)
+            # select: the policy picks which proposals to keep this step
             context = StepContext(step, self.steps, step_quota(schedule, step, still))
-            block, still = commit_step(self.policy, token, confidence, block, still, context)
+            block, still = commit_step(self.policy, token, confidence, batch.block[part], still, context)
+            # commit: write them into the block; after an end-of-turn every mask settles as end-of-turn too
             block, still = settle_after_end(block, still, answer[part], self.tokens.eot)
-            self.block, masked = self.block.index_put((live,), block), masked.index_put((live,), still)
+            batch.block, masked = batch.block.index_put((live,), block), masked.index_put((live,), still)
+            taken += live
             if self.observer is not None:
-                self.observer(self.active.tolist(), step, self.block, masked)
-        for row, steps in zip(self.active.tolist(), taken.tolist()):
-            self.block_steps[row].append(steps)
+                self.observer(batch.rows, step, batch.block, masked)
+        # finish: a row whose block is complete has left the steps; record how many it took
+        for row, steps in zip(batch.rows, taken.tolist()):
+            row.block_steps.append(steps)
 
-    def commit_block(self) -> list[tuple[int, list[int], bool]]:
-        """Record the finished block, drop finished rows, and store the block's K/V for the rows that go on:
+    def commit_block(self) -> list[tuple[Row, list[int]]]:
+        """Record the finished block, let finished rows leave, and store the block's K/V for the rows that go on:
         fused, during the next block's first forward; separate, with a forward of its own now. Returns, per row of
-        the block, (row id, its new tokens, whether it is finished)."""
-        keep, updates = [], []
-        starts = self.fixed.sum(1).tolist() if self.fixed is not None else [0] * len(self.active)
-        for index, (row, tokens, start) in enumerate(zip(self.active.tolist(), self.block.tolist(), starts)):
-            before = len(self.outputs[row])
-            finished = self._extend(row, tokens[start:]) or row in self.cancelled
-            updates.append((row, self.outputs[row][before:], finished))
-            if not finished:
-                keep.append(index)
+        the block, (its record, its new tokens); a row whose record says finished has left the decode."""
+        batch = self.batch
+        starts = batch.fixed.sum(1).tolist() if batch.fixed is not None else [0] * len(batch)
+        updates = [(row, row.extend(tokens[start:], self.tokens.eot))
+                   for row, tokens, start in zip(batch.rows, batch.block.tolist(), starts)]
         finished_inputs = self._block_inputs()
-        self.fixed = self.fixed_embeds = self.first_rope = None
-        if len(keep) < len(self.active):
-            index = torch.tensor(keep, dtype=torch.long, device=self.block.device)
+        batch.fixed = batch.fixed_embeds = batch.first_rope = None
+        keep = [index for index, row in enumerate(batch.rows) if not row.finished]
+        if len(keep) < len(batch):
+            index = torch.tensor(keep, dtype=torch.long, device=batch.block.device)
             self.cache.batch_select_indices(index)
-            self.offsets, self.shift, self.active = self.offsets[index], self.shift[index], self.active[index]
-            self.block = self.block[index]
+            self.batch = batch = batch.select(index)
             finished_inputs = finished_inputs[0][index], finished_inputs[1][:, index]
-            if self.carry is not None:
-                self.carry = self.carry[index]
         if keep and self.config.commit == "separate":
-            self.carry = self._forward(*finished_inputs)[:, -1]
+            batch.carry = self._forward(*finished_inputs)[:, -1]
             self.cache.commit(self.size)
         elif keep:
             self.pending = finished_inputs
         self.column += self.size
-        self.block = torch.full_like(self.block, self.tokens.mask)
+        batch.block = torch.full_like(batch.block, self.tokens.mask)
         if keep and len(keep) < len(updates):
             self._drop_padding()
         return updates
@@ -301,48 +287,32 @@ class BlockDecoder:
     def _drop_padding(self) -> None:
         """Columns left of every remaining row's first one (whole blocks, committed) are read by no one: cut them,
         so a long-running decode does not attend over the padding of rows long gone."""
-        drop = min(int(self.offsets.min()), self.cache.get_seq_length()) // self.size * self.size
+        batch = self.batch
+        drop = min(int(batch.offsets.min()), self.cache.get_seq_length()) // self.size * self.size
         if drop:
-            self.cache = self.cache.rebuilt(-drop, self.cache.capacity - drop, len(self.active))
-            self.offsets, self.shift, self.column = self.offsets - drop, self.shift + drop, self.column - drop
+            self.cache = self.cache.rebuilt(-drop, self.cache.capacity - drop, len(batch))
+            batch.offsets, batch.shift, self.column = batch.offsets - drop, batch.shift + drop, self.column - drop
             self._mask = None
 
-    def step(self) -> list[tuple[int, list[int], bool]]:
+    def step(self) -> list[tuple[Row, list[int]]]:
         """Denoise and commit one block for every active row; see `commit_block` for what it returns."""
         self.denoise_block()
         return self.commit_block()
 
-    def _extend(self, row: int, new: list[int]) -> bool:
-        """Append a block's new tokens to a row; True when the row is finished (end-of-turn, length, stop)."""
-        out, (limit, stops) = self.outputs[row], self.limits[row]
-        before = len(out)
-        out.extend(new)
-        finished = False
-        if self.tokens.eot in new:
-            del out[out.index(self.tokens.eot, len(out) - len(new)) + 1 :]
-            finished = True
-        if len(out) >= limit:
-            del out[limit:]
-            finished = True
-        if stops is not None and len(out) > before and stops.cut(out, len(out) - before):
-            finished = True
-        return finished
-
     def run(self, streamer=None) -> DecodingOutput:
-        """Step until every row is finished; `streamer` gets row 0's tokens block by block."""
-        while len(self.active):
-            for row, new, _ in self.step():
-                if streamer is not None and row == 0 and new:
+        """Step until every row is finished; `streamer` gets row 0's tokens block by block. Returns the output of
+        the rows that were active when it started, in admission order."""
+        done = {}
+        while len(self.batch):
+            for row, new in self.step():
+                if streamer is not None and row.id == 0 and new:
                     streamer.put(torch.tensor(new))
+                if row.finished:
+                    done[row.id] = row
         if streamer is not None:
             streamer.end()
-        return self.result()
-
-    def result(self) -> DecodingOutput:
-        rows = [self.outputs[row] for row in sorted(self.outputs)]
-        steps = [self.block_steps[row] for row in sorted(self.block_steps)]
-        return DecodingOutput.from_rows(rows, self.nfe, self.tokens.pad, steps, int(self.row_forwards.sum()),
-                                        self.prefill_forwards)
+        return DecodingOutput.from_records([done[key] for key in sorted(done)], self.nfe, self.tokens.pad,
+                                           self.prefill_forwards)
 
 
 def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=None, tokenizer=None, generator=None,

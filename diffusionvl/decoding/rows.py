@@ -97,9 +97,9 @@ class Batch:
                      pick(self.carry))
 
     def joined(self, other: "Batch") -> "Batch":
-        """These rows, then `other`'s. Both hold their first-block parts (or both not), and carries (or both not)."""
+        """These rows, then `other`'s. A part that one side lacks (None) is None in the result."""
         def cat(a, b, dim=0):
-            return None if a is None else torch.cat([a, b], dim)
+            return None if a is None or b is None else torch.cat([a, b], dim)
 
         return Batch(self.rows + other.rows, torch.cat([self.offsets, other.offsets]),
                      torch.cat([self.shift, other.shift]), torch.cat([self.block, other.block]), other.axes,

@@ -37,9 +37,11 @@ WORD_NOT_LETTER = re.compile(r"\b([AI])(?:\s+(?!or\b|and\b)[a-z]|'[a-z])")
 
 
 def words(text: str) -> list[str]:
-    """Split a text into tokens (MiniVL's vocabulary is made of them): '.', ',' and '?' are tokens of their own, every digit is a token of its
-    own ("3071" -> "3", "0", "7", "1"), and the rest is split on whitespace. Case is kept."""
+    """Split a text into tokens (MiniVL's vocabulary is made of them): '.', ',' and '?' are tokens of their
+    own, every digit is a token of its own ("3071" -> "3", "0", "7", "1"), and the rest is split on whitespace.
+    Case is kept."""
     return re.findall(r"[0-9]|[.,?]|[^\s0-9.,?]+", text)
+
 
 def normalise(text: str) -> str:
     """Whitespace stripped, then one trailing period (and the whitespace before it) removed."""

@@ -7,9 +7,10 @@ instead: the user's own questions, with the metrics of the usual benchmarks.
 
 `--tasks` is `minivl` (every task) or `minivl:` followed by a comma-separated list of caption, count, digits,
 chart. Each task draws `--samples` test samples with `minivl.generator.generate(task, "test", seed, N)`, at the
-image size the model's processor was built for; any seed gives a fresh test split of the same distribution. Each prompt is the processor's chat template over one user turn,
-the image then the question, with the generation prompt; answers are decoded without special tokens and
-stripped, then scored by `metrics.exact_match` (and `metrics.token_f1` for captions).
+image size the model's processor was built for; any seed gives a fresh test split of the same distribution. Each
+prompt is the processor's chat template over one user turn, the image then the question, with the generation
+prompt; answers are decoded without special tokens and stripped, then scored by `evaluation.metrics.exact_match`
+(and `evaluation.metrics.token_f1` for captions).
 
 DIR (default: the shipped minivl-dvlm; minivl-ar names its AR source) is either a DiffusionVL checkpoint (block
 decoding with the decoding flags of `diffusionvl generate`, batches left-padded by the processor) or an

@@ -10,7 +10,7 @@ training stage resumes from its last checkpoint):
    on the translate samples only (epochs over them), its vision tower frozen -> OUT/minivl-dvlm.
 4. baseline: the same random initialisation, wrapped the same way, trained with the block-diffusion loss on all N
    with at least the source's compute -> OUT/baseline-dvlm.
-5. evaluation of the three on the test split (`evaluation.minivl.evaluate`), the dVLM also over the dynamic and
+5. evaluation of the three on the test split (`minivl.evaluate.evaluate`), the dVLM also over the dynamic and
    threshold policies -> OUT/eval/*.json, then OUT/results.json and OUT/results.md.
 
 Compute is counted in token positions through the model per step (batch x mean sequence length; the diffusion

@@ -19,11 +19,14 @@ def _rand(shape, generator: torch.Generator | None, device: torch.device) -> tor
 
 
 def align_to_blocks(input_ids, labels, attention_mask, block_size: int, eot_id: int, pad_id: int):
-    """Right-align every row and end it on a block boundary with supervised end-of-turn tokens.
+    """Right-align every row and end a row that holds an answer on a block boundary with supervised end-of-turn
+    tokens.
 
     Rows may arrive left- or right-padded; real tokens must be contiguous. Unsupervised tokens after a row's last
     supervised one are dropped. Returns (ids, labels, valid), each (N, L') with L' the longest aligned row.
-    Teaching the model to fill its last block with EOT is how generation learns to stop.
+    Teaching the model to fill its last block with EOT is how generation learns to stop. A row without any
+    supervised label (a prompt whose answer was cut away) is kept as it is and gets no EOT: it has no answer to
+    end, and EOT labels there would teach the model to stop before answering.
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
@@ -38,10 +41,11 @@ def align_to_blocks(input_ids, labels, attention_mask, block_size: int, eot_id: 
     # A row ends at its last supervised token: what a chat template writes after the end-of-turn (Qwen's "\n")
     # is never generated, and left visible in a noisy block it would tell the model where the answer ends.
     supervised = labels != IGNORE
+    answered = supervised.any(1)
     last = torch.where(supervised, index, -1).amax(1)
-    lengths = torch.where(supervised.any(1), torch.minimum(lengths, last + 1), lengths)
-    aligned = (lengths + block_size - 1) // block_size * block_size
-    width = max(int(aligned.max()), block_size)
+    lengths = torch.where(answered, torch.minimum(lengths, last + 1), lengths)
+    aligned = torch.where(answered, (lengths + block_size - 1) // block_size * block_size, lengths)
+    width = max(-(-int(aligned.max()) // block_size) * block_size, block_size)  # whole blocks, as the layout needs
     extra = width - ids.shape[1]
     if extra > 0:
         ids = torch.nn.functional.pad(ids, (0, extra), value=pad_id)

@@ -17,6 +17,7 @@ import torch
 from ..decoding.config import DecodingConfig
 from ..decoding.engine import BlockDecoder
 from ..decoding.prompts import build_prompts
+from ..decoding.rows import Row
 from ..modeling.attention import shared_kv_heads
 from ..modeling.backbones import VisionInputs
 from .protocol import APIError
@@ -56,13 +57,13 @@ class Group:
         self.decoder = BlockDecoder(model, job.config, tokenizer, generator, observer=self.observe)
         self.jobs: dict[int, Job] = {}
 
-    def observe(self, rows: list[int], step: int, block: torch.Tensor, masked: torch.Tensor) -> None:
-        prompt = self.decoder.fixed  # (n, B): positions of a first block that hold the prompt's last tokens
+    def observe(self, rows: list[Row], step: int, block: torch.Tensor, masked: torch.Tensor) -> None:
+        prompt = self.decoder.batch.fixed  # (n, B): positions of a first block that hold the prompt's last tokens
         for index, row in enumerate(rows):
-            job = self.jobs.get(row)
+            job = self.jobs.get(row.id)
             if job is not None and job.trace:
                 fixed = [False] * block.shape[1] if prompt is None else prompt[index].tolist()
-                number = len(self.decoder.block_steps[row])  # blocks this row finished before this one
+                number = len(row.block_steps)  # blocks this row finished before this one
                 job.send("step", dict(block=number, step=step, ids=block[index].tolist(),
                                       masked=masked[index].tolist(), prompt=fixed))
 
@@ -83,7 +84,7 @@ class Scheduler:
     def active(self) -> int:
         """Rows being decoded. Read from request handlers too: list() copies the groups in one step (under the
         GIL), where a generator over the dict could see the engine thread add or drop a group mid-iteration."""
-        return sum(len(group.decoder.active) for group in list(self.groups.values()))
+        return sum(len(group.decoder.batch) for group in list(self.groups.values()))
 
     def submit(self, job: Job) -> None:
         with self.wake:
@@ -116,9 +117,9 @@ class Scheduler:
                     self.metrics.observe_load(len(self.waiting), self.active)  # the rows about to be stepped
                 for key, group in list(self.groups.items()):
                     self._drop_cancelled(group)
-                    if len(group.decoder.active):
+                    if len(group.decoder.batch):
                         self._step(key, group)
-                    if key in self.groups and not len(group.decoder.active):
+                    if key in self.groups and not len(group.decoder.batch):
                         del self.groups[key]
                 if self.metrics is not None and not self.groups:
                     self.metrics.observe_load(len(self.waiting), 0)
@@ -146,7 +147,7 @@ class Scheduler:
             except Exception as error:  # noqa: BLE001 - the decoder is in an unknown state: fail its rows
                 self._fail(key, group, jobs, error)
                 continue
-            group.jobs.update(zip(rows, jobs))
+            group.jobs.update((row.id, job) for row, job in zip(rows, jobs))
             self.groups[key] = group
 
     def _step(self, key: tuple, group: Group) -> None:
@@ -208,25 +209,16 @@ class Scheduler:
             if job.cancelled or self._expired(job):
                 group.decoder.cancel(row)
 
-    def _deliver(self, group: Group, updates: list[tuple[int, list[int], bool]]) -> None:
-        decoder = group.decoder
-        for row, new, finished in updates:
-            job = group.jobs[row]
+    def _deliver(self, group: Group, updates: list[tuple[Row, list[int]]]) -> None:
+        for row, new in updates:
+            job = group.jobs[row.id]
             job.tokens += len(new)
-            job.forwards = int(decoder.row_forwards[row])
+            job.forwards = row.forwards
             if new and not job.cancelled:
                 job.send("tokens", new)
-            if finished:
-                if not job.cancelled:
-                    job.send("done", self._reason(decoder, row, job))
+            if row.finished:
+                if not job.cancelled:  # OpenAI's finish_reason: 'length' at max_tokens, else 'stop'
+                    job.send("done", "length" if row.finish_reason == "length" else "stop")
                 if self.metrics is not None:
                     self.metrics.observe_request(job)
-                del group.jobs[row]
-                decoder.forget(row)
-
-    def _reason(self, decoder: BlockDecoder, row: int, job: Job) -> str:
-        """OpenAI's finish_reason: 'stop' at end-of-turn or a stop string, 'length' at max_tokens."""
-        out = decoder.outputs[row]
-        if out and out[-1] == decoder.tokens.eot:
-            return "stop"
-        return "length" if len(out) >= job.config.max_new_tokens else "stop"
+                del group.jobs[row.id]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
+from transformers import ProcessorMixin
 
 from ..errors import DataError, DiffusionVLError
 from ..modeling.processing import IMAGE_PLACEHOLDER, DiffusionVLProcessor
@@ -34,9 +35,11 @@ class TokenizerOnlyProcessor(DiffusionVLProcessor):
     text LMs (`diffusionvl convert` saves no image processor for them). Text only: training refuses image
     records for such a checkpoint before it starts."""
 
-    def __init__(self, tokenizer):  # ProcessorMixin.__init__ insists on an image processor, so it is not called
-        self.tokenizer, self.image_processor = tokenizer, None
+    def __init__(self, tokenizer):
+        self.image_processor = None
         self.image_token, self.vision_start, self.vision_end, self.image_seq_length = None, None, None, None
+        # ProcessorMixin reads the sub-processors from this signature: the tokenizer alone
+        ProcessorMixin.__init__(self, tokenizer)
 
 
 def _check_record(record, where: str) -> dict:
