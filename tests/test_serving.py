@@ -410,3 +410,43 @@ def test_an_unexpected_failure_while_preparing_answers_in_openai_shape(monkeypat
         response = httpx.post(f"{base}/v1/chat/completions", json=body)
         assert response.status_code == 500 and error_of(response)["type"] == "server_error"
         assert httpx.get(f"{base}/health").status_code == 200
+
+
+@pytest.mark.parametrize("seed", [2**64, -1])
+def test_a_seed_outside_the_generator_range_is_a_400_and_the_server_goes_on(url, seed):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Describe the image."}], "max_tokens": 4,
+            "temperature": 1.0, "seed": seed}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 400 and error_of(response)["param"] == "seed"
+    body["seed"] = 7
+    assert httpx.post(f"{url}/v1/chat/completions", json=body, timeout=30).status_code == 200
+    assert httpx.get(f"{url}/health").json()["status"] == "ok"
+
+
+def test_a_request_whose_decode_raises_fails_alone_and_a_dead_engine_shows_in_health(monkeypatch):
+    """A decoder of other settings (steps=3) fails at its first block; a concurrent request is answered as if
+    alone, and so is the next one. Then the engine thread is stopped: /health says 503."""
+    from diffusionvl.serving import scheduler
+
+    class Failing(scheduler.BlockDecoder):
+        def step(self):
+            if self.config.steps == 3:
+                raise RuntimeError("simulated failure of one decoder")
+            return super().step()
+    monkeypatch.setattr(scheduler, "BlockDecoder", Failing)
+    good = {"model": MODEL, "messages": [{"role": "user", "content": "Describe the image."}], "max_tokens": 8}
+    bad = {**good, "steps": 3}
+    app = build(ServerConfig())
+    with serving(app) as base:
+        alone = httpx.post(f"{base}/v1/chat/completions", json=good, timeout=60).json()
+        with ThreadPoolExecutor(2) as pool:
+            failed, answered = pool.map(lambda body: httpx.post(f"{base}/v1/chat/completions", json=body, timeout=60),
+                                        [bad, good])
+        assert failed.status_code == 500 and "simulated failure" in error_of(failed)["message"]
+        assert answered.status_code == 200
+        assert answered.json()["choices"][0]["message"] == alone["choices"][0]["message"]
+        assert httpx.post(f"{base}/v1/chat/completions", json=good, timeout=60).status_code == 200
+        assert httpx.get(f"{base}/health").status_code == 200
+        app.state.scheduler.stop()  # the engine thread ends, as if killed
+        health = httpx.get(f"{base}/health")
+        assert health.status_code == 503 and health.json()["status"] == "engine stopped"

@@ -66,7 +66,10 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "model": served_name, "active": scheduler.active, "queued": len(scheduler.waiting)}
+        state = {"model": served_name, "active": scheduler.active, "queued": len(scheduler.waiting)}
+        if not scheduler.alive:  # nothing would answer a request: say so, so that a supervisor restarts us
+            return JSONResponse({"status": "engine stopped", **state}, status_code=503)
+        return {"status": "ok", **state}
 
     @app.get("/v1/models")
     async def models():

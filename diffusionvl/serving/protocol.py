@@ -78,8 +78,8 @@ def parse_request(body, server: ServerConfig, served_name: str) -> ChatRequest:
     stop = _stop(body.get("stop"))
     config = _decoding(body, server, stop)
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise APIError(400, f"seed must be an integer, got {seed!r}.", "seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64):
+        raise APIError(400, f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}.", "seed")
     return ChatRequest(messages, images, config, stream, bool(options.get("include_usage")), _flag(body, "trace"),
                        seed)
 

@@ -106,23 +106,36 @@ class Scheduler:
         if self.thread is not None:
             self.thread.join(timeout=30)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread is running (/health says 503 when it is not)."""
+        return self.thread is not None and self.thread.is_alive()
+
     def _loop(self) -> None:
         with torch.inference_mode(), shared_kv_heads(self.model.backbone.decoder.config):
             while self.running:
                 with self.wake:
                     while self.running and not self.waiting and not self.groups:
                         self.wake.wait(timeout=1.0)
-                self._admit()
-                if self.metrics is not None:
-                    self.metrics.observe_load(len(self.waiting), self.active)  # the rows about to be stepped
-                for key, group in list(self.groups.items()):
-                    self._drop_cancelled(group)
-                    if len(group.decoder.batch):
-                        self._step(key, group)
-                    if key in self.groups and not len(group.decoder.batch):
-                        del self.groups[key]
-                if self.metrics is not None and not self.groups:
-                    self.metrics.observe_load(len(self.waiting), 0)
+                try:
+                    self._iteration()
+                except Exception as error:  # noqa: BLE001 - never let one request end the loop: fail what it touched
+                    for key, group in list(self.groups.items()):
+                        self._fail(key, group, [], error)
+
+    def _iteration(self) -> None:
+        """Admit what fits, then one block for every decoder. Failures of one decoder stay in that decoder."""
+        self._admit()
+        if self.metrics is not None:
+            self.metrics.observe_load(len(self.waiting), self.active)  # the rows about to be stepped
+        for key, group in list(self.groups.items()):
+            self._drop_cancelled(group)
+            if len(group.decoder.batch):
+                self._step(key, group)
+            if key in self.groups and not len(group.decoder.batch):
+                del self.groups[key]
+        if self.metrics is not None and not self.groups:
+            self.metrics.observe_load(len(self.waiting), 0)
 
     def _admit(self) -> None:
         """Move waiting jobs into decoders while the batch has room; prompts are embedded here (the engine's
@@ -137,11 +150,12 @@ class Scheduler:
                 joining.setdefault(job.key, []).append(job)
                 room -= 1
         for key, jobs in joining.items():
-            group = self.groups.get(key) or Group(self.model, jobs[0], self.tokenizer)
-            jobs, prompts = self._prompts(jobs)
-            if not jobs:
-                continue
+            group = self.groups.get(key)
             try:
+                group = group or Group(self.model, jobs[0], self.tokenizer)
+                jobs, prompts = self._prompts(jobs)
+                if not jobs:
+                    continue
                 rows = group.decoder.admit(prompts, [job.config.max_new_tokens for job in jobs],
                                            [job.config.stop_strings for job in jobs])
             except Exception as error:  # noqa: BLE001 - the decoder is in an unknown state: fail its rows
@@ -152,15 +166,15 @@ class Scheduler:
 
     def _step(self, key: tuple, group: Group) -> None:
         try:
-            updates = group.decoder.step()
+            self._deliver(group, group.decoder.step())
         except Exception as error:  # noqa: BLE001 - the loop serves the other decoders and later requests
             self._fail(key, group, list(group.jobs.values()), error)
-            return
-        self._deliver(group, updates)
 
-    def _fail(self, key: tuple, group: Group, jobs: list[Job], error: Exception) -> None:
-        """An unexpected engine error: every request of the decoder gets a 500 and the decoder is dropped."""
-        for job in {id(job): job for job in [*group.jobs.values(), *jobs]}.values():
+    def _fail(self, key: tuple, group: Group | None, jobs: list[Job], error: Exception) -> None:
+        """An unexpected engine error: every request of the decoder (None: not built yet) gets a 500 and the decoder
+        is dropped."""
+        running = [] if group is None else list(group.jobs.values())
+        for job in {id(job): job for job in [*running, *jobs]}.values():
             job.send("error", APIError(500, f"the engine failed on this batch: {type(error).__name__}: {error}",
                                        code="engine_error", kind="server_error"))
         self.groups.pop(key, None)
