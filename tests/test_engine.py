@@ -264,3 +264,62 @@ def test_decoding_shares_kv_heads_inside_sdpa_and_restores_the_attention(name, m
         AttentionInterface.register(attention.ATTENTION, original)
     assert calls and all(calls)  # every decoder layer of every step, each under the block mask
     assert config._attn_implementation == "sdpa"
+
+
+def stop_words(model, ids, tokenizer, **options) -> dict[str, str]:
+    """A word of the first block and one of the last block of the answer decoded without stop strings."""
+    out = run(model, ids, **options).sequences[0]
+    answer = out[out != model.special_tokens.pad].tolist()
+    words = [tokenizer.decode([token]) for token in answer]
+    size = model.block_size
+    found = {"first": next((w for w in words[:size] if w.strip()), None),
+             "last": next((w for w in reversed(words[-(len(answer) % size or size):]) if w.strip()), None)}
+    return {where: word for where, word in found.items() if word}
+
+
+MODELS = [dict(family=family, block_size=size, seed=seed, logit_shift=shift)
+          for family, size, seed, shift in [("qwen2", 4, 1, False), ("qwen2", 2, 2, True), ("qwen3", 4, 3, False),
+                                           ("llama", 8, 4, True), ("mistral", 4, 5, False), ("qwen2", 8, 6, False)]]
+
+
+@pytest.mark.parametrize("options", MODELS, ids=lambda o: "{family}-B{block_size}-seed{seed}-shift{logit_shift}".format(**o))
+@pytest.mark.parametrize("commit", ["fused", "separate"])
+def test_fast_equals_reference_with_stop_strings_in_the_first_and_the_last_block(options, commit):
+    model, tokenizer = wrap(**options), tiny_tokenizer()
+    ids = random_ids(2, 6, seed=options["seed"])
+    decoding = dict(max_new_tokens=13, steps=2, commit=commit, tokenizer=tokenizer)
+    checked = 0
+    for row in ids:
+        for where, word in stop_words(model, row[None], **decoding).items():
+            fast = run(model, row[None], stop_strings=(word,), **decoding)
+            slow = run(model, row[None], stop_strings=(word,), use_cache=False, **decoding)
+            assert torch.equal(fast.sequences, slow.sequences), (where, word)
+            assert fast.finish_reasons == slow.finish_reasons == ["stop_string"], (where, word)
+            checked += 1
+    assert checked >= 2
+
+
+def test_fast_equals_reference_with_stop_strings_on_the_trained_and_the_shipped_models(trained):
+    from diffusionvl.inference import chat_inputs, load
+
+    tokenizer = tiny_tokenizer()
+    for tokens in ([10, 11, 12, 13, 14], [3, 4, 5]):
+        for word in stop_words(trained, toy_prompt(tokens)[None], tokenizer, max_new_tokens=24, steps=4).values():
+            fast, slow = (run(trained, toy_prompt(tokens), max_new_tokens=24, steps=4, stop_strings=(word,),
+                              tokenizer=tokenizer, use_cache=cached) for cached in (True, False))
+            assert torch.equal(fast.sequences, slow.sequences) and fast.finish_reasons == slow.finish_reasons
+    model, processor = load("minivl-dvlm")
+    inputs = chat_inputs(processor, ["Describe the image."], [[_picture()]])
+    decoding = dict(max_new_tokens=16, steps=8, tokenizer=processor.tokenizer)
+    answer = model.generate(**inputs, **decoding)[0]
+    words = processor.tokenizer.decode(answer[answer != model.special_tokens.pad]).split()
+    for word in (words[0], words[-2]):  # a word of the first block and one near the end
+        fast, slow = (model.generate(**inputs, stop_strings=(word,), use_cache=cached, return_dict_in_generate=True,
+                                     **decoding) for cached in (True, False))
+        assert torch.equal(fast.sequences, slow.sequences) and fast.finish_reasons == slow.finish_reasons
+
+
+def _picture():
+    from diffusionvl.minivl.generator import generate
+
+    return generate("caption", "test", 11, 1, 112)[0].image
