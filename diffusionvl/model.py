@@ -16,6 +16,7 @@ from transformers.utils import ModelOutput
 from .checkpoints.folders import RELEASED_TYPES, check_checkpoint, local_folder, resolve_model
 from .decoding.config import DecodingConfig
 from .errors import CheckpointLayoutError, DiffusionVLError
+from .modeling.attention import ATTENTION, use_shared_kv_heads
 from .modeling.backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackbone, VisionInputs
 from .modeling.compat import check_block_diffusion_support, check_wrappable
 from .modeling.composite import VisionLanguageModel
@@ -74,6 +75,7 @@ class DiffusionVL(PreTrainedModel):
             inject_lora(self.model, config.lora)  # the checkpoint holds adapters: build them before loading
         self._no_split_modules = self.model._no_split_modules
         self.post_init()
+        use_shared_kv_heads(self.backbone.decoder.config)  # the attention kernel, chosen once (attention.py)
 
     @classmethod
     def from_autoregressive(
@@ -97,7 +99,8 @@ class DiffusionVL(PreTrainedModel):
             config = DiffusionVLConfig(
                 base_config=model.config,
                 block_size=block_size,
-                attn_implementation=model.config._attn_implementation,
+                attn_implementation="sdpa" if model.config._attn_implementation == ATTENTION else
+                model.config._attn_implementation,
                 image_token_id=getattr(model.config, "image_token_id", None),
                 **options,
             )

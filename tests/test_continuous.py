@@ -11,7 +11,6 @@ from conftest import random_ids, toy_prompt, wrap
 from diffusionvl.decoding.config import DecodingConfig
 from diffusionvl.decoding.engine import BlockDecoder
 from diffusionvl.decoding.prompts import build_prompts
-from diffusionvl.modeling.attention import shared_kv_heads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,16 +31,15 @@ def staggered(model, config, waves: list[tuple[int, list[torch.Tensor]]], limits
     decoder = BlockDecoder(model, config)
     outputs, block = {}, 0
     waves = sorted(waves, key=lambda wave: wave[0])
-    with shared_kv_heads(model.backbone.decoder.config):
-        while waves or len(decoder.batch):
-            while waves and waves[0][0] <= block:
-                _, rows = waves.pop(0)
-                decoder.admit(prompts_of(model, *rows), max_new_tokens=limits and [limits.pop(0) for _ in rows])
-            if len(decoder.batch):
-                for row, _ in decoder.step():
-                    if row.finished:
-                        outputs[row.id] = list(row.tokens)
-            block += 1
+    while waves or len(decoder.batch):
+        while waves and waves[0][0] <= block:
+            _, rows = waves.pop(0)
+            decoder.admit(prompts_of(model, *rows), max_new_tokens=limits and [limits.pop(0) for _ in rows])
+        if len(decoder.batch):
+            for row, _ in decoder.step():
+                if row.finished:
+                    outputs[row.id] = list(row.tokens)
+        block += 1
     return outputs
 
 
@@ -149,7 +147,7 @@ def test_image_rows_admitted_mid_decode_equal_each_row_alone():
     samples = generate("count", "test", 3, 4, 112) + generate("caption", "test", 3, 2, 112)
     config = DecodingConfig(max_new_tokens=24, steps=8, remasking_strategy="low_confidence_dynamic")
     decoder, finished = BlockDecoder(model, config), []
-    with torch.no_grad(), shared_kv_heads(model.backbone.decoder.config):
+    with torch.no_grad():
         for index, sample in enumerate(samples):
             inputs = chat_inputs(processor, [sample.question], [[sample.image]])
             ids = inputs["input_ids"]

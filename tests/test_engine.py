@@ -243,27 +243,53 @@ def test_settling_a_finished_block_saves_forwards_and_changes_no_token(trained, 
 
 
 @pytest.mark.parametrize("name", ["text", "minivl-dvlm"])
-def test_decoding_shares_kv_heads_inside_sdpa_and_restores_the_attention(name, monkeypatch):
+def test_the_kernel_sharing_kv_heads_is_chosen_once_and_both_decoders_run_it(name, monkeypatch):
+    """Wrapping or loading picks the kernel; generate (cached or reference) never switches it."""
+    from transformers import AttentionInterface
+
     from diffusionvl.inference import open_model, open_processor
     from diffusionvl.modeling import attention
 
     model = wrap(block_size=4) if name == "text" else open_model(name)
     config = model.backbone.decoder.config
-    assert config._attn_implementation == "sdpa" and config.num_key_value_heads < config.num_attention_heads
-    calls = []
+    assert config._attn_implementation == attention.ATTENTION
+    assert config.num_key_value_heads < config.num_attention_heads
+    calls, kernels = [], []
     original = attention.sdpa_shared_kv
-    monkeypatch.setattr(attention, "sdpa_shared_kv", lambda *a, **k: calls.append(a[4] is not None) or original(*a, **k))
-    from transformers import AttentionInterface
 
-    AttentionInterface.register(attention.ATTENTION, attention.sdpa_shared_kv)  # the spy, under the registered name
+    def spy(*args, **kwargs):
+        calls.append(args[4] is not None)
+        kernels.append(config._attn_implementation)
+        return original(*args, **kwargs)
+    AttentionInterface.register(attention.ATTENTION, spy)
     try:
         ids = random_ids(2, 6, seed=1) if name == "text" else \
             open_processor(name).tokenizer(["a red circle"], return_tensors="pt").input_ids
-        model.generate(ids, max_new_tokens=8, steps=4)
+        for cached in (True, False):
+            calls.clear()
+            model.generate(ids, max_new_tokens=8, steps=4, use_cache=cached)
+            assert calls and all(calls)  # every decoder layer of every step, each under the block mask
     finally:
         AttentionInterface.register(attention.ATTENTION, original)
-    assert calls and all(calls)  # every decoder layer of every step, each under the block mask
-    assert config._attn_implementation == "sdpa"
+    assert set(kernels) == {attention.ATTENTION} and config._attn_implementation == attention.ATTENTION
+
+
+def test_two_threads_decoding_on_one_model_equal_one_thread():
+    model = wrap(block_size=4, seed=8)
+    prompts = [random_ids(2, 5 + index, seed=index) for index in range(6)]
+    options = dict(max_new_tokens=12, steps=2, remasking_strategy="low_confidence_dynamic", confidence_threshold=0.02)
+    alone = [run(model, ids, **options).sequences for ids in prompts]
+    results: dict[int, torch.Tensor] = {}
+
+    def worker(indices):
+        for index in indices:
+            results[index] = run(model, prompts[index], use_cache=index % 3 != 0, **options).sequences
+    threads = [threading.Thread(target=worker, args=(range(start, 6, 2),)) for start in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(torch.equal(results[index], alone[index]) for index in range(6))
 
 
 def stop_words(model, ids, tokenizer, **options) -> dict[str, str]:

@@ -95,7 +95,6 @@ def block_step_ms(model, context: int, repeats: int) -> float:
     from ..decoding.config import DecodingConfig
     from ..decoding.engine import BlockDecoder
     from ..decoding.prompts import build_prompts
-    from ..modeling.attention import shared_kv_heads
 
     device = next(model.parameters()).device
     ids = torch.randint(0, 1000, (1, context), device=device)
@@ -107,8 +106,8 @@ def block_step_ms(model, context: int, repeats: int) -> float:
     def block():
         decoder.batch.block = torch.full_like(decoder.batch.block, model.special_tokens.mask)
         decoder.denoise_block()
-    with shared_kv_heads(model.backbone.decoder.config):
-        return _median_ms(block, repeats) / model.block_size
+
+    return _median_ms(block, repeats) / model.block_size
 
 
 @torch.no_grad()

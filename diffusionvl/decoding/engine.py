@@ -14,7 +14,6 @@ Each row's state is one record (rows.Row); the active rows' tensors are one batc
 
 import torch
 
-from ..modeling.attention import shared_kv_heads
 from ..modeling.masks import block_causal_mask
 from .config import DecodingConfig
 from .kv_cache import BlockCache
@@ -329,10 +328,9 @@ def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=
                 return reference_decode(model, ids, valid, vision, config, tokenizer, generator)
             if streamer is not None:
                 streamer.put(prompts[0].ids.cpu())  # transformers' streamers expect the prompt first (skip_prompt)
-            with shared_kv_heads(model.backbone.decoder.config):
-                decoder = BlockDecoder(model, config, tokenizer, generator)
-                decoder.admit(prompts)
-                return decoder.run(streamer)
+            decoder = BlockDecoder(model, config, tokenizer, generator)
+            decoder.admit(prompts)
+            return decoder.run(streamer)
     finally:
         if was_training:
             model.train()

@@ -1,5 +1,6 @@
 """The reference decoder: plain and slow. One row at a time, no cache, no padding, and every step
-recomputes the whole sequence with the model's own forward (the attention kernel the model was loaded with).
+recomputes the whole sequence with the model's own forward, so with the attention kernel chosen when the model
+was wrapped or loaded (attention.py: `sdpa_shared_kv` for an `sdpa` model), the one the engine runs.
 The fast engine must produce the same tokens at temperature 0; rows end by the same rule (rows.end_of_row)."""
 
 import torch

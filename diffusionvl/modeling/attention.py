@@ -4,12 +4,11 @@ transformers' `sdpa` attention lets SDPA share key/value heads (`enable_gqa`) on
 the engine's 4-D block-causal mask it copies every layer's K and V from the key/value heads to all query heads
 (`repeat_kv`) on every step, which costs time linear in the context per step (47 ms at 2,048 tokens, 179 ms at
 8,192 on a Qwen2.5-0.5B shape, 2-core CPU). `sdpa_shared_kv` is the same call with `enable_gqa=True` under a
-mask, registered with transformers' attention interface as `ATTENTION`; the engine switches the decoder to it
-for the duration of a generate call (`shared_kv_heads`). The tokens equal the reference decoder's, which runs
-plain `sdpa` (tests/test_engine.py).
+mask, registered with transformers' attention interface as `ATTENTION`. It is chosen once, when a model is
+wrapped or loaded (`use_shared_kv_heads`, from DiffusionVL.__init__): training, the reference decoder and the
+engine then all run it, and nothing switches it during `generate`, so threads sharing a model cannot disturb each
+other. Without a mask or without grouped heads it is transformers' own `sdpa`.
 """
-
-from contextlib import contextmanager
 
 import torch
 from transformers import AttentionInterface
@@ -30,18 +29,10 @@ def sdpa_shared_kv(module, query, key, value, attention_mask, dropout: float = 0
     return out.transpose(1, 2).contiguous(), None
 
 
-AttentionInterface.register(ATTENTION, sdpa_shared_kv)
-AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # 2-D masks become what sdpa would get
-
-
-@contextmanager
-def shared_kv_heads(config):
-    """Within: a decoder configured for `sdpa` runs `sdpa_shared_kv` instead. Any other attention is left alone."""
+def use_shared_kv_heads(config) -> None:
+    """A decoder configured for `sdpa` runs `sdpa_shared_kv` from now on. Any other attention is left alone."""
     if config._attn_implementation != "sdpa":
-        yield
         return
+    AttentionInterface.register(ATTENTION, sdpa_shared_kv)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # 2-D masks become what sdpa would get
     config._attn_implementation = ATTENTION
-    try:
-        yield
-    finally:
-        config._attn_implementation = "sdpa"

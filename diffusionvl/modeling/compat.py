@@ -4,11 +4,12 @@ import torch
 from transformers import PreTrainedModel
 
 from ..errors import UnsupportedModelError
+from .attention import ATTENTION
 from .backbones import TextBackbone
 from .masks import to_attention_mask
 
 # Flash-attention kernels take no arbitrary mask, so they cannot express block-causal attention.
-SUPPORTED_ATTENTION = ("sdpa", "eager")
+SUPPORTED_ATTENTION = ("sdpa", "eager", ATTENTION)
 PROBE_LENGTH = 8
 
 

@@ -18,7 +18,6 @@ from ..decoding.config import DecodingConfig
 from ..decoding.engine import BlockDecoder
 from ..decoding.prompts import build_prompts
 from ..decoding.rows import Row
-from ..modeling.attention import shared_kv_heads
 from ..modeling.backbones import VisionInputs
 from .protocol import APIError
 
@@ -112,7 +111,7 @@ class Scheduler:
         return self.thread is not None and self.thread.is_alive()
 
     def _loop(self) -> None:
-        with torch.inference_mode(), shared_kv_heads(self.model.backbone.decoder.config):
+        with torch.inference_mode():
             while self.running:
                 with self.wake:
                     while self.running and not self.waiting and not self.groups:
