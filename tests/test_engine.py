@@ -349,3 +349,22 @@ def _picture():
     from diffusionvl.minivl.generator import generate
 
     return generate("caption", "test", 11, 1, 112)[0].image
+
+
+@pytest.mark.parametrize("cached", [True, False])
+@pytest.mark.parametrize("sampled", [False, True])
+def test_decoding_makes_every_tensor_on_the_inputs_device(cached, sampled):
+    """A stand-in for a GPU run on a CPU-only machine: with "meta" as the default device, any tensor the decoders
+    make without `device=` lands on meta, and the output is not the CPU tensor it must be (or an op fails)."""
+    model, tokenizer = wrap(block_size=4, seed=9), tiny_tokenizer()
+    ids = random_ids(2, 7, seed=2)
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0  # a left-padded row
+    options = dict(max_new_tokens=10, steps=2, use_cache=cached, stop_strings=("w7",), tokenizer=tokenizer,
+                   temperature=1.0 if sampled else 0.0)
+    expected = run(model, ids, mask, generator=torch.Generator().manual_seed(0), **options)
+    generator = torch.Generator().manual_seed(0)
+    with torch.device("meta"):
+        out = run(model, ids, mask, generator=generator, **options)
+    assert out.sequences.device.type == "cpu" and torch.equal(out.sequences, expected.sequences)
+

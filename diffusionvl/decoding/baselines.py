@@ -57,4 +57,4 @@ def full_sequence_generate(
                 context = StepContext(step, per_block, step_quota(schedule, step, masked))
                 canvas[:, start:end], masked = commit_step(policy, token, confidence, canvas[:, start:end], masked, context)
         rows.append(_until_end(canvas[0, len(prompt) :].tolist(), tokens.eot))
-    return DecodingOutput.from_rows(rows, forwards, tokens.pad)
+    return DecodingOutput.from_rows(rows, forwards, tokens.pad, input_ids.device)

@@ -22,7 +22,7 @@ from .policies import StepContext, commit_step, settle_after_end, static_schedul
 from .prompts import Prompt, build_prompts, check_inputs, prompt_layout
 from .reference import reference_decode
 from .rows import Batch, Row
-from .sampling import propose_masked
+from .sampling import generator_on, propose_masked
 
 
 class BlockDecoder:
@@ -34,7 +34,9 @@ class BlockDecoder:
     """
 
     def __init__(self, model, config: DecodingConfig, tokenizer=None, generator=None, observer=None):
-        self.model, self.config, self.tokenizer, self.generator = model, config, tokenizer, generator
+        device = model.get_input_embeddings().weight.device
+        self.model, self.config, self.tokenizer = model, config, tokenizer
+        self.generator = generator_on(device, generator)  # sampling's, on the model's device
         self.observer = observer
         self.tokens, self.backbone = model.special_tokens, model.backbone
         self.size = model.block_size
@@ -42,7 +44,7 @@ class BlockDecoder:
         self.policy = config.policy
         self.layers = self.backbone.decoder.config.num_hidden_layers
         self.shift_logits = model.config.logit_shift  # position i - 1 predicts token i (SPEC §2)
-        self.batch = Batch.empty(self.size, model.get_input_embeddings().weight.device)
+        self.batch = Batch.empty(self.size, device)
         self.next_id = 0  # the id of the next admitted row
         self.nfe = self.prefill_forwards = 0
         self.cache = BlockCache(self.layers, 0)
@@ -305,13 +307,13 @@ class BlockDecoder:
         while len(self.batch):
             for row, new in self.step():
                 if streamer is not None and row.id == 0 and new:
-                    streamer.put(torch.tensor(new))
+                    streamer.put(torch.tensor(new, device="cpu"))  # streamers decode on the CPU
                 if row.finished:
                     done[row.id] = row
         if streamer is not None:
             streamer.end()
         return DecodingOutput.from_records([done[key] for key in sorted(done)], self.nfe, self.tokens.pad,
-                                           self.prefill_forwards)
+                                           self.batch.block.device, self.prefill_forwards)
 
 
 def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=None, tokenizer=None, generator=None,

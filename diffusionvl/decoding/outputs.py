@@ -24,20 +24,21 @@ class DecodingOutput:
     finish_reasons: list[str] = field(default_factory=list)
 
     @classmethod
-    def from_records(cls, records, nfe: int, pad: int, prefill_forwards: int = 0):
-        """Pack finished `rows.Row` records, in order."""
-        output = cls.from_rows([row.tokens for row in records], nfe, pad, [row.block_steps for row in records],
+    def from_records(cls, records, nfe: int, pad: int, device, prefill_forwards: int = 0):
+        """Pack finished `rows.Row` records, in order, into tensors on `device`."""
+        output = cls.from_rows([row.tokens for row in records], nfe, pad, device, [row.block_steps for row in records],
                                sum(row.forwards for row in records), prefill_forwards)
         output.finish_reasons = [row.finish_reason for row in records]
         return output
 
     @classmethod
-    def from_rows(cls, rows: list[list[int]], nfe: int, pad: int, block_steps=None, row_forwards=None,
+    def from_rows(cls, rows: list[list[int]], nfe: int, pad: int, device, block_steps=None, row_forwards=None,
                   prefill_forwards: int = 0):
-        """Pack per-row outputs, pad after each row's end. `row_forwards`: forwards summed over rows (default nfe)."""
-        sequences = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long)
+        """Pack per-row outputs on `device` (the prompts'), pad after each row's end. `row_forwards`: forwards
+        summed over rows (default nfe)."""
+        sequences = torch.full((len(rows), max(len(r) for r in rows)), pad, dtype=torch.long, device=device)
         for index, row in enumerate(rows):
-            sequences[index, : len(row)] = torch.tensor(row, dtype=torch.long)
+            sequences[index, : len(row)] = torch.tensor(row, dtype=torch.long, device=device)
         row_forwards = int(row_forwards if row_forwards is not None else nfe)
         per_forward = sum(len(r) for r in rows) / max(row_forwards, 1)
         return cls(sequences, nfe, per_forward, block_steps if block_steps is not None else [[] for _ in rows],

@@ -8,7 +8,7 @@ import torch
 from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
 from .rows import Row
-from .sampling import propose_masked
+from .sampling import generator_on, propose_masked
 
 
 def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, generator=None, vision=None) -> Row:
@@ -47,8 +47,9 @@ def reference_decode(model, ids, valid, vision, config, tokenizer=None, generato
     """Decode every row alone: its unpadded prompt and its own images. ids, valid: (N, L), as prompts.check_inputs
     returns them."""
     images = model.backbone.split_rows(ids, vision)
+    generator = generator_on(ids.device, generator)
     rows = [
         reference_decode_row(model, row[keep], config, tokenizer, generator, image)
         for row, keep, image in zip(ids, valid, images)
     ]
-    return DecodingOutput.from_records(rows, sum(row.forwards for row in rows), model.special_tokens.pad)
+    return DecodingOutput.from_records(rows, sum(row.forwards for row in rows), model.special_tokens.pad, ids.device)

@@ -37,11 +37,17 @@ def propose(
         confidence, token = probs.max(-1)
         return token, confidence
     probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
-    flat = probs.reshape(-1, probs.shape[-1])
-    if generator is not None:  # sample where the generator lives, so a CPU seed also drives a GPU model
-        flat = flat.to(generator.device)
-    token = torch.multinomial(flat, 1, generator=generator).to(probs.device).view(probs.shape[:-1])
+    token = torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1, generator=generator).view(probs.shape[:-1])
     return token, probs.gather(-1, token[..., None])[..., 0]
+
+
+def generator_on(device, generator: torch.Generator | None) -> torch.Generator | None:
+    """A generator on `device` for a decode: the user's where it lives there, else one seeded once from it, so a
+    CPU seed drives a GPU model without moving a (positions x vocabulary) matrix across devices every step."""
+    if generator is None or generator.device == torch.device(device):
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device).manual_seed(seed)
 
 
 def propose_masked(
