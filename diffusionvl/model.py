@@ -188,7 +188,7 @@ class DiffusionVL(PreTrainedModel):
                 "with logit_shift the first new token is predicted from the last cached position, whose hidden state "
                 "the cache does not keep; run the whole sequence without a cache, or use generate().")
         hidden = self.backbone.decode(inputs_embeds, attention_mask, position_ids, cache, bool(use_cache))
-        return CausalLMOutputWithPast(logits=self.backbone.head(self.to_token_positions(hidden)), past_key_values=cache)
+        return CausalLMOutputWithPast(logits=self.backbone.head(self.to_token_positions(hidden)), cache=cache)
 
     def to_token_positions(self, states: torch.Tensor) -> torch.Tensor:
         """Per-position states (N, L, ...) -> the states that predict token i at index i. Without logit_shift

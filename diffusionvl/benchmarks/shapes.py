@@ -80,7 +80,7 @@ def _median_ms(run, repeats: int) -> float:
 def ar_step_ms(ar, context: int, repeats: int) -> float:
     device = next(ar.parameters()).device
     prompt = torch.randint(0, 1000, (1, context), device=device)
-    cache = ar(input_ids=prompt, use_cache=True).past_key_values
+    cache = ar(input_ids=prompt, use_cache=True).cache
     token = prompt[:, -1:]
 
     def step():
