@@ -22,8 +22,6 @@ from diffusionvl.minivl.generator import (
 )
 from diffusionvl.training.data import read_llava
 
-pytest.importorskip("sklearn")
-
 
 def _fingerprint(samples):
     return [(s.question, s.answer, s.image.size, s.image.tobytes()) for s in samples]

@@ -82,11 +82,14 @@ def test_plain_text_and_max_tokens(client):
 
 def test_a_seeded_sampled_request_repeats_itself_and_max_completion_tokens_limits_it(client):
     sample = generate("caption", "test", 6, 1, 112)[0]
-    options = dict(temperature=1.5, top_p=0.95, seed=11, max_completion_tokens=12)
-    first, again = (client.chat.completions.create(model=MODEL, messages=image_message(sample), **options)
+    options = dict(temperature=3.0, max_completion_tokens=12)  # hot enough that seeds give different answers
+    first, again = (client.chat.completions.create(model=MODEL, messages=image_message(sample), seed=11, **options)
                     for _ in range(2))
     assert first.choices[0].message.content == again.choices[0].message.content
     assert first.usage.completion_tokens <= 12
+    others = {client.chat.completions.create(model=MODEL, messages=image_message(sample), seed=seed,
+                                             **options).choices[0].message.content for seed in (12, 13, 14)}
+    assert others - {first.choices[0].message.content}  # the control: another seed, another answer
 
 
 def test_streaming_sends_blocks_that_join_to_the_plain_answer_and_usage_at_the_end(client):

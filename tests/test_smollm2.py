@@ -106,7 +106,7 @@ def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
         names = [row["name"] for row in results["rows"]]
         assert names == ["AR (greedy, KV cache)", "static", "dynamic@0.9", "threshold@0.9"]
         ar = results["rows"][0]
-        assert ar["exact_match"] == 1.0 and ar["tokens_per_forward"] == 1.0  # the AR agrees with its own answers
+        assert ar["tokens_per_forward"] == 1.0  # one token per forward: the AR row counts forwards as the AR runs
         assert (out / "smollm2-dlm" / "adapter.safetensors").is_file() and results["curve"]
         assert "| static |" in (out / "results.md").read_text()
         checkpoint = max((out / "runs" / "smollm2-dlm").glob("checkpoint-*"))
