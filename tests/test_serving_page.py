@@ -4,7 +4,7 @@ an error shown in the page, which stays usable."""
 
 import base64
 import io
-import os
+import shutil
 
 import openai
 import pytest
@@ -16,7 +16,8 @@ from diffusionvl.serving.local import serving
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 MODEL = "minivl-dvlm"
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,10 @@ def client(url):
 
 @pytest.fixture(scope="module")
 def browser():
-    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    missing = [name for name, path in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if path is None]
     if missing:
         pytest.fail(f"the page test needs Chromium and its driver; {', '.join(missing)} not found. Install them: "
-                    "apt-get install chromium chromium-driver")
+                    "bash scripts/install-browser.sh (the README's test command runs it)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
