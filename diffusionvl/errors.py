@@ -5,6 +5,8 @@ ValueError, so `except ValueError` keeps catching them; the `diffusionvl` comman
 and exits with status 2, without a traceback.
 """
 
+import importlib
+
 
 class DiffusionVLError(ValueError):
     """Something the user passed or pointed at is wrong; the message says what and how to fix it."""
@@ -36,3 +38,22 @@ class MissingImageError(ImageError, FileNotFoundError):
 
     def __init__(self, message: str, path=None):
         super().__init__(message, path, "missing")
+
+
+class MissingExtraError(DiffusionVLError, ImportError):
+    """A feature's optional dependency is not installed; the message names the extra that installs it. Also an
+    ImportError, which is what it replaces."""
+
+
+def require_extra(extra: str, feature: str, *modules: str, also: str = "") -> None:
+    """Raise MissingExtraError, naming `pip install 'diffusionvl[extra]'` (and `also`, a further command),
+    unless every module imports."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        more = f" && {also}" if also else ""
+        raise MissingExtraError(f"{feature} needs {', '.join(missing)}: pip install 'diffusionvl[{extra}]'{more}.")

@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..decoding.config import DecodingConfig
-from ..errors import DiffusionVLError
+from ..errors import DiffusionVLError, require_extra
 
 SOURCES = {"minivl-dvlm": "minivl-ar"}  # a shipped dVLM's AR source
 
@@ -295,10 +295,9 @@ def markdown(result: dict) -> str:
 
 
 def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise DiffusionVLError("--plot needs matplotlib: pip install matplotlib (or the extra diffusionvl[bench]).") from None
+    require_extra("bench", "--plot", "matplotlib")
+    import matplotlib
+
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 

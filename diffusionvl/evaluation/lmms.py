@@ -23,16 +23,15 @@ One process only: the requests are not split across ranks.
 import json
 import operator
 
-try:
-    from lmms_eval.api.instance import Instance
-    from lmms_eval.api.model import lmms
-    from lmms_eval.api.registry import register_model
-    from lmms_eval.models.registry_v2 import ModelManifest
-except ImportError as error:  # diffusionvl itself never needs lmms-eval; only this adapter does
-    raise ImportError(f"diffusionvl.evaluation.lmms needs lmms-eval ({error}); install it with "
-                      "`pip install lmms-eval`.") from error
+from ..errors import DiffusionVLError, require_extra
 
-from ..errors import DiffusionVLError
+# diffusionvl itself never needs lmms-eval; only this adapter does (its own requirements pull torchvision, so it
+# goes in without them, and the extra brings what it really imports)
+require_extra("lmms", "the lmms-eval adapter", "lmms_eval", also="pip install --no-deps lmms-eval==0.7.3")
+from lmms_eval.api.instance import Instance  # noqa: E402
+from lmms_eval.api.model import lmms  # noqa: E402
+from lmms_eval.api.registry import register_model  # noqa: E402
+from lmms_eval.models.registry_v2 import ModelManifest  # noqa: E402
 
 MODEL_NAME = "diffusionvl"
 MANIFEST = ModelManifest(model_id=MODEL_NAME, simple_class_path=f"{__spec__.name}.DiffusionVLLmms")

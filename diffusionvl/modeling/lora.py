@@ -3,15 +3,16 @@ checkpoint reloads strictly (and a run resumes exactly), and merged back into pl
 
 from torch import nn
 
+from ..errors import require_extra
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 def inject_lora(model: nn.Module, settings: dict) -> None:
     """Add LoRA adapters to `model` in place. settings: peft LoraConfig fields (r, lora_alpha, target_modules...)."""
-    try:
-        from peft import LoraConfig, inject_adapter_in_model
-    except ImportError as error:
-        raise ImportError("LoRA needs PEFT: pip install peft (or pip install 'diffusionvl[lora]').") from error
+    require_extra("lora", "LoRA", "peft")
+    from peft import LoraConfig, inject_adapter_in_model
+
     inject_adapter_in_model(LoraConfig(**settings), model)
 
 

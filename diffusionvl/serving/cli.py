@@ -46,13 +46,9 @@ def server_config(args: argparse.Namespace):
 
 def require_serving_packages() -> None:
     """The server's packages are an extra: say how to install them instead of failing on an import."""
-    from importlib.util import find_spec
+    from ..errors import require_extra
 
-    from ..errors import DiffusionVLError
-
-    missing = [name for name in ("fastapi", "uvicorn", "prometheus_client") if find_spec(name) is None]
-    if missing:
-        raise DiffusionVLError(f"diffusionvl serve needs {', '.join(missing)}: pip install 'diffusionvl[serve]'.")
+    require_extra("serve", "diffusionvl serve", "fastapi", "uvicorn", "prometheus_client")
 
 
 def build(config, device=None, dtype=None):
@@ -67,12 +63,12 @@ def build(config, device=None, dtype=None):
 
 
 def main(args: argparse.Namespace) -> None:
+    require_serving_packages()  # before any import of them
     import torch
     import uvicorn
 
     from ..cli import torch_dtype
 
-    require_serving_packages()
     config = server_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     app = build(config, device, torch_dtype(args.dtype))

@@ -227,6 +227,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     from ..cli import decoding_config
+    from ..errors import require_extra
+    from .cli import require_serving_packages
+
+    require_extra("serve", "diffusionvl bench-serve", "openai", "httpx")
+    if args.url is None:  # it starts a server of its own
+        require_serving_packages()
 
     result = run(args.model, args.url, args.clients, args.requests, args.max_tokens, decoding_config(args),
                  args.repeats, args.device)

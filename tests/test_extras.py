@@ -1,0 +1,55 @@
+"""A feature whose optional dependency is missing fails with one line naming the extra that installs it."""
+
+import sys
+
+import pytest
+from conftest import cli_error, wrap
+
+from diffusionvl.errors import MissingExtraError
+
+
+def blocked(monkeypatch, *modules: str) -> None:
+    """Make `modules` unimportable, as if not installed (a None entry in sys.modules stops the import)."""
+    for name in modules:
+        for loaded in [key for key in sys.modules if key == name or key.startswith(name + ".")]:
+            monkeypatch.delitem(sys.modules, loaded)
+        monkeypatch.setitem(sys.modules, name, None)
+
+
+@pytest.mark.parametrize("argv, module, extra", [
+    (["serve", "--port", "1"], "uvicorn", "serve"),
+    (["serve"], "prometheus_client", "serve"),
+    (["bench-serve", "--url", "http://127.0.0.1:1"], "openai", "serve"),
+    (["bench", "--samples", "1", "--plot", "out.png"], "matplotlib", "bench"),
+])
+def test_a_command_without_its_extra_says_which_to_install(monkeypatch, capsys, argv, module, extra):
+    blocked(monkeypatch, module)
+    message = cli_error(capsys, *argv)
+    assert f"needs {module}" in message and f"pip install 'diffusionvl[{extra}]'" in message
+    assert "\n" not in message.strip()
+
+
+def test_lora_without_peft_names_the_extra(monkeypatch):
+    from diffusionvl.modeling.lora import add_lora
+
+    blocked(monkeypatch, "peft")
+    with pytest.raises(MissingExtraError, match=r"LoRA needs peft: pip install 'diffusionvl\[lora\]'"):
+        add_lora(wrap(block_size=4), rank=4)
+
+
+def test_smollm2_without_gguf_names_the_extra(monkeypatch, tmp_path):
+    from diffusionvl.smollm2 import source
+
+    monkeypatch.setenv("DIFFUSIONVL_CACHE", str(tmp_path))
+    blocked(monkeypatch, "gguf")
+    with pytest.raises(MissingExtraError, match=r"needs gguf: pip install 'diffusionvl\[smollm2\]'"):
+        source.base_folder()
+
+
+def test_the_lmms_adapter_without_lmms_eval_names_the_extra(monkeypatch):
+    import importlib
+
+    blocked(monkeypatch, "lmms_eval")
+    monkeypatch.delitem(sys.modules, "diffusionvl.evaluation.lmms", raising=False)
+    with pytest.raises(MissingExtraError, match=r"pip install 'diffusionvl\[lmms\]' && pip install --no-deps"):
+        importlib.import_module("diffusionvl.evaluation.lmms")
