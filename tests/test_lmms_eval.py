@@ -56,8 +56,8 @@ def test_without_lmms_eval_diffusionvl_imports_and_the_adapter_names_the_install
     run = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, env=_child_env(),
                          timeout=300)
     assert run.returncode != 0
-    assert "ImportError: diffusionvl.evaluation.lmms needs lmms-eval" in run.stderr
-    assert "pip install lmms-eval" in run.stderr
+    assert "MissingExtraError: the lmms-eval adapter needs lmms_eval: pip install 'diffusionvl[lmms]'" in run.stderr
+    assert "pip install --no-deps lmms-eval==0.7.3" in run.stderr
 
 
 @pytest.fixture(scope="module")
