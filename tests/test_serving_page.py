@@ -160,3 +160,23 @@ def test_a_server_error_is_shown_and_the_page_stays_usable(page, client, tmp_pat
     expected = client.chat.completions.create(model=MODEL, messages=[image_turn(sample)])
     assert shown["error"] == "" and shown["text"] == expected.choices[0].message.content != ""
     assert "NFE" in shown["stats"]
+
+
+def test_with_an_api_key_the_page_asks_for_it_once_and_answers(browser, tmp_path):
+    from selenium.webdriver.support import expected_conditions
+
+    with serving(build(ServerConfig(api_key="page-key"))) as base:
+        browser.get(base + "/")  # a new origin: nothing stored yet
+        alert = wait(browser, expected_conditions.alert_is_present(), 10)
+        alert.send_keys("page-key")
+        alert.accept()
+        wait(browser, lambda d: "model minivl-dvlm" in js(d, "return document.getElementById('model').textContent"), 10)
+        sample = generate("caption", "test", 2, 1, 112)[0]
+        path = tmp_path / "caption.png"
+        path.write_bytes(png(sample.image))
+        attach_file(browser, path)
+        shown = ask(browser, sample.question)
+        keyed = openai.OpenAI(base_url=f"{base}/v1", api_key="page-key", max_retries=0)
+        expected = keyed.chat.completions.create(model=MODEL, messages=[image_turn(sample)])
+        assert shown["error"] == "" and shown["text"] == expected.choices[0].message.content != ""
+        assert ask(browser, "Describe the image.")["error"] == ""  # the key is kept: no second question

@@ -9,16 +9,18 @@ which are masks, and which hold the prompt's own last tokens (a first block).
 """
 
 import asyncio
+import hmac
 import json
 import time
 import uuid
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from ..decoding.prompts import check_positions
 from ..errors import DiffusionVLError
@@ -33,6 +35,9 @@ from .scheduler import Job, Scheduler
 def create_app(model, processor, config: ServerConfig, served_name: str) -> FastAPI:
     """The app serving `model` (a DiffusionVL, in eval mode) under `served_name`."""
     tokenizer = getattr(processor, "tokenizer", processor)
+    # no token spells more characters than the longest vocabulary entry: a prompt of more characters than the
+    # token limit times that (twice, for normalisers that merge characters) is refused before it is tokenized
+    max_prompt_chars = 2 * config.max_prompt_tokens * max(map(len, tokenizer.get_vocab()))
     metrics = Metrics()
     scheduler = Scheduler(model, tokenizer, config.max_batch, config.max_queue, metrics)
 
@@ -42,6 +47,16 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
         yield
         scheduler.stop()
 
+    def authorized(request: Request) -> None:
+        """With an API key set: `Authorization: Bearer KEY`, or a 401 in OpenAI's shape."""
+        if config.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
+            raise APIError(401, "this server needs an API key: send the header 'Authorization: Bearer KEY'.",
+                           code="invalid_api_key")
+
+    keyed = [Depends(authorized)]
     app = FastAPI(title="diffusionvl", lifespan=lifespan)
     app.state.scheduler, app.state.metrics = scheduler, metrics
 
@@ -58,6 +73,11 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
         kind = "invalid_request_error" if status == 400 else "server_error"
         return JSONResponse(APIError(status, f"{type(error).__name__}: {error}", kind=kind).body(), status_code=status)
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone):
+        metrics.count(499)  # nginx's "client closed request": counted apart from the server's own errors
+        return Response(status_code=499)
+
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, error: HTTPException):
         kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
@@ -66,17 +86,18 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
 
     @app.get("/health")
     async def health():
-        state = {"model": served_name, "active": scheduler.active, "queued": len(scheduler.waiting)}
+        state = {"model": served_name, "active": scheduler.active, "queued": len(scheduler.waiting),
+                 "auth": config.api_key is not None}
         if not scheduler.alive:  # nothing would answer a request: say so, so that a supervisor restarts us
             return JSONResponse({"status": "engine stopped", **state}, status_code=503)
         return {"status": "ok", **state}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=keyed)
     async def models():
         return {"object": "list", "data": [{"id": served_name, "object": "model", "created": 0,
                                             "owned_by": "diffusionvl"}]}
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[] if config.metrics_without_key else keyed)
     async def prometheus():
         return Response(metrics.text(), media_type="text/plain; version=0.0.4")
 
@@ -84,15 +105,15 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
     async def page():
         return resources.files(__package__).joinpath("page.html").read_text(encoding="utf-8")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=keyed)
     async def chat(request: Request):
-        raw = await read_body(request, config.max_request_bytes)
+        raw = await read_body(request, config.max_request_bytes, config.body_timeout)
         try:
             body = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             raise APIError(400, f"the request body is not valid JSON: {error}.", code="invalid_json") from None
         parsed = await run_in_threadpool(parse_request, body, config, served_name)
-        ids, vision = await run_in_threadpool(prepare, model, processor, parsed, config)
+        ids, vision = await run_in_threadpool(prepare, model, processor, parsed, config, max_prompt_chars)
         events: asyncio.Queue = asyncio.Queue()
         loop = asyncio.get_running_loop()
 
@@ -109,28 +130,45 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
     return app
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout: float) -> bytes:
     """The body, refused with 413 once it passes `limit` bytes (by its Content-Length, or while it streams in
-    without one), so an oversized request is never held in memory whole."""
+    without one), so an oversized request is never held in memory whole; with 408 when it pauses for `timeout`
+    seconds (a slow partial body would hold its connection forever); a client that leaves is `ClientGone`."""
     too_large = APIError(413, f"the request is over this server's limit of {limit:,} bytes; send smaller images.",
                          code="request_too_large")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    chunks, size, stream = [], 0, request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(stream), timeout)
+        except StopAsyncIteration:
+            return b"".join(chunks)
+        except asyncio.TimeoutError:
+            raise APIError(408, f"the request body paused for over {timeout:g} s; send it whole.",
+                           code="body_timeout", kind="timeout") from None
+        except ClientDisconnect:
+            raise ClientGone() from None
         size += len(chunk)
         if size > limit:
             raise too_large
         chunks.append(chunk)
-    return b"".join(chunks)
 
 
-def prepare(model, processor, request: ChatRequest, config: ServerConfig):
+class ClientGone(Exception):
+    """The client closed the connection before its request was read: nobody to answer, nothing went wrong."""
+
+
+def prepare(model, processor, request: ChatRequest, config: ServerConfig, max_chars: int):
     """Token ids (1, L) and vision inputs of a checked request, or an APIError (images on a text model, a prompt
-    over the limits)."""
+    over the limits: over `max_chars` characters before tokenizing, then over the token limit)."""
     if request.images and not hasattr(processor, "chat_text"):
         raise APIError(400, "this model takes no images (it has no image processor); send text only.", "messages")
+    chars = sum(len(part.get("text", "")) for message in request.messages for part in message["content"])
+    if chars > max_chars:
+        raise APIError(400, f"the prompt is {chars:,} characters, more than this server's {config.max_prompt_tokens} "
+                       "tokens can hold; shorten it.", "messages", "context_length_exceeded")
     inputs = conversation_inputs(processor, request.messages, request.images)
     ids = inputs["input_ids"]
     if ids.shape[1] > config.max_prompt_tokens:

@@ -6,6 +6,8 @@ Then: open http://127.0.0.1:8000/ for the web page, or use any OpenAI client wit
 """
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 
@@ -25,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-tokens", type=int, default=1024, help="the largest max_tokens a request may ask")
     parser.add_argument("--max-prompt-tokens", type=int, default=8192, help="the longest prompt, images included")
     parser.add_argument("--request-timeout", type=float, default=300.0, help="seconds before a request gets 408")
+    parser.add_argument("--body-timeout", type=float, default=30.0,
+                        help="seconds a request body may pause before its connection is closed with 408")
+    parser.add_argument("--api-key", default=os.environ.get("DIFFUSIONVL_API_KEY"),
+                        help="require 'Authorization: Bearer KEY' on /v1/* (default: $DIFFUSIONVL_API_KEY; none: open)")
+    parser.add_argument("--metrics-without-key", action="store_true", help="leave /metrics open when a key is set")
     parser.add_argument("--allow-local-images", action="store_true", help="accept image_url values that are paths")
     parser.add_argument("--allow-remote-images", action="store_true", help="accept http(s) image URLs (fetched here)")
     add_decoding_arguments(parser)
@@ -40,8 +47,10 @@ def server_config(args: argparse.Namespace):
     return ServerConfig(model=model, served_name=args.served_name or Path(model).name, host=args.host,
                         port=args.port, max_batch=args.max_batch, max_queue=args.max_queue, max_tokens=args.max_tokens,
                         max_prompt_tokens=args.max_prompt_tokens,
-                        request_timeout=args.request_timeout, allow_local_images=args.allow_local_images,
-                        allow_remote_images=args.allow_remote_images, decoding=decoding_config(args))
+                        request_timeout=args.request_timeout, body_timeout=args.body_timeout,
+                        allow_local_images=args.allow_local_images, allow_remote_images=args.allow_remote_images,
+                        api_key=args.api_key, metrics_without_key=args.metrics_without_key,
+                        decoding=decoding_config(args))
 
 
 def require_serving_packages() -> None:
@@ -49,6 +58,16 @@ def require_serving_packages() -> None:
     from ..errors import require_extra
 
     require_extra("serve", "diffusionvl serve", "fastapi", "uvicorn", "prometheus_client")
+
+
+def loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only."""
+    import ipaddress
+
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost
+        return False
 
 
 def build(config, device=None, dtype=None):
@@ -71,6 +90,9 @@ def main(args: argparse.Namespace) -> None:
 
     config = server_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if config.api_key is None and not loopback(config.host):
+        print(f"warning: serving on {config.host} without an API key: anyone who reaches this port can use it; "
+              "set --api-key (or DIFFUSIONVL_API_KEY).", file=sys.stderr, flush=True)
     app = build(config, device, torch_dtype(args.dtype))
     print(f"serving {app.title} model {config.served_name} on http://{config.host}:{config.port}/ "
           f"(OpenAI base_url http://{config.host}:{config.port}/v1)", flush=True)

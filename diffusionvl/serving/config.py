@@ -16,8 +16,11 @@ class ServerConfig:
     max_prompt_tokens: the longest prompt, images' tokens included (the model's positions also bound it).
     max_image_bytes, max_image_pixels, max_images: per image (decoded bytes, width x height) and per request.
     request_timeout: seconds from arrival to the last token; a request past it is dropped with 408.
+    body_timeout: seconds a request's body may pause between two chunks; a slower one is closed with 408.
     allow_local_images / allow_remote_images: accept `image_url` values that are file paths / http(s) URLs. Off by
         default: a server reachable by others should not read its own disk or fetch URLs on their behalf.
+    api_key: when set, /v1/* (and /metrics, unless metrics_without_key) need `Authorization: Bearer <api_key>`;
+        /health and the page stay open (the page asks for the key).
     decoding: the settings a request gets for what it does not set (steps, strategy, threshold, sampling).
     """
 
@@ -33,8 +36,11 @@ class ServerConfig:
     max_image_pixels: int = 4096 * 4096
     max_images: int = 8
     request_timeout: float = 300.0
+    body_timeout: float = 30.0
     allow_local_images: bool = False
     allow_remote_images: bool = False
+    api_key: str | None = None
+    metrics_without_key: bool = False
     decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=256))
 
     def __post_init__(self):
@@ -45,9 +51,11 @@ class ServerConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or too_large:
                 raise DiffusionVLError(f"{name} must be a positive integer{' up to 65535' if name == 'port' else ''}, "
                                        f"got {value!r}.")
-        if not self.request_timeout > 0:
-            raise DiffusionVLError(f"request_timeout must be a positive number of seconds, got "
-                                   f"{self.request_timeout!r}.")
+        if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
+            raise DiffusionVLError("api_key must be a non-empty string (or None for an open server).")
+        for name in ("request_timeout", "body_timeout"):
+            if not getattr(self, name) > 0:
+                raise DiffusionVLError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}.")
 
     @property
     def max_request_bytes(self) -> int:
