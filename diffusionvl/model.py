@@ -4,6 +4,7 @@ The wrapped model's modeling code is untouched. Training sees `[x_t ; x_0]` with
 inference sees the clean stream with a block-causal mask. The model knows nothing about sampling.
 """
 
+import logging
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -316,11 +317,16 @@ class DiffusionVL(PreTrainedModel):
             return getattr(released, RELEASED_TYPES[found])(folder, cls, dtype=kwargs.get("dtype"))
         want_info = kwargs.pop("output_loading_info", False)
         kwargs.setdefault("ignore_mismatched_sizes", True)  # report mis-shaped weights below, naming each one
+        report = logging.getLogger("transformers.modeling_utils")
+        quiet = _WithoutLoadReport()  # a bad layout is raised below with the same keys, and nothing is printed
+        report.addFilter(quiet)
         try:
             model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
         except (OSError, RuntimeError) as error:  # e.g. transformers' report of mis-shaped weights
             raise CheckpointLayoutError(f"{path}: the weights do not load into the architecture its config.json "
                                         f"describes ({error}).") from error
+        finally:
+            report.removeFilter(quiet)
         problems = {key: sorted(info[key])[:5] for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
         if any(problems.values()):
             raise CheckpointLayoutError(
@@ -328,6 +334,13 @@ class DiffusionVL(PreTrainedModel):
                 "Was it saved by DiffusionVL.save_pretrained from the same architecture?"
             )
         return (model, info) if want_info else model
+
+
+class _WithoutLoadReport(logging.Filter):
+    """Drops transformers' table of missing and unexpected weights: our loader raises them as an error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "LOAD REPORT" not in record.getMessage()
 
 
 def _max_positions(base) -> int | None:

@@ -206,3 +206,16 @@ ROWS = sorted({row for row, *_ in CASES})
                          ids=[f"row-{row:02d} {description}" for row, description, *_ in CASES])
 def test_probe_row(row, description, call, expected, probe_checkpoints, tmp_path, capsys):
     check_case(row, description, call, expected, Probe(probe_checkpoints, tmp_path, capsys))
+
+
+@pytest.mark.parametrize("files", [renamed("model.model.", "model.transformer."),
+                                   weights(lambda t: {**t, "model.model.norm.weight": torch.ones(7)})],
+                         ids=["renamed weights", "a weight of the wrong shape"])
+def test_rows_127_128_a_wrong_layout_is_our_error_alone_without_transformers_load_report(
+        files, probe_checkpoints, tmp_path, capfd):
+    from diffusionvl import CheckpointLayoutError
+
+    probe = Probe(probe_checkpoints, tmp_path, None)
+    with pytest.raises(CheckpointLayoutError, match="does not match the DiffusionVL layout"):
+        DiffusionVL.from_pretrained(probe.variant("text", files=files))
+    assert "LOAD REPORT" not in capfd.readouterr().err

@@ -162,8 +162,11 @@ def check_safetensors(file: Path) -> None:
 
 
 def local_folder(path) -> Path | None:
-    """The folder if `path` is local; None for a hub id (org/name) that is not a local path."""
-    if Path(path).exists() or not REPO_ID.match(str(path)):
+    """The folder if `path` is local; None for a hub id (org/name) that is not a local path. Offline
+    (HF_HUB_OFFLINE) nothing is fetched, so a missing `org/name` is a missing local folder, and is named so."""
+    from huggingface_hub import constants
+
+    if Path(path).exists() or not REPO_ID.match(str(path)) or constants.HF_HUB_OFFLINE:
         return Path(path)
     return None
 
