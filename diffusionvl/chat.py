@@ -3,7 +3,8 @@
     diffusionvl chat [--model minivl-dvlm] [--strategy ...] [--threshold ...]
 
 Type a message and press Enter. `/image PATH` attaches an image to your next message, `/reset` starts a new
-conversation, `/quit` (or Ctrl-D) leaves. Lines are kept in a readline history (~/.cache/diffusionvl/chat_history)
+conversation, `/quit` (or Ctrl-D, or Ctrl-C at the prompt) leaves; Ctrl-C during an answer stops that answer, and
+a message the model cannot take (too long, say) is refused for that turn only. Lines are kept in a readline history (~/.cache/diffusionvl/chat_history)
 where the platform has readline.
 """
 
@@ -63,14 +64,60 @@ class Conversation:
     def reply(self, text: str) -> None:
         self.messages.append({"role": "assistant", "content": text})
 
+    def retract(self) -> None:
+        """Forget the last user turn (it got no answer); its images are attached to the next message again."""
+        turn = self.messages.pop()
+        attached = sum(part["type"] == "image" for part in turn["content"])
+        self.pending = self.images[len(self.images) - attached :] + self.pending
+        self.images = self.images[: len(self.images) - attached]
 
-def main(args: argparse.Namespace) -> None:
+
+def check_room(model, processor, config) -> None:
+    """Refuse --max-new-tokens at start when even a one-word message plus the answer overruns the model's
+    positions, rather than at the first message."""
+    from .decoding.prompts import check_positions
+    from .errors import DiffusionVLError
+    from .inference import conversation_inputs
+
+    if getattr(model, "block_size", None) is None:  # an AR model: transformers' generate has its own limit
+        return
+    shortest = conversation_inputs(processor, [{"role": "user", "content": "hi"}])["input_ids"].shape[1]
+    try:
+        check_positions(model, [shortest], config)
+    except DiffusionVLError as error:
+        raise DiffusionVLError(f"--max-new-tokens {config.max_new_tokens} leaves no room for a message: {error}")
+
+
+def turn(model, processor, conversation: Conversation, line: str, config) -> None:
+    """Answer one message, streamed. A bad message (too long, say) or Ctrl-C ends this turn only."""
     from transformers import TextStreamer
 
+    from .inference import answer
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    try:
+        inputs = conversation.inputs(line)
+        print("model> ", end="", flush=True)
+        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        out = answer(model, processor, inputs, config, streamer)
+    except (ValueError, OSError) as error:
+        print(f"\nerror: {error}", file=sys.stderr)
+        conversation.retract()
+        return
+    except KeyboardInterrupt:
+        print("\n(answer stopped; Ctrl-C again or Ctrl-D at the prompt leaves)", file=sys.stderr)
+        conversation.retract()
+        return
+    conversation.reply(out.texts[0])
+    print(f"[{out.tokens} tokens, NFE {out.nfe}, {out.tokens_per_forward:.2f} tokens/forward, "
+          f"{out.seconds:.2f} s]", file=sys.stderr)
+
+
+def main(args: argparse.Namespace) -> None:
     from .checkpoints.folders import DEFAULT_MODEL
     from .cli import decoding_config
     from .errors import DiffusionVLError
-    from .inference import answer, open_model, open_processor
+    from .inference import open_model, open_processor
 
     config = decoding_config(args)
     path = args.model or DEFAULT_MODEL
@@ -79,6 +126,7 @@ def main(args: argparse.Namespace) -> None:
     tokenizer = getattr(processor, "tokenizer", processor)
     if processor is tokenizer and getattr(tokenizer, "chat_template", None) is None:
         raise DiffusionVLError(f"{path} has no chat template; use `diffusionvl generate --raw` instead.")
+    check_room(model, processor, config)
     _history()
     print(f"chatting with {path}; {HELP}", file=sys.stderr)
     conversation = Conversation(processor)
@@ -105,10 +153,4 @@ def main(args: argparse.Namespace) -> None:
         if line.startswith("/"):
             print(f"unknown command {line.split()[0]}; {HELP}", file=sys.stderr)
             continue
-        inputs = conversation.inputs(line)
-        print("model> ", end="", flush=True)
-        streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        out = answer(model, processor, inputs, config, streamer)
-        conversation.reply(out.texts[0])
-        print(f"[{out.tokens} tokens, NFE {out.nfe}, {out.tokens_per_forward:.2f} tokens/forward, "
-              f"{out.seconds:.2f} s]", file=sys.stderr)
+        turn(model, processor, conversation, line, config)
