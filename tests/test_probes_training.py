@@ -285,6 +285,10 @@ CASES = [
      fails(DataError, r"s\.json:2: every turn needs 'from'")),
     (105, "<image> in the gpt turn", lambda w: w.train({"image": "0.png", "conversations": [
         {"from": "human", "value": "w1"}, {"from": "gpt", "value": "<image> w2"}]}), skips()),
+    (105, "<image> in the gpt turn, no image", lambda w: w.train({"conversations": [
+        {"from": "human", "value": "w1"}, {"from": "gpt", "value": "<image> w2"}]}), skips()),
+    (105, "<image> in both turns, one image", lambda w: w.train({"image": "0.png", "conversations": [
+        {"from": "human", "value": "<image> w1"}, {"from": "gpt", "value": "w2 <image>"}]}), skips()),
     (106, "invalid UTF-8", lambda w: w.train(data=w.raw("u.json", b'[\n{"id": "\xff"}\n]')),
      fails(DataError, r"u\.json:2: not valid UTF-8 \(byte 0xff\)")),
     (107, "--image-folder does not exist", lambda w: w.train(image_folder=w.tmp / "nope"),

@@ -118,10 +118,14 @@ def record_images(record: dict) -> list[str]:
 
 
 def to_messages(record: dict) -> tuple[list[dict], list[str]]:
-    """Chat messages with image parts, and the record's image paths. A missing `<image>` goes first; any other
-    mismatch between placeholders and images is a SkippedRecord."""
+    """Chat messages with image parts, and the record's image paths. Images belong to the human turns: an
+    `<image>` in a gpt turn names no image the model could write, so it is dropped from the answer. A missing
+    `<image>` goes first; any other mismatch between placeholders and images is a SkippedRecord."""
     images = record_images(record)
     turns = [dict(turn) for turn in record["conversations"]]
+    for turn in turns:
+        if turn["from"] == "gpt":
+            turn["value"] = turn["value"].replace(IMAGE_PLACEHOLDER, "")
     placed = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns)
     if images and placed == 0:
         first = next((turn for turn in turns if turn["from"] == "human"), turns[0])
