@@ -355,3 +355,22 @@ def test_new_options_are_checked_by_name():
     with pytest.raises(ValueError, match="--weight-decay would shrink the embedding rows"):
         TrainingConfig(**common, lora_rank=4, weight_decay=0.01)
     assert TrainingConfig(**common, lora_rank=4, weight_decay=0.01, lora_mask_row=False).weight_decay == 0.01
+
+
+@pytest.mark.parametrize("fsdp, deepspeed, refused", [(True, False, "FSDP"), (False, True, "DeepSpeed"),
+                                                       (False, False, None)])
+def test_resume_under_sharded_training_is_refused_with_the_way_out(fsdp, deepspeed, refused):
+    """The Trainer runs FSDP only on GPUs (on this CPU it falls back to DDP), so a sharded resume cannot be checked
+    here: it is refused, naming what works, rather than risked. A fresh sharded run is not refused."""
+    from types import SimpleNamespace
+
+    from diffusionvl.errors import DiffusionVLError
+    from diffusionvl.training.train import check_sharded_resume
+
+    trainer = SimpleNamespace(is_fsdp_enabled=fsdp, is_deepspeed_enabled=deepspeed)
+    check_sharded_resume(trainer, None)
+    if refused is None:
+        check_sharded_resume(trainer, "out/checkpoint-2")
+        return
+    with pytest.raises(DiffusionVLError, match=rf"--resume under {refused} is not supported yet.*ddp\.yaml"):
+        check_sharded_resume(trainer, "out/checkpoint-2")

@@ -208,7 +208,10 @@ class DiffusionTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         """Resume through the strict loader: transformers' own resume path reads the file without the key
-        conversion some architectures (Qwen2.5-VL) save with, and only warns when weights do not match."""
+        conversion some architectures (Qwen2.5-VL) save with, and only warns when weights do not match. Under
+        FSDP or DeepSpeed the weights are sharded across processes: the Trainer's own path loads each shard."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
         target = model if model is not None else self.model
         target.load_state_dict(load_any(resume_from_checkpoint).state_dict())
 
@@ -313,6 +316,18 @@ def prepare(config: TrainingConfig):
     return model, processor, dataset, resume_from
 
 
+def check_sharded_resume(trainer, resume_from) -> None:
+    """Refuse --resume under FSDP or DeepSpeed. Their sharded checkpoints load through the Trainer's own code
+    (`_load_from_checkpoint` hands them back), but that resume has never been run here: the Trainer runs FSDP only
+    on GPUs (on a CPU it falls back to DDP), so an exact resume is not something this library can promise yet."""
+    if resume_from is None or not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
+        return
+    kind = "FSDP" if trainer.is_fsdp_enabled else "DeepSpeed"
+    raise DiffusionVLError(f"--resume under {kind} is not supported yet: resuming its sharded checkpoints has not "
+                           "been verified to continue the run exactly. Start the run afresh (without --resume), or "
+                           "train with DDP (configs/accelerate/ddp.yaml) or one process, where --resume is exact.")
+
+
 def make_output(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -335,6 +350,7 @@ def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTra
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TrainingProgress())
+    check_sharded_resume(trainer, resume_from)
     if resume_from is not None and (Path(resume_from) / RUN_STATE).is_file():  # the skips so far, counted once
         trainer.skipped = SkippedRecords(json.loads((Path(resume_from) / RUN_STATE).read_text()).get("skipped"))
     try:
