@@ -28,7 +28,7 @@ from probes import (
     weights,
 )
 
-from diffusionvl import DiffusionVL
+from diffusionvl import CheckpointLayoutError, DiffusionVL
 
 # --- rows 1-19, 27-31: generate from the command line; row 72: the processor --------------------------------------
 
@@ -150,3 +150,21 @@ ROWS = sorted({row for row, *_ in CASES})
                          ids=[f"row-{row:02d} {description}" for row, description, *_ in CASES])
 def test_probe_row(row, description, call, expected, probe_checkpoints, tmp_path, capsys):
     check_case(row, description, call, expected, Probe(probe_checkpoints, tmp_path, capsys))
+
+
+def test_a_missing_two_part_relative_path_is_a_missing_folder(tmp_path, monkeypatch, capsys):
+    """Probes N56 and N57: `w/nowhere` looks like a hub id, but offline nothing is fetched, so it is named as the
+    missing folder it is, by the loaders, `generate` and `train`."""
+    from conftest import cli_error
+
+    from diffusionvl import load_model, load_processor
+
+    monkeypatch.chdir(tmp_path)
+    for load in (load_model, load_processor):
+        with pytest.raises(CheckpointLayoutError, match="model folder not found: w/nowhere"):
+            load("w/nowhere")
+    assert "model folder not found: w/nowhere" in cli_error(capsys, "generate", "w/nowhere", "--prompt", "hi")
+    data = tmp_path / "data.json"
+    data.write_text('[{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]')
+    message = cli_error(capsys, "train", "--model", "w/nomodel", "--data", data, "--output-dir", tmp_path / "out")
+    assert "model folder not found: w/nomodel" in message
