@@ -160,9 +160,9 @@ def test_a_missing_two_part_relative_path_is_a_missing_folder(tmp_path, monkeypa
     from diffusionvl import load_model, load_processor
 
     monkeypatch.chdir(tmp_path)
-    for load in (load_model, load_processor):
+    for loader in (load_model, load_processor):
         with pytest.raises(CheckpointLayoutError, match="model folder not found: w/nowhere"):
-            load("w/nowhere")
+            loader("w/nowhere")
     assert "model folder not found: w/nowhere" in cli_error(capsys, "generate", "w/nowhere", "--prompt", "hi")
     data = tmp_path / "data.json"
     data.write_text('[{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}]}]')
