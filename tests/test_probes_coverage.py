@@ -30,10 +30,10 @@ def test_cli_rows_run_as_subprocesses():
 # The defects of the second table (serving, evaluation, chat and download cases N1-N65, and row 105) and the
 # tests that pin each fix.
 NEW_DEFECTS = {
-    "N2": "test_serving.py::test_an_api_key_guards_the_api_and_metrics_but_not_health",
-    "N17": "test_serving.py::test_a_40_mb_text_body_is_refused_before_it_is_tokenized_while_others_are_answered",
-    "N19": "test_serving.py::test_a_lone_surrogate_in_the_text_is_a_400_naming_where",
-    "N32": "test_serving.py::test_a_client_that_leaves_mid_body_is_no_error_and_a_stalled_body_is_closed",
+    "N2": "test_serving_guard.py::test_an_api_key_guards_the_api_and_metrics_but_not_health",
+    "N17": "test_serving_guard.py::test_a_40_mb_text_body_is_refused_before_it_is_tokenized_while_others_are_answered",
+    "N19": "test_serving_guard.py::test_a_lone_surrogate_in_the_text_is_a_400_naming_where",
+    "N32": "test_serving_guard.py::test_a_client_that_leaves_mid_body_is_no_error_and_a_stalled_body_is_closed",
     "N56": "test_probes_loading.py::test_a_missing_two_part_relative_path_is_a_missing_folder",
     "N57": "test_probes_loading.py::test_a_missing_two_part_relative_path_is_a_missing_folder",
     "N59": "test_chat.py::test_a_message_too_long_for_the_model_fails_alone_and_the_chat_goes_on",

@@ -47,42 +47,10 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
         yield
         scheduler.stop()
 
-    def authorized(request: Request) -> None:
-        """With an API key set: `Authorization: Bearer KEY`, or a 401 in OpenAI's shape."""
-        if config.api_key is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), config.api_key.encode()):
-            raise APIError(401, "this server needs an API key: send the header 'Authorization: Bearer KEY'.",
-                           code="invalid_api_key")
-
-    keyed = [Depends(authorized)]
+    keyed = [Depends(key_check(config.api_key))]
     app = FastAPI(title="diffusionvl", lifespan=lifespan)
     app.state.scheduler, app.state.metrics = scheduler, metrics
-
-    @app.exception_handler(APIError)
-    async def api_error(request: Request, error: APIError):
-        metrics.count(error.status)
-        return JSONResponse(error.body(), status_code=error.status)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception):
-        """Whatever escaped the checks still answers in OpenAI's shape: a user error 400, anything else 500."""
-        status = 400 if isinstance(error, DiffusionVLError) else 500
-        metrics.count(status)
-        kind = "invalid_request_error" if status == 400 else "server_error"
-        return JSONResponse(APIError(status, f"{type(error).__name__}: {error}", kind=kind).body(), status_code=status)
-
-    @app.exception_handler(ClientGone)
-    async def client_gone(request: Request, error: ClientGone):
-        metrics.count(499)  # nginx's "client closed request": counted apart from the server's own errors
-        return Response(status_code=499)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, error: HTTPException):
-        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        return JSONResponse(APIError(error.status_code, str(error.detail), kind=kind).body(),
-                            status_code=error.status_code)
+    add_error_handlers(app, metrics)
 
     @app.get("/health")
     async def health():
@@ -128,6 +96,46 @@ def create_app(model, processor, config: ServerConfig, served_name: str) -> Fast
         return await complete(reply, job, events, request, metrics)
 
     return app
+
+
+def key_check(api_key: str | None):
+    """The dependency that guards a route: with an API key set, `Authorization: Bearer KEY` or a 401 in OpenAI's
+    shape (compared in constant time)."""
+    def authorized(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+            raise APIError(401, "this server needs an API key: send the header 'Authorization: Bearer KEY'.",
+                           code="invalid_api_key")
+    return authorized
+
+
+def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """Every error answers in OpenAI's shape and is counted by status."""
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, error: APIError):
+        metrics.count(error.status)
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception):
+        """Whatever escaped the checks still answers in OpenAI's shape: a user error 400, anything else 500."""
+        status = 400 if isinstance(error, DiffusionVLError) else 500
+        metrics.count(status)
+        kind = "invalid_request_error" if status == 400 else "server_error"
+        return JSONResponse(APIError(status, f"{type(error).__name__}: {error}", kind=kind).body(), status_code=status)
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, error: ClientGone):
+        metrics.count(499)  # nginx's "client closed request": counted apart from the server's own errors
+        return Response(status_code=499)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException):
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        return JSONResponse(APIError(error.status_code, str(error.detail), kind=kind).body(),
+                            status_code=error.status_code)
 
 
 async def read_body(request: Request, limit: int, timeout: float) -> bytes:
