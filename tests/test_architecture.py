@@ -132,7 +132,7 @@ def test_the_decoder_sets_every_attribute_in_its_init():
         return {target.attr for node in ast.walk(function) if isinstance(node, kinds)
                 for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
                 for target in ast.walk(target)
-                if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id == "self"}
+                if isinstance(target, ast.Attribute) and getattr(target.value, "id", None) == "self"}
 
     methods = [node for node in decoder.body if isinstance(node, ast.FunctionDef)]
     declared = assigned(next(method for method in methods if method.name == "__init__"))

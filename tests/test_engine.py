@@ -312,7 +312,7 @@ MODELS = [dict(family=family, block_size=size, seed=seed, logit_shift=shift)
                                            ("llama", 8, 4, True), ("mistral", 4, 5, False), ("qwen2", 8, 6, False)]]
 
 
-@pytest.mark.parametrize("options", MODELS, ids=lambda o: "{family}-B{block_size}-seed{seed}-shift{logit_shift}".format(**o))
+@pytest.mark.parametrize("options", MODELS, ids="{family}-B{block_size}-seed{seed}-shift{logit_shift}".format_map)
 @pytest.mark.parametrize("commit", ["fused", "separate"])
 def test_fast_equals_reference_with_stop_strings_in_the_first_and_the_last_block(options, commit):
     model, tokenizer = wrap(**options), tiny_tokenizer()

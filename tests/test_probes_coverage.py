@@ -40,7 +40,8 @@ NEW_DEFECTS = {
     "N60": "test_chat.py::test_max_new_tokens_beyond_the_models_positions_is_refused_at_start",
     "N61": "test_chat.py::test_ctrl_c_during_an_answer_stops_it_and_the_chat_goes_on",
     "N63": "test_extras.py::test_download_where_pip_cannot_install_ends_in_a_clear_error",
-    "127": "test_probes_wrapping.py::test_rows_127_128_a_wrong_layout_is_our_error_alone_without_transformers_load_report",
+    "127": "test_probes_wrapping.py::"
+           "test_rows_127_128_a_wrong_layout_is_our_error_alone_without_transformers_load_report",
 }
 
 
