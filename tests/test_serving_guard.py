@@ -139,9 +139,10 @@ def test_a_client_that_leaves_mid_body_is_no_error_and_a_stalled_body_is_closed(
             time.sleep(0.3)
         with socket.create_connection((address[0], int(address[1])), timeout=20) as stalled:
             stalled.sendall(head)
-            answer = stalled.recv(65536)
+            answer = b""
+            while chunk := stalled.recv(65536):  # until the server closes the connection
+                answer += chunk
             assert answer.startswith(b"HTTP/1.1 408") and b"body_timeout" in answer
-            assert stalled.recv(65536) == b""  # closed by the server
         time.sleep(0.3)
         metrics = httpx.get(f"{base}/metrics").text
     assert 'diffusionvl_requests_total{status="499"} 1.0' in metrics and 'status="500"' not in metrics
