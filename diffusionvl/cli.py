@@ -103,9 +103,10 @@ def convert(args: argparse.Namespace) -> None:
     from .training.convert import convert as run_convert
 
     model = run_convert(args.src, args.dst, args.block_size, args.position_mode, args.mask_token_id,
-                        torch_dtype(args.dtype), args.logit_shift)
+                        torch_dtype(args.dtype), args.logit_shift, args.context_attention)
     tokens = model.special_tokens
     shift = ", logit shift" if model.config.logit_shift else ""
+    shift += ", causal context" if model.config.context_attention == "causal" else ""
     print(f"wrote {args.dst}: block size {model.block_size}{shift}, mask {tokens.mask}, end of turn {tokens.eot}")
 
 
@@ -154,6 +155,8 @@ def add_convert_arguments(con: argparse.ArgumentParser) -> None:
     con.add_argument("dst", help="a new, empty directory")
     con.add_argument("--block-size", type=int, default=8, help="tokens per diffusion block")
     con.add_argument("--position-mode", choices=["1d", "mrope"], default="1d", help="Qwen2.5-VL positions")
+    con.add_argument("--context-attention", choices=["block_causal", "causal"], default="block_causal",
+                     help="how clean tokens attend: block-causal (as released) or token-causal, as the source does")
     con.add_argument("--logit-shift", action="store_true",
                      help="position i - 1 predicts token i, as in the AR source (keeps more of it when data is scarce)")
     con.add_argument("--mask-token-id", type=int, help="an unused embedding row; default: add <|mask|> by name")

@@ -163,13 +163,16 @@ class DiffusionVL(PreTrainedModel):
         image_grid_thw=None,
         generator: torch.Generator | None = None,
         autoregressive: bool = False,
+        denoising: bool = False,
         **kwargs,
     ):
         """With `labels`: the block-diffusion loss (a fresh noise draw; fix it with `generator`); with
         `autoregressive=True` as well, the wrapped model's own next-token loss (stage 1 of the modality shift).
 
         Without: block-causal logits of the clean sequence. A 2-D `attention_mask` (N, past + L) marks padding
-        and may be left-padded; a 4-D mask is used as given (then pass `position_ids`).
+        and may be left-padded; a 4-D mask is used as given (then pass `position_ids`). `denoising`: the last
+        block_size columns are the block being denoised, which matters with causal context only (that block then
+        attends bidirectionally; every other token causally).
         """
         vision = vision_inputs(pixel_values, image_grid_thw, kwargs.pop("images", None), kwargs.pop("image_grid_thws", None))
         if autoregressive:
@@ -181,7 +184,8 @@ class DiffusionVL(PreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.backbone.embed(input_ids, vision)
         if attention_mask is None or attention_mask.dim() == 2:
-            attention_mask, position_ids = self._block_causal_inputs(input_ids, attention_mask, cache, vision)
+            attention_mask, position_ids = self._block_causal_inputs(input_ids, attention_mask, cache, vision,
+                                                                     self.block_size if denoising else 0)
         elif position_ids is not None and position_ids.dim() == 2:
             position_ids = position_ids[None]
         if self.config.logit_shift and cache is not None and cache.get_seq_length():
@@ -198,8 +202,9 @@ class DiffusionVL(PreTrainedModel):
             return states
         return torch.cat([states[:, :1], states[:, :-1]], dim=1)
 
-    def _block_causal_inputs(self, input_ids, attention_mask, cache, vision):
-        """4-D block-causal mask and (A, N, L) rope positions of a sequence after `past` cached tokens."""
+    def _block_causal_inputs(self, input_ids, attention_mask, cache, vision, noisy: int = 0):
+        """4-D block-causal mask and (A, N, L) rope positions of a sequence after `past` cached tokens; its last
+        `noisy` columns are a block being denoised."""
         past = cache.get_seq_length() if cache is not None else 0
         n, length = input_ids.shape
         if attention_mask is None:
@@ -213,7 +218,8 @@ class DiffusionVL(PreTrainedModel):
             raise ValueError("with M-RoPE and a cache, pass position_ids; the model cannot infer them from the cache.")
         valid = attention_mask.bool()
         index = positions_from_padding(attention_mask)
-        mask = block_causal_mask(index[:, past:], valid[:, past:], index, valid, self.block_size, self.dtype)
+        mask = block_causal_mask(index[:, past:], valid[:, past:], index, valid, self.block_size, self.dtype,
+                                 self.config.context_attention == "causal", noisy)
         return mask, self.backbone.positions(input_ids, index[:, past:], valid[:, past:], vision)
 
     def add_noise(self, input_ids, labels, attention_mask=None, generator=None) -> NoisyBatch:
@@ -236,7 +242,7 @@ class DiffusionVL(PreTrainedModel):
     ) -> DiffusionOutput:
         """The loss of SPEC §2 on a noised batch; `noisy_stream` overrides the config ("cheap" or "full")."""
         cheap = (noisy_stream or self.config.noisy_stream) == "cheap"
-        layout = two_stream_layout(batch, cheap, self.dtype)
+        layout = two_stream_layout(batch, cheap, self.dtype, self.config.context_attention == "causal")
         backbone, noisy_pos = self.backbone, layout.noisy_positions
         clean = backbone.embed(batch.clean_ids, vision)  # (N, L, H), image features spliced in
         mask_row = self.get_input_embeddings().weight[self.special_tokens.mask]

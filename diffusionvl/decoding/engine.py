@@ -44,6 +44,7 @@ class BlockDecoder:
         self.policy = config.policy
         self.layers = self.backbone.decoder.config.num_hidden_layers
         self.shift_logits = model.config.logit_shift  # position i - 1 predicts token i (SPEC §2)
+        self.causal_context = model.config.context_attention == "causal"  # committed tokens attend causally
         self.batch = Batch.empty(self.size, device)
         self.next_id = 0  # the id of the next admitted row
         self.nfe = self.prefill_forwards = 0
@@ -173,27 +174,32 @@ class BlockDecoder:
             return embeds, rope
         return torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
 
-    def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, rows: torch.Tensor | None = None,
+                 noisy: int = 0) -> torch.Tensor:
         """Run `embeds` (n, Q, H) after the committed cache (their K/V are written, not kept: see kv_cache.py);
-        returns their hidden states (n, Q, H). `rows` (k,): only those active rows take part (embeds (k, Q, H))."""
+        returns their hidden states (n, Q, H). `rows` (k,): only those active rows take part (embeds (k, Q, H)).
+        `noisy`: the last columns that are the block being denoised (B in a denoising step, else 0)."""
         subset = None if rows is None else tuple(rows.tolist())
         cache = self.cache if rows is None else self._rows_cache(rows, subset)
         offsets = self.batch.offsets if rows is None else self.batch.offsets[rows]
         # the mask is rebuilt when rows join (admit resets it); rows that leave change the count, a subset is named
-        key = (len(self.batch) if subset is None else subset, embeds.shape[1], cache.get_seq_length())
-        hidden = self._run(embeds, rope, cache, offsets, key)
+        key = (len(self.batch) if subset is None else subset, embeds.shape[1], cache.get_seq_length(), noisy)
+        hidden = self._run(embeds, rope, cache, offsets, key, noisy)
         for index in range(len(self.batch)) if subset is None else subset:
             self.batch.rows[index].forwards += 1
         return hidden
 
-    def _run(self, embeds, rope, cache: BlockCache, offsets: torch.Tensor, key: tuple | None = None) -> torch.Tensor:
-        """One forward of `embeds` (n, Q, H) at rope positions (A, n, Q) after `cache`; rows start at `offsets`."""
+    def _run(self, embeds, rope, cache: BlockCache, offsets: torch.Tensor, key: tuple | None = None,
+             noisy: int = 0) -> torch.Tensor:
+        """One forward of `embeds` (n, Q, H) at rope positions (A, n, Q) after `cache`; rows start at `offsets`;
+        the last `noisy` columns are the block being denoised (see masks.block_causal_mask)."""
         past, q = cache.get_seq_length(), embeds.shape[1]
         if key is None or self._mask is None or self._mask[0] != key:
             columns = torch.arange(past + q, device=embeds.device)[None]
             index = (columns - offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
             valid = columns >= offsets[:, None]
-            mask = block_causal_mask(index[:, -q:], valid[:, -q:], index, valid, self.size, self.model.dtype)
+            mask = block_causal_mask(index[:, -q:], valid[:, -q:], index, valid, self.size, self.model.dtype,
+                                     self.causal_context, noisy)
             if key is None:
                 return self._decode(embeds, mask, rope, cache)
             self._mask = (key, mask)
@@ -234,7 +240,7 @@ class BlockDecoder:
             rows = None if bool(live.all()) else live.nonzero()[:, 0]
             part = slice(None) if rows is None else rows
             ridden = 0 if self.pending is None else self.pending[0].shape[1]
-            hidden = self._forward(*self._step_inputs(rows), rows)
+            hidden = self._forward(*self._step_inputs(rows), rows, noisy=self.size)
             self.cache.commit(ridden)  # keep the ridden-along K/V; the current block's are not kept
             self.pending = None
             if self.shift_logits and ridden:  # the column before the block was just read

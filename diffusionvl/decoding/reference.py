@@ -28,7 +28,7 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
                 break
             # block-causal attention; later blocks do not exist yet; images are encoded again every step
             images = {} if vision is None else vision.as_kwargs()
-            logits = model(input_ids=canvas, **images).logits[:, start:]
+            logits = model(input_ids=canvas, denoising=True, **images).logits[:, start:]
             used += 1
             token, confidence = propose_masked(logits[masked], masked, tokens.never_generated, config.temperature,
                                                config.top_k, config.top_p, generator)

@@ -36,6 +36,11 @@ class DiffusionVLConfig(PreTrainedConfig):
             hidden state at i. The first position of a block is then predicted from the previous block's last
             clean position, so with block size 1 the model starts out exactly as its AR source; a translation
             keeps more of what the source knows. Off by default (the released checkpoints are unshifted).
+        context_attention: how the clean (context) tokens attend. "block_causal" (default, the released
+            checkpoints): to their own block and every earlier one. "causal": token-causally, exactly as the AR
+            source does (Fast-dVLM's causal context); a noisy block still attends bidirectionally within itself and
+            to every clean token before it. With logit_shift, the clean stream of an untrained translation is then
+            the source itself, and so are the K/V that decoding commits.
         image_token_id: the placeholder token whose embeddings image features replace (vision models only).
         lora: LoRA adapters inside the wrapped model (peft LoraConfig fields), or None for plain weights.
     """
@@ -56,6 +61,7 @@ class DiffusionVLConfig(PreTrainedConfig):
     noisy_stream: Literal["cheap", "full"] = "cheap"
     position_mode: Literal["1d", "mrope"] = "1d"
     logit_shift: bool = False
+    context_attention: Literal["block_causal", "causal"] = "block_causal"
     image_token_id: int | None = None
     lora: dict | None = None
 

@@ -6,7 +6,10 @@ clean stream); inference uses the clean stream alone. For a query in block j (BD
     noisy -> clean keys of blocks < j         (M_OBC: offset block-causal)
     clean -> clean keys of blocks <= j        (M_BC: block-causal)
     clean -> noisy keys: never; invalid (padding) keys: never.
-The same rule serves training, prefill, denoising and the fused commit, so they cannot drift apart.
+With causal context (`DiffusionVLConfig.context_attention="causal"`) the clean stream attends token-causally,
+exactly as the source does: clean -> clean keys at positions <= its own. The noisy rules stay.
+The same rule serves training, prefill, denoising and the fused commit, so they cannot drift apart. At inference
+there is one stream: the block being denoised is the noisy one, every other column is clean.
 """
 
 import torch
@@ -15,16 +18,21 @@ NOISY, CLEAN = 0, 1
 
 
 def block_diffusion_rule(
-    q_block: torch.Tensor, q_stream: torch.Tensor, k_block: torch.Tensor, k_stream: torch.Tensor, k_valid: torch.Tensor
+    q_block: torch.Tensor, q_stream: torch.Tensor, k_block: torch.Tensor, k_stream: torch.Tensor, k_valid: torch.Tensor,
+    q_position: torch.Tensor | None = None, k_position: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Boolean attention pattern. Inputs (N, Q) for queries and (N, K) for keys; returns (N, Q, K), True = attend."""
+    """Boolean attention pattern. Inputs (N, Q) for queries and (N, K) for keys; returns (N, Q, K), True = attend.
+    With positions (causal context), a clean query sees the clean keys at positions <= its own, not its block's."""
     qb, qs = q_block[:, :, None], q_stream[:, :, None]
     kb, ks = k_block[:, None, :], k_stream[:, None, :]
     noisy_q = qs == NOISY
     same_block_noisy = noisy_q & (ks == NOISY) & (kb == qb)
     earlier_clean = noisy_q & (ks == CLEAN) & (kb < qb)
-    block_causal = ~noisy_q & (ks == CLEAN) & (kb <= qb)
-    return (same_block_noisy | earlier_clean | block_causal) & k_valid[:, None, :]
+    if q_position is None:
+        clean_context = ~noisy_q & (ks == CLEAN) & (kb <= qb)
+    else:
+        clean_context = ~noisy_q & (ks == CLEAN) & (k_position[:, None, :] <= q_position[:, :, None])
+    return (same_block_noisy | earlier_clean | clean_context) & k_valid[:, None, :]
 
 
 def to_attention_mask(allowed: torch.Tensor, q_valid: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -45,15 +53,24 @@ def block_causal_mask(
     k_valid: torch.Tensor,
     block_size: int,
     dtype: torch.dtype,
+    causal_context: bool = False,
+    noisy: int = 0,
 ) -> torch.Tensor:
-    """Single (clean) stream mask for inference: each query sees its own block and every earlier block.
+    """Single-stream mask for inference: each query sees its own block and every earlier block.
 
-    positions are per-row absolute positions (N, Q) / (N, K); keys may include cached tokens.
+    positions are per-row absolute positions (N, Q) / (N, K); keys may include cached tokens and end with the
+    queries. With `causal_context` the last `noisy` query columns are the block being denoised (bidirectional
+    inside it, every earlier clean token before it) and every other column is clean, attending token-causally.
+    Without it the two are the same pattern, so `noisy` changes nothing.
     """
     q_block, k_block = q_positions // block_size, k_positions // block_size
-    clean_q = torch.full_like(q_block, CLEAN)
-    clean_k = torch.full_like(k_block, CLEAN)
-    allowed = block_diffusion_rule(q_block, clean_q, k_block, clean_k, k_valid)
+    q_stream = torch.full_like(q_block, CLEAN)
+    k_stream = torch.full_like(k_block, CLEAN)
+    if not causal_context:
+        return to_attention_mask(block_diffusion_rule(q_block, q_stream, k_block, k_stream, k_valid), q_valid, dtype)
+    if noisy:
+        q_stream[:, -noisy:], k_stream[:, -noisy:] = NOISY, NOISY
+    allowed = block_diffusion_rule(q_block, q_stream, k_block, k_stream, k_valid, q_positions, k_positions)
     return to_attention_mask(allowed, q_valid, dtype)
 
 

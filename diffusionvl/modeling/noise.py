@@ -144,7 +144,8 @@ class TwoStreamLayout:
     noisy_valid: torch.Tensor  # (N, Ln)
 
 
-def two_stream_layout(batch: NoisyBatch, cheap: bool, dtype: torch.dtype) -> TwoStreamLayout:
+def two_stream_layout(batch: NoisyBatch, cheap: bool, dtype: torch.dtype, causal_context: bool = False
+                      ) -> TwoStreamLayout:
     """Build the two streams. `cheap` keeps only supervised blocks in the noisy stream (SPEC §2.6).
 
     A dropped block is never masked, so no query reads its noisy copy and no loss term comes from it: the loss
@@ -163,7 +164,8 @@ def two_stream_layout(batch: NoisyBatch, cheap: bool, dtype: torch.dtype) -> Two
     stream = torch.cat([torch.full_like(noisy_pos, NOISY), torch.full_like(clean_pos, CLEAN)], dim=1)
     valid = torch.cat([noisy_valid, batch.valid], dim=1)
     block = positions // size
-    allowed = block_diffusion_rule(block, stream, block, stream, valid)
+    positions_if_causal = (positions, positions) if causal_context else ()  # the clean stream attends token-causally
+    allowed = block_diffusion_rule(block, stream, block, stream, valid, *positions_if_causal)
     ids = torch.cat([batch.noisy_ids.gather(1, noisy_pos), batch.clean_ids], dim=1)
     mask = to_attention_mask(allowed, valid, dtype)
     return TwoStreamLayout(ids, positions, mask, noisy_pos, noisy_valid)

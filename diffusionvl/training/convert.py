@@ -62,7 +62,8 @@ def make_staging(dst: Path) -> Path:
         raise DiffusionVLError(f"cannot write {dst} ({error.strerror}); choose another destination.") from error
 
 
-def _translate(src: Path, vision: bool, block_size, position_mode, mask_token_id, dtype, logit_shift: bool):
+def _translate(src: Path, vision: bool, block_size, position_mode, mask_token_id, dtype, logit_shift: bool,
+               context_attention: str):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
 
     loader = AutoModelForImageTextToText if vision else AutoModelForCausalLM
@@ -73,7 +74,7 @@ def _translate(src: Path, vision: bool, block_size, position_mode, mask_token_id
         raise CheckpointLayoutError(f"{src} cannot be loaded as a transformers model ({error}).") from error
     translated = DiffusionVL.from_autoregressive(
         model, tokenizer, block_size=block_size, mask_token_id=mask_token_id, position_mode=position_mode,
-        logit_shift=logit_shift,
+        logit_shift=logit_shift, context_attention=context_attention,
     )
     return translated, tokenizer
 
@@ -90,15 +91,18 @@ def _processor(src: Path, config: dict, tokenizer, position_mode: str) -> Diffus
 
 
 def convert(src, dst, block_size: int = 8, position_mode: str = "1d", mask_token_id: int | None = None,
-            dtype: torch.dtype | None = None, logit_shift: bool = False) -> DiffusionVL:
+            dtype: torch.dtype | None = None, logit_shift: bool = False,
+            context_attention: str = "block_causal") -> DiffusionVL:
     """Load `src`, translate it, and write model, tokenizer (with its mask token) and processor to `dst`.
-    `logit_shift`: keep the source's "position i - 1 predicts token i" (see DiffusionVLConfig)."""
+    `logit_shift`: keep the source's "position i - 1 predicts token i"; `context_attention`: "causal" keeps the
+    source's token-causal attention among clean tokens (see DiffusionVLConfig)."""
     src, dst = Path(resolve_model(src)), Path(dst)  # "minivl-ar" names the shipped AR model
     config, vision = check_source(src)
     check_destination(dst)
     staging = make_staging(dst)
     try:
-        translated, tokenizer = _translate(src, vision, block_size, position_mode, mask_token_id, dtype, logit_shift)
+        translated, tokenizer = _translate(src, vision, block_size, position_mode, mask_token_id, dtype, logit_shift,
+                                           context_attention)
         translated.save_pretrained(staging)
         (_processor(src, config, tokenizer, position_mode) if vision else tokenizer).save_pretrained(staging)
         if dst.is_dir():
