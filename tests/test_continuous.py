@@ -52,8 +52,9 @@ def alone(model, prompt: torch.Tensor, config: DecodingConfig, max_new_tokens=No
 @pytest.mark.parametrize("commit", ["fused", "separate"])
 @pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
 @pytest.mark.parametrize("logit_shift", [False, True])
-def test_rows_admitted_mid_decode_equal_each_row_alone(commit, strategy, logit_shift):
-    model = wrap(block_size=4, seed=1, logit_shift=logit_shift)
+@pytest.mark.parametrize("context", ["block_causal", "causal"])
+def test_rows_admitted_mid_decode_equal_each_row_alone(commit, strategy, logit_shift, context):
+    model = wrap(block_size=4, seed=1, logit_shift=logit_shift, context_attention=context)
     config = DecodingConfig(max_new_tokens=21, steps=3, remasking_strategy=strategy, confidence_threshold=0.02,
                             commit=commit)
     first = [random_ids(3, seed=1), random_ids(9, seed=2)]
