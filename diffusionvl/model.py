@@ -22,9 +22,10 @@ from .modeling.backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackb
 from .modeling.compat import check_block_diffusion_support, check_wrappable
 from .modeling.composite import VisionLanguageModel
 from .modeling.config import DiffusionVLConfig
-from .modeling.loss import diffusion_loss
+from .modeling.loss import Objective, diffusion_loss
 from .modeling.masks import block_causal_mask, positions_from_padding
 from .modeling.noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
+from .modeling.objective import source_terms
 from .modeling.tokens import SpecialTokens, resolve_eot_token, resolve_mask_token, resolve_pad_token
 
 
@@ -164,10 +165,12 @@ class DiffusionVL(PreTrainedModel):
         generator: torch.Generator | None = None,
         autoregressive: bool = False,
         denoising: bool = False,
+        objective: Objective | None = None,
         **kwargs,
     ):
         """With `labels`: the block-diffusion loss (a fresh noise draw; fix it with `generator`); with
         `autoregressive=True` as well, the wrapped model's own next-token loss (stage 1 of the modality shift).
+        `objective`: terms added to the block-diffusion loss to keep the source (loss.Objective; none by default).
 
         Without: block-causal logits of the clean sequence. A 2-D `attention_mask` (N, past + L) marks padding
         and may be left-padded; a 4-D mask is used as given (then pass `position_ids`). `denoising`: the last
@@ -180,7 +183,7 @@ class DiffusionVL(PreTrainedModel):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **images)
         if labels is not None:
             noisy = self.add_noise(input_ids, labels, attention_mask, generator)
-            return self.diffusion_loss(noisy, vision)
+            return self.diffusion_loss(noisy, vision, objective=objective)
         if inputs_embeds is None:
             inputs_embeds = self.backbone.embed(input_ids, vision)
         if attention_mask is None or attention_mask.dim() == 2:
@@ -238,9 +241,11 @@ class DiffusionVL(PreTrainedModel):
         return apply_noise(ids, labels, valid, t, self.block_size, tokens.mask, generator)
 
     def diffusion_loss(
-        self, batch: NoisyBatch, vision: VisionInputs | None = None, noisy_stream: str | None = None
+        self, batch: NoisyBatch, vision: VisionInputs | None = None, noisy_stream: str | None = None,
+        objective: Objective | None = None,
     ) -> DiffusionOutput:
-        """The loss of SPEC §2 on a noised batch; `noisy_stream` overrides the config ("cheap" or "full")."""
+        """The loss of SPEC §2 on a noised batch; `noisy_stream` overrides the config ("cheap" or "full");
+        `objective` adds the terms that keep the source (see `_source_terms`)."""
         cheap = (noisy_stream or self.config.noisy_stream) == "cheap"
         layout = two_stream_layout(batch, cheap, self.dtype, self.config.context_attention == "causal")
         backbone, noisy_pos = self.backbone, layout.noisy_positions
@@ -262,6 +267,10 @@ class DiffusionVL(PreTrainedModel):
         loss = diffusion_loss(logits, targets, t, rows, num_supervised, self.config.loss_average)
         if logits.shape[0] == 0:  # nothing masked this draw: keep every weight in the graph for DDP
             loss = loss + 0.0 * backbone.head(hidden[:, :1]).sum()
+        if objective is not None and objective.extra:
+            clean_hidden = hidden[:, noisy_pos.shape[1]:]  # (N, L, H): the clean stream
+            loss = loss + source_terms(self, objective, batch, vision, clean_hidden, logits, targets,
+                                       (rows, noisy_pos[take]))
         mean_t = batch.block_noise[batch.supervised_blocks].mean()
         return DiffusionOutput(loss=loss, noise_level=mean_t.detach(), num_masked=take.sum())
 

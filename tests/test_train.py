@@ -374,3 +374,13 @@ def test_resume_under_sharded_training_is_refused_with_the_way_out(fsdp, deepspe
         return
     with pytest.raises(DiffusionVLError, match=rf"--resume under {refused} is not supported yet.*ddp\.yaml"):
         check_sharded_resume(trainer, "out/checkpoint-2")
+
+
+def test_the_source_terms_train_through_the_trainer(tmp_path, checkpoint):
+    """--distill-weight and --confidence-weight reach the loss: the same run without them logs other losses."""
+    data = llava_data(tmp_path / "data", broken=False)
+    train(config(checkpoint, data, tmp_path / "plain", lora_rank=4, max_steps=2, save_steps=2))
+    train(config(checkpoint, data, tmp_path / "kept", lora_rank=4, max_steps=2, save_steps=2, distill_weight=1.0,
+                 confidence_weight=0.5))
+    plain, kept = losses(tmp_path / "plain"), losses(tmp_path / "kept")
+    assert sorted(kept) == [1, 2] and all(kept[step] != pytest.approx(plain[step], abs=1e-6) for step in kept)

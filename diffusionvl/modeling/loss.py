@@ -1,4 +1,7 @@
-"""The block-diffusion loss (SPEC §2.5), a pure function of logits, targets and noise levels."""
+"""The block-diffusion loss (SPEC §2.5), a pure function of logits, targets and noise levels, and the terms a
+translation may add to it to keep its source (`Objective`)."""
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -54,3 +57,47 @@ def autoregressive_loss(logits: torch.Tensor, labels: torch.Tensor, average: str
         return ce.sum() / counts.sum()
     rows = counts > 0
     return (ce.sum(1)[rows] / counts[rows]).mean()
+
+
+# ---- terms that keep the source (options of training; each weight 0 leaves the loss above exactly as it is)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Weights of the terms added to the block-diffusion loss (all 0: the loss is `diffusion_loss` alone).
+
+    ar: next-token cross-entropy on the clean stream's supervised tokens (`autoregressive_loss`), which keeps the
+        model's own causal mode; it needs causal context, where a clean state sees only the tokens before it.
+    distill: `distillation_loss` at the masked positions against the source (the base with its LoRA adapters off),
+        at `temperature`.
+    confidence: `confidence_loss` at the masked positions (LLaDA 2.0's CAP), which raises tokens per forward."""
+
+    ar: float = 0.0
+    distill: float = 0.0
+    temperature: float = 1.0
+    confidence: float = 0.0
+
+    @property
+    def extra(self) -> bool:
+        return bool(self.ar or self.distill or self.confidence)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) of the tempered distributions, times temperature^2 (Hinton's scaling), averaged over
+    the M positions. student, teacher (M, V) logits; the teacher carries no gradient."""
+    if student.shape[0] == 0:
+        return student.sum() * 0.0
+    log_student = F.log_softmax(student.float() / temperature, dim=-1)
+    log_teacher = F.log_softmax(teacher.detach().float() / temperature, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(-1)
+    return kl.mean() * temperature**2
+
+
+def confidence_loss(student: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the student's distribution at the positions (M, V) whose argmax is already the target (M,):
+    it sharpens what the model gets right, so more positions pass a confidence threshold. 0 when none is right."""
+    right = student.argmax(-1) == targets
+    if not bool(right.any()):
+        return student.sum() * 0.0
+    log_p = F.log_softmax(student[right].float(), dim=-1)
+    return -(log_p.exp() * log_p).sum(-1).mean()

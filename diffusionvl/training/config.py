@@ -9,6 +9,7 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 
 from ..errors import DiffusionVLError
+from ..modeling.loss import Objective
 
 
 @dataclass(frozen=True)
@@ -53,11 +54,23 @@ class TrainingConfig:
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated layer names"})
     lora_mask_row: bool = field(default=True, metadata={"help": "with LoRA, train the mask token's embedding row too "
                                                                 "(every other row stays fixed)"})
+    ar_loss_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of next-token CE on the "
+                                  "clean stream (keeps the causal mode; needs causal context)"})
+    distill_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of KL(source || model) at "
+                                  "masked positions (LoRA: the source is the base with its adapters off)"})
+    distill_temperature: float = field(default=1.0, metadata={"help": "temperature of the distillation term"})
+    confidence_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of the entropy of "
+                                      "right predictions at masked positions (raises tokens per forward)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
     report_to: str = field(default="none", metadata={"help": "'none', 'tensorboard' or 'wandb'"})
 
     def __post_init__(self):
         check_options(self)
+
+    @property
+    def objective(self) -> Objective:
+        """The terms added to the block-diffusion loss (all zero by default: the loss is unchanged)."""
+        return Objective(self.ar_loss_weight, self.distill_weight, self.distill_temperature, self.confidence_weight)
 
 
 STAGES = ("projector", "diffusion", "autoregressive")
@@ -65,8 +78,10 @@ SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_
 
 # options that must be above zero, and options that must not be below it (None means 'not set')
 POSITIVE = ("batch_size", "gradient_accumulation", "save_steps", "logging_steps", "learning_rate", "lora_alpha",
+            "distill_temperature",
             "vision_learning_rate", "projector_learning_rate", "max_length", "save_total_limit")
-NON_NEGATIVE = ("warmup_steps", "weight_decay", "epochs", "num_workers", "lora_rank")
+NON_NEGATIVE = ("warmup_steps", "weight_decay", "epochs", "num_workers", "lora_rank", "ar_loss_weight",
+                "distill_weight", "confidence_weight")
 
 
 def flag(name: str) -> str:
@@ -98,6 +113,10 @@ def check_options(config) -> None:
         if not math.isfinite(value) or value < 0 or (value == 0 and name in POSITIVE):
             what = "a positive number" if name in POSITIVE else "zero or more"
             raise DiffusionVLError(f"{flag(name)} must be {what}, got {value}.")
+    extra = [flag(name) for name in ("ar_loss_weight", "distill_weight", "confidence_weight") if getattr(config, name)]
+    if extra and config.stage != "diffusion":
+        raise DiffusionVLError(f"{', '.join(extra)} add to the block-diffusion loss of stage 'diffusion', not stage "
+                               f"{config.stage!r}; drop them or use --stage diffusion.")
     if config.max_steps < -1:
         raise DiffusionVLError(f"--max-steps must be -1 (train for --epochs) or a step count, got {config.max_steps}.")
 

@@ -115,6 +115,8 @@ class DiffusionTrainer(Trainer):
         self.totals["tokens"] += int(inputs["attention_mask"].sum())
         wrapped = isinstance(self.accelerator.unwrap_model(model), DiffusionVL)
         extra = {"autoregressive": True} if wrapped and self.run.stage != "diffusion" else {}
+        if wrapped and self.run.stage == "diffusion" and self.run.objective.extra:
+            extra = {"objective": self.run.objective}
         if self.run.stage != "diffusion" and self.run.ar_loss == "per_sample":
             labels = inputs.pop("labels")
             out = model(**inputs, **extra)
