@@ -8,8 +8,8 @@ import torch
 from conftest import MASK_ID, prompt_answer_batch, tiny_causal_lm, wrap
 
 from diffusionvl import DiffusionVL, DiffusionVLError
-from diffusionvl.modeling.loss import Objective, confidence_loss, distillation_loss
 from diffusionvl.modeling.lora import add_lora
+from diffusionvl.modeling.loss import Objective, confidence_loss, distillation_loss
 from diffusionvl.modeling.noise import IGNORE
 from diffusionvl.modeling.objective import source_logits
 from diffusionvl.training.config import TrainingConfig
