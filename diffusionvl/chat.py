@@ -4,8 +4,8 @@
 
 Type a message and press Enter. `/image PATH` attaches an image to your next message, `/reset` starts a new
 conversation, `/quit` (or Ctrl-D, or Ctrl-C at the prompt) leaves; Ctrl-C during an answer stops that answer, and
-a message the model cannot take (too long, say) is refused for that turn only. Lines are kept in a readline history (~/.cache/diffusionvl/chat_history)
-where the platform has readline.
+a message the model cannot take (too long, say) is refused for that turn only. Lines are kept in a readline
+history (~/.cache/diffusionvl/chat_history) where the platform has readline.
 """
 
 import argparse

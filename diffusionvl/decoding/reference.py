@@ -26,7 +26,8 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
         for step in range(steps):
             if not bool(masked.any()):
                 break
-            # block-causal attention; later blocks do not exist yet; images are encoded again every step
+            # the model's own attention (block-causal, or causal context with this block the one being denoised);
+            # later blocks do not exist yet; images are encoded again every step
             images = {} if vision is None else vision.as_kwargs()
             logits = model(input_ids=canvas, denoising=True, **images).logits[:, start:]
             used += 1

@@ -151,7 +151,8 @@ def _part(part, where: str, images: list, server: ServerConfig) -> dict:
             part["text"].encode("utf-8")
         except UnicodeEncodeError as error:  # JSON's "\ud800": a lone surrogate is no character at all
             raise APIError(400, f"{where}.text holds {part['text'][error.start]!r} at {error.start}, half of a "
-                           "UTF-16 surrogate pair, which is not text; send the whole pair or remove it.", where) from None
+                           "UTF-16 surrogate pair, which is not text; send the whole pair or remove it.",
+                           where) from None
         return {"type": "text", "text": part["text"]}
     if kind != "image_url":
         raise APIError(400, f"{where} must be a text part {{'type': 'text', 'text'}} or an image part "

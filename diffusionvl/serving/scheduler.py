@@ -118,7 +118,8 @@ class Scheduler:
                         self.wake.wait(timeout=1.0)
                 try:
                     self._iteration()
-                except Exception as error:  # noqa: BLE001 - never let one request end the loop: fail what it touched
+                except Exception as error:  # noqa: BLE001 - outside any one decoder: answer every request in flight
+                    # with the error rather than leave them hanging, and go on serving
                     for key, group in list(self.groups.items()):
                         self._fail(key, group, [], error)
 
