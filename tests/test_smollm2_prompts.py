@@ -96,3 +96,22 @@ def test_bad_arguments_are_refused_by_name(call, names):
     with pytest.raises(ValueError) as error:
         call()
     assert all(name in str(error.value) for name in names)
+
+
+def test_the_recipe_takes_the_ablation_options_to_convert_and_to_the_finetune(monkeypatch, tmp_path, capsys):
+    """`recipe smollm2 --context-attention causal --distill-weight 1 ...`: each step of the ablation is one flag."""
+    from diffusionvl import cli
+    from diffusionvl.smollm2 import recipe
+    from diffusionvl.training import convert
+
+    seen = {}
+    monkeypatch.setattr(recipe, "run", lambda config: seen.setdefault("config", config) and {"rows": []})
+    monkeypatch.setattr("diffusionvl.smollm2.evaluate.markdown", lambda results: "")
+    cli.main(["recipe", "smollm2", "--out", str(tmp_path), "--quick", "--context-attention", "causal",
+              "--ar-loss-weight", "0.5", "--distill-weight", "1", "--confidence-weight", "0.1"])
+    config = seen["config"]
+    assert (config.context_attention, config.ar_loss_weight, config.distill_weight, config.confidence_weight) == \
+        ("causal", 0.5, 1.0, 0.1)
+    monkeypatch.setattr(convert, "convert", lambda *args, **kwargs: seen.setdefault("convert", kwargs))
+    recipe.translated(config, tmp_path)
+    assert seen["convert"]["context_attention"] == "causal" and seen["convert"]["logit_shift"] is True

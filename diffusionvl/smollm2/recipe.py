@@ -49,6 +49,13 @@ class RecipeConfig:
     thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
     seed: int = 0
     bf16: bool = True  # bf16 autocast in training (the weights stay float32)
+    # what keeps the source (DiffusionVLConfig.context_attention, TrainingConfig's source terms); the defaults are
+    # the study as shipped, each an ablation step otherwise
+    context_attention: str = "block_causal"
+    ar_loss_weight: float = 0.0
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
+    confidence_weight: float = 0.0
 
     def __post_init__(self):
         for name in ("train_prompts", "test_prompts", "max_new_tokens", "answer_batch", "block_size", "lora_rank",
@@ -151,7 +158,8 @@ def translated(config: RecipeConfig, out: Path) -> Path:
 
     init = out / "init-dlm"
     if not (init / "config.json").is_file():
-        convert(config.base, init, block_size=config.block_size, logit_shift=config.logit_shift)
+        convert(config.base, init, block_size=config.block_size, logit_shift=config.logit_shift,
+                context_attention=config.context_attention)
     return init
 
 
@@ -175,6 +183,8 @@ def finetune(config: RecipeConfig, out: Path, init: Path) -> Path:
         learning_rate=config.learning_rate, batch_size=config.batch_size, max_steps=config.steps,
         warmup_steps=config.warmup_steps, lr_schedule="cosine", save_steps=config.save_steps, save_total_limit=2,
         logging_steps=max(1, min(10, config.steps // 10)), seed=config.seed, bf16="on" if config.bf16 else "off",
+        ar_loss_weight=config.ar_loss_weight, distill_weight=config.distill_weight,
+        distill_temperature=config.distill_temperature, confidence_weight=config.confidence_weight,
         resume=last is not None), callbacks=[curve])
     return Path(get_last_checkpoint(str(run)))
 
@@ -212,6 +222,9 @@ def run(config: RecipeConfig) -> dict:
 OVERRIDES = ("train_prompts", "test_prompts", "steps", "batch_size", "save_steps", "block_size", "lora_rank")
 
 
+SOURCE_TERMS = ("ar_loss_weight", "distill_weight", "distill_temperature", "confidence_weight")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="everything goes here; rerun with the same --out to resume")
     parser.add_argument("--quick", action="store_true", help="a few prompts and steps: a dry run of every stage")
@@ -219,14 +232,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name in OVERRIDES:
         parser.add_argument("--" + name.replace("_", "-"), type=int, help=f"override the recipe's {name}")
     parser.add_argument("--learning-rate", type=float, help="override the recipe's learning rate")
+    parser.add_argument("--context-attention", choices=["block_causal", "causal"],
+                        help="how clean tokens attend in the translation (default: block_causal)")
+    for name in SOURCE_TERMS:
+        parser.add_argument("--" + name.replace("_", "-"), type=float, help=f"the finetune's {name} (default 0)")
 
 
 def main(args: argparse.Namespace) -> None:
     from .evaluate import markdown
 
     config = RecipeConfig.quick(args.out) if args.quick else RecipeConfig(args.out)
-    overrides = {name: getattr(args, name) for name in (*OVERRIDES, "base", "learning_rate")
-                 if getattr(args, name) is not None}
+    overrides = {name: getattr(args, name) for name in (*OVERRIDES, *SOURCE_TERMS, "base", "learning_rate",
+                                                       "context_attention") if getattr(args, name) is not None}
     results = run(replace(config, **overrides))
     print(markdown(results))
     print(f"results: {Path(args.out) / 'results.md'} and results.json")
