@@ -248,3 +248,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def url():
+    """A server with the default settings on a free localhost port, for one test module (its base URL). A module
+    that needs other settings defines its own `url`."""
+    from diffusionvl.serving.cli import build
+    from diffusionvl.serving.config import ServerConfig
+    from diffusionvl.serving.local import serving
+
+    with serving(build(ServerConfig())) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def client(url):
+    """The official openai client against `url`."""
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)

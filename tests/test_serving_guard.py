@@ -18,17 +18,6 @@ from diffusionvl.serving.local import serving
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def url():
-    with serving(build(ServerConfig())) as base:
-        yield base
-
-
-@pytest.fixture(scope="module")
-def client(url):
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
-
-
 @pytest.mark.parametrize("seed", [2**64, -1])
 def test_a_seed_outside_the_generator_range_is_a_400_and_the_server_goes_on(url, seed):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Describe the image."}], "max_tokens": 4,
