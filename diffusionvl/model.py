@@ -245,7 +245,7 @@ class DiffusionVL(PreTrainedModel):
         objective: Objective | None = None,
     ) -> DiffusionOutput:
         """The loss of SPEC §2 on a noised batch; `noisy_stream` overrides the config ("cheap" or "full");
-        `objective` adds the terms that keep the source (see `_source_terms`)."""
+        `objective` adds the terms that keep the source (see `modeling.objective.source_terms`)."""
         cheap = (noisy_stream or self.config.noisy_stream) == "cheap"
         layout = two_stream_layout(batch, cheap, self.dtype, self.config.context_attention == "causal")
         backbone, noisy_pos = self.backbone, layout.noisy_positions
