@@ -12,8 +12,9 @@ import torch
 
 from .checkpoints.folders import is_autoregressive_folder, resolve_model
 from .decoding.config import DecodingConfig
-from .errors import CheckpointLayoutError
+from .errors import CheckpointLayoutError, DiffusionVLError
 from .loading import load_any, load_model, load_processor
+from .modeling.backbones import TextBackbone
 from .modeling.tokens import END_OF_TURN_TOKENS
 
 END_OF_TURN = END_OF_TURN_TOKENS[0]  # Qwen's <|im_end|>: how an AR source (chat-trained) ends its answer
@@ -53,6 +54,26 @@ def is_autoregressive(model) -> bool:
     from .model import DiffusionVL
 
     return not isinstance(model, DiffusionVL)
+
+
+def causal_model(model):
+    """The model's own causal mode, as a plain transformers model to decode with `answer` (its `generate` and KV
+    cache): for a causal-context translation with logit shift, the wrapped base *is* that mode. Its clean
+    stream attends token-causally and the state before each token predicts it, which is decoding in blocks of
+    one. The mask (and pad, when it is a token of its own) are suppressed, as the block decoder never writes them.
+    A block-causal model has no such mode: its clean states see later tokens of their own block."""
+    config = model.config
+    if config.context_attention != "causal" or not config.logit_shift:
+        raise DiffusionVLError(
+            "only a model translated with context_attention='causal' and logit_shift has a causal mode (its clean "
+            f"stream is then a causal LM); this one has context_attention={config.context_attention!r} and "
+            f"logit_shift={config.logit_shift}. Decode it with the block decoder instead.")
+    if type(model.backbone) is not TextBackbone:
+        raise DiffusionVLError("the causal mode of a vision-language model is not supported yet (its generate places "
+                               "image and rope positions its own way); decode it with the block decoder instead.")
+    base = model.model
+    base.generation_config.suppress_tokens = list(model.special_tokens.never_generated)
+    return base
 
 
 def open_processor(path):

@@ -129,3 +129,27 @@ def test_convert_takes_the_option_from_the_command_line(probe_checkpoints, tmp_p
               "--logit-shift", "--context-attention", "causal"])
     assert "logit shift, causal context" in capsys.readouterr().out
     assert DiffusionVL.from_pretrained(tmp_path / "dst").config.context_attention == "causal"
+
+
+def test_the_causal_mode_is_decoding_in_blocks_of_one():
+    """`inference.causal_model` (transformers' generate of the wrapped base) writes what the block decoder writes
+    with blocks of one token, for the same weights trained with blocks of four."""
+    from diffusionvl.inference import causal_model
+
+    mode = causal_model(wrap(block_size=4, seed=7, logit_shift=True, **CAUSAL))
+    single = wrap(block_size=1, seed=7, logit_shift=True, **CAUSAL)
+    for seed in range(3):
+        ids = random_ids(1, 5 + seed, seed=seed)
+        with torch.no_grad():
+            theirs = mode.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=EOT_ID, pad_token_id=EOT_ID)
+        ours = single.generate(ids, max_new_tokens=10, steps=1)[0]
+        assert theirs[0, ids.shape[1]:].tolist() == ours[ours != single.special_tokens.pad].tolist(), seed
+
+
+@pytest.mark.parametrize("options", [dict(logit_shift=True), dict(logit_shift=False, **CAUSAL)])
+def test_a_model_without_a_causal_mode_is_refused(options):
+    from diffusionvl.errors import DiffusionVLError
+    from diffusionvl.inference import causal_model
+
+    with pytest.raises(DiffusionVLError, match="only a model translated with context_attention='causal'"):
+        causal_model(wrap(**options))

@@ -4,6 +4,7 @@ adapter format it ships in (a round trip on a tiny Llama needs no package)."""
 import importlib.metadata
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -102,9 +103,12 @@ def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
     torch.set_num_threads(1)
     try:
         out = tmp_path / "smollm2"
-        results = run(RecipeConfig.quick(str(out)))
+        # every option that keeps the source, so distillation from the base with adapters off runs end to end
+        config = replace(RecipeConfig.quick(str(out)), context_attention="causal", ar_loss_weight=1.0,
+                         distill_weight=1.0, confidence_weight=0.1)
+        results = run(config)
         names = [row["name"] for row in results["rows"]]
-        assert names == ["AR (greedy, KV cache)", "static", "dynamic@0.9", "threshold@0.9"]
+        assert names == ["AR (greedy, KV cache)", "static", "dynamic@0.9", "threshold@0.9", "causal mode (KV cache)"]
         ar = results["rows"][0]
         assert ar["tokens_per_forward"] == 1.0  # one token per forward: the AR row counts forwards as the AR runs
         assert (out / "smollm2-dlm" / "adapter.safetensors").is_file() and results["curve"]
@@ -112,7 +116,7 @@ def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
         checkpoint = max((out / "runs" / "smollm2-dlm").glob("checkpoint-*"))
         stamp = (checkpoint / "model.safetensors").stat().st_mtime_ns
         shutil.rmtree(out / "eval")
-        again = run(RecipeConfig.quick(str(out)))  # trains nothing, rebuilds the evaluation from the adapter
+        again = run(config)  # trains nothing, rebuilds the evaluation from the adapter
         assert (checkpoint / "model.safetensors").stat().st_mtime_ns == stamp
         assert [row["answers"] for row in again["rows"]] == [row["answers"] for row in results["rows"]]
     finally:

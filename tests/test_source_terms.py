@@ -85,8 +85,34 @@ def test_the_teacher_is_the_base_with_its_adapters_off_and_they_come_back_on():
         assert float(model.diffusion_loss(batch, objective=Objective(distill=1.0)).loss) > \
             float(model.diffusion_loss(batch).loss)
     plain, _ = causal_translation()
-    with pytest.raises(DiffusionVLError, match="no adapters"):
+    with pytest.raises(DiffusionVLError, match="distil from itself"):
         plain.diffusion_loss(noised(plain), objective=Objective(distill=1.0))
+
+
+def test_a_full_finetune_distils_from_a_frozen_bf16_copy_of_the_model_as_it_starts():
+    from diffusionvl.training.train import frozen_teacher
+
+    model, source = causal_translation(seed=1)
+    run = TrainingConfig(data="d.json", model="m", output_dir="o", stage="diffusion", distill_weight=1.0)
+    assert frozen_teacher(model, TrainingConfig(**{**run.__dict__, "lora_rank": 4})) is None  # its base serves
+    assert frozen_teacher(model, TrainingConfig(**{**run.__dict__, "distill_weight": 0.0})) is None
+    teacher = frozen_teacher(model, run)
+    assert teacher.dtype == torch.bfloat16 and not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():  # training moves the model; the teacher stays the source
+        for parameter in model.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)) * 0.05)
+    batch = noised(model)
+    rows, positions = torch.tensor([0, 0, 1]), torch.tensor([7, 11, 15])
+    logits = source_logits(model, batch, None, (rows, positions), teacher)
+    with torch.no_grad():
+        expected = source(input_ids=batch.clean_ids).logits[rows, positions - 1]
+        moved = model(input_ids=batch.clean_ids).logits[rows, positions]
+    assert logits.dtype == torch.float32
+    assert (logits - expected).abs().max() <= 0.02 * expected.abs().max()  # bf16 rounding only
+    assert (moved - expected).abs().max() > 0.1 * expected.abs().max()
+    with torch.no_grad():
+        term = model.diffusion_loss(batch, objective=Objective(distill=1.0, teacher=teacher)).loss
+        assert float(term) > float(model.diffusion_loss(batch).loss)
 
 
 def test_the_confidence_term_is_the_entropy_of_right_predictions_at_the_masked_positions(monkeypatch):

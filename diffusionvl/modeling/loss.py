@@ -1,7 +1,7 @@
 """The block-diffusion loss (SPEC §2.5), a pure function of logits, targets and noise levels, and the terms a
 translation may add to it to keep its source (`Objective`)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -68,14 +68,16 @@ class Objective:
 
     ar: next-token cross-entropy on the clean stream's supervised tokens (`autoregressive_loss`), which keeps the
         model's own causal mode; it needs causal context, where a clean state sees only the tokens before it.
-    distill: `distillation_loss` at the masked positions against the source (the base with its LoRA adapters off),
-        at `temperature`.
-    confidence: `confidence_loss` at the masked positions (LLaDA 2.0's CAP), which raises tokens per forward."""
+    distill: `distillation_loss` at the masked positions against the source, at `temperature`.
+    confidence: `confidence_loss` at the masked positions (LLaDA 2.0's CAP), which raises tokens per forward.
+    teacher: the source for distillation. None: the model's own base with its LoRA adapters off (no second copy);
+        a full finetune passes a frozen copy of the model as training started (training.train builds it)."""
 
     ar: float = 0.0
     distill: float = 0.0
     temperature: float = 1.0
     confidence: float = 0.0
+    teacher: object = field(default=None, compare=False, repr=False)
 
     @property
     def extra(self) -> bool:

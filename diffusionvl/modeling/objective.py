@@ -26,33 +26,41 @@ def source_terms(model, objective: Objective, batch: NoisyBatch, vision, clean_h
         ar_logits = model.backbone.head(clean_hidden[:, :-1][pick])
         total = total + objective.ar * F.cross_entropy(ar_logits.float(), following[pick])
     if objective.distill:
-        teacher = source_logits(model, batch, vision, where)
+        teacher = source_logits(model, batch, vision, where, objective.teacher)
         total = total + objective.distill * distillation_loss(logits, teacher, objective.temperature)
     if objective.confidence:
         total = total + objective.confidence * confidence_loss(logits, targets)
     return total
 
 @torch.no_grad()
-def source_logits(model, batch: NoisyBatch, vision, where: tuple) -> torch.Tensor:
-    """The source's next-token logits (M, V) for the tokens at `where`: the base with its LoRA adapters off, run
-    token-causally on the clean sequence (the state before each token predicts it)."""
+def source_logits(model, batch: NoisyBatch, vision, where: tuple, teacher=None) -> torch.Tensor:
+    """The source's next-token logits (M, V) for the tokens at `where`, run token-causally on the clean sequence
+    (the state before each token predicts it): `teacher` (a frozen copy of the model) when given, else the base
+    with its LoRA adapters off."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
+    if teacher is not None:
+        return _causal_logits(teacher, batch, vision, where).float()
     layers = [module for module in model.model.modules() if isinstance(module, BaseTunerLayer)]
     if not layers:
-        raise DiffusionVLError("distillation takes the base with its LoRA adapters off as the source; this model "
-                               "has no adapters (train with --lora-rank), so it would distil from itself.")
+        raise DiffusionVLError("distillation needs a source: a LoRA finetune uses its base with the adapters off, a "
+                               "full finetune a frozen copy (Objective.teacher, which `diffusionvl train` builds); "
+                               "this model has neither, so it would distil from itself.")
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        return _causal_logits(model, batch, vision, where)
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+
+
+def _causal_logits(model, batch: NoisyBatch, vision, where: tuple) -> torch.Tensor:
     rows, positions = where
     index = torch.arange(batch.clean_ids.shape[1], device=batch.clean_ids.device).expand_as(batch.clean_ids)
     causal = block_diffusion_rule(index, torch.ones_like(index), index, torch.ones_like(index), batch.valid,
                                   index, index)
     mask = to_attention_mask(causal, batch.valid, model.dtype)
     rope = model.backbone.positions(batch.clean_ids, index, batch.valid, vision)
-    for layer in layers:
-        layer.enable_adapters(False)
-    try:
-        hidden = model.backbone.decode(model.backbone.embed(batch.clean_ids, vision), mask, rope)
-    finally:
-        for layer in layers:
-            layer.enable_adapters(True)
+    hidden = model.backbone.decode(model.backbone.embed(batch.clean_ids, vision), mask, rope)
     return model.backbone.head(hidden[rows, positions - 1])

@@ -101,9 +101,23 @@ def evaluate_adapter(config, out: Path, adapter: Path, records: list[dict]) -> d
             model = model if model is not None else build(adapter).eval()  # only when a setting is not cached
             return judge.row(name, model, decoding)
         rows.append(_cached(cached / f"dlm-{name}.json", run))
+    if _has_causal_mode(adapter):  # its own causal mode: blocks of one token
+        def causal():
+            from ..inference import causal_model
+
+            return judge.row("causal mode (KV cache)", causal_model(model or build(adapter).eval()), ar_decoding)
+        rows.append(_cached(cached / "dlm-causal.json", causal))
     curve = out / "curve.jsonl"
     return {"rows": rows, "test_prompts": len(records), "ar_perplexity": perplexity(judge.own),
             "curve": [json.loads(line) for line in curve.read_text().splitlines()] if curve.is_file() else []}
+
+
+def _has_causal_mode(adapter: Path) -> bool:
+    """A causal-context translation with logit shift (inference.causal_model)."""
+    from ..training.adapters import adapter_config
+
+    config = adapter_config(adapter)
+    return config.get("context_attention") == "causal" and bool(config.get("logit_shift"))
 
 
 def _cached(path: Path, compute) -> dict:

@@ -69,6 +69,11 @@ def _read_manifest(folder: Path) -> dict:
     return manifest
 
 
+def adapter_config(folder) -> dict:
+    """The DiffusionVL config fields the adapter was trained with (block size, logit shift, context attention...)."""
+    return _read_manifest(Path(folder))["config"]
+
+
 def build(folder) -> "torch.nn.Module":
     """The DiffusionVL of an adapter folder, its adapters merged into the weights (in memory; `materialise` keeps
     a saved copy). Merging is W += (alpha / r) B A per adapted layer, so loading needs no PEFT."""

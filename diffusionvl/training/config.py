@@ -57,7 +57,7 @@ class TrainingConfig:
     ar_loss_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of next-token CE on the "
                                   "clean stream (keeps the causal mode; needs causal context)"})
     distill_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of KL(source || model) at "
-                                  "masked positions (LoRA: the source is the base with its adapters off)"})
+                                  "masked positions (LoRA: the source is the base with its adapters off; full: a frozen bf16 copy)"})
     distill_temperature: float = field(default=1.0, metadata={"help": "temperature of the distillation term"})
     confidence_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of the entropy of "
                                       "right predictions at masked positions (raises tokens per forward)"})

@@ -3,12 +3,13 @@ diffusion), and plain AR training of a source model before translation (stage 'a
 `Trainer` subclass: the loss comes from the model, checkpoints are written atomically, and
 logs carry the mean noise level, tokens/s and skipped records. Multi-GPU runs go through `accelerate launch`."""
 
+import copy
 import errno
 import json
 import os
 import shutil
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -103,9 +104,10 @@ class DiffusionTrainer(Trainer):
     """Trainer with the DiffusionVL losses, per-part learning rates, atomic checkpoints that carry the processor,
     and skipped records counted once each."""
 
-    def __init__(self, *args, run: TrainingConfig, processor, **kwargs):
+    def __init__(self, *args, run: TrainingConfig, processor, teacher=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run, self.processor = run, processor  # the processor is saved into every checkpoint
+        self.objective = replace(run.objective, teacher=teacher)
         self.totals = {"noise": 0.0, "losses": 0, "tokens": 0}
         self.skipped, self.finished = SkippedRecords(), None  # finished: why a resumed run had nothing to do
         self.clock = time.perf_counter()
@@ -116,7 +118,7 @@ class DiffusionTrainer(Trainer):
         wrapped = isinstance(self.accelerator.unwrap_model(model), DiffusionVL)
         extra = {"autoregressive": True} if wrapped and self.run.stage != "diffusion" else {}
         if wrapped and self.run.stage == "diffusion" and self.run.objective.extra:
-            extra = {"objective": self.run.objective}
+            extra = {"objective": self.objective}
         if self.run.stage != "diffusion" and self.run.ar_loss == "per_sample":
             labels = inputs.pop("labels")
             out = model(**inputs, **extra)
@@ -330,6 +332,15 @@ def check_sharded_resume(trainer, resume_from) -> None:
                            "train with DDP (configs/accelerate/ddp.yaml) or one process, where --resume is exact.")
 
 
+def frozen_teacher(model, config: TrainingConfig):
+    """The source a full finetune distils from: a frozen bf16 copy of the model as training starts (for a
+    translation, its source; on --resume the same, since the run starts again from config.model). A LoRA
+    finetune needs none: its base with the adapters off is the source."""
+    if not config.distill_weight or config.lora_rank or config.stage != "diffusion":
+        return None
+    return copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
+
+
 def make_output(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
@@ -349,6 +360,7 @@ def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTra
         model=model, args=training_arguments(config), train_dataset=dataset,
         data_collator=partial(collate, pad_token_id=tokenizer.pad_token_id or 0),  # pads are masked: any id does
         callbacks=[MetricsFile(output / "metrics.jsonl"), *(callbacks or [])], run=config, processor=processor,
+        teacher=frozen_teacher(model, config),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(TrainingProgress())
