@@ -108,7 +108,7 @@ def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
                          distill_weight=1.0, confidence_weight=0.1)
         results = run(config)
         names = [row["name"] for row in results["rows"]]
-        assert names == ["AR (greedy, KV cache)", "static", "dynamic@0.9", "threshold@0.9", "causal mode (KV cache)"]
+        assert names == ["AR (greedy, KV cache)", "static", "threshold@0.9", "causal mode (KV cache)"]
         ar = results["rows"][0]
         assert ar["tokens_per_forward"] == 1.0  # one token per forward: the AR row counts forwards as the AR runs
         assert (out / "smollm2-dlm" / "adapter.safetensors").is_file() and results["curve"]

@@ -63,13 +63,13 @@ def mean_sample_tokens(tokenizer, data: Path, most: int = 256) -> float:
 
 
 def settings(config) -> list[tuple[str, DecodingConfig]]:
-    """Every decoding the dLM is evaluated with; the first (static, one token per step) is the reference."""
+    """Every decoding the dLM is evaluated with; the first (static, one token per step) is the reference. With
+    steps = block size, the dynamic policy (the static quota of one as its floor) decodes exactly as the threshold
+    one (at least one), so only the threshold is run."""
     size, limit = config.block_size, config.max_new_tokens
     runs = [("static", DecodingConfig(max_new_tokens=limit, steps=size))]
-    for policy in ("low_confidence_dynamic", "threshold"):
-        runs += [(f"{policy.removeprefix('low_confidence_')}@{t}", DecodingConfig(
-            max_new_tokens=limit, steps=size, remasking_strategy=policy, confidence_threshold=t))
-            for t in config.thresholds]
+    runs += [(f"threshold@{t}", DecodingConfig(max_new_tokens=limit, steps=size, remasking_strategy="threshold",
+                                               confidence_threshold=t)) for t in config.thresholds]
     return runs
 
 

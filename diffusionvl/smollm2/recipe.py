@@ -46,7 +46,7 @@ class RecipeConfig:
     save_steps: int = 100  # a checkpoint, and a point of the F1 curve
     curve_prompts: int = 48
     eval_batch_size: int = 16
-    thresholds: tuple[float, ...] = (0.5, 0.7, 0.9)
+    thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
     seed: int = 0
     bf16: bool = True  # bf16 autocast in training (the weights stay float32)
     # what keeps the source (DiffusionVLConfig.context_attention, TrainingConfig's source terms); the defaults are
@@ -236,6 +236,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how clean tokens attend in the translation (default: block_causal)")
     for name in SOURCE_TERMS:
         parser.add_argument("--" + name.replace("_", "-"), type=float, help=f"the finetune's {name} (default 0)")
+    parser.add_argument("--ablation", nargs="?", const="all", metavar="STEPS",
+                        help="run the ablation (smollm2/ablation.py) in OUT/<step>: every step, or those named "
+                        "(comma-separated, e.g. 5-confidence); the other options apply to every step")
 
 
 def main(args: argparse.Namespace) -> None:
@@ -244,7 +247,19 @@ def main(args: argparse.Namespace) -> None:
     config = RecipeConfig.quick(args.out) if args.quick else RecipeConfig(args.out)
     overrides = {name: getattr(args, name) for name in (*OVERRIDES, *SOURCE_TERMS, "base", "learning_rate",
                                                        "context_attention") if getattr(args, name) is not None}
-    results = run(replace(config, **overrides))
+    config = replace(config, **overrides)
+    if args.ablation:
+        from .ablation import STEPS, run_ablation
+
+        names = [name for name, _, _ in STEPS]
+        only = None if args.ablation == "all" else args.ablation.split(",")
+        unknown = sorted(set(only or ()) - set(names))
+        if unknown:
+            raise ValueError(f"unknown ablation step(s) {unknown}; the steps are {', '.join(names)}.")
+        print(run_ablation(config, only))
+        print(f"table: {Path(args.out) / 'ablation.md'}")
+        return
+    results = run(config)
     print(markdown(results))
     print(f"results: {Path(args.out) / 'results.md'} and results.json")
 
