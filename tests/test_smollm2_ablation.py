@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from diffusionvl.evaluation.ablation import STEP_NAMES
 from diffusionvl.smollm2 import ablation, recipe
 from diffusionvl.smollm2.recipe import RecipeConfig
 
@@ -52,7 +53,7 @@ def test_each_step_adds_one_option_and_shares_the_data_and_the_ar_row(stubbed, t
     options = [(c.context_attention, c.ar_loss_weight, c.distill_weight, c.confidence_weight) for c in stubbed]
     assert options == [("block_causal", 0, 0, 0), ("causal", 0, 0, 0), ("causal", 1, 0, 0), ("causal", 1, 1, 0),
                        ("causal", 1, 1, 0.2)]
-    assert [Path(c.out).name for c in stubbed] == [name for name, _, _ in ablation.STEPS]
+    assert [Path(c.out).name for c in stubbed] == list(STEP_NAMES)
     assert all(json.loads((Path(c.out) / "eval" / "ar.json").read_text())["from"] == "1-shipped" for c in stubbed)
     lines = table.splitlines()
     assert lines[2].startswith("| as first shipped | 0.500 |") and "| - |" in lines[2]  # no causal mode

@@ -1,45 +1,18 @@
-"""`diffusionvl recipe smollm2 --ablation --out DIR`: the translation with what keeps the source added one piece
-at a time, on one data set with the same budget and seeds, so each row of the table differs from the one above
-it by one option:
-
-1. the recipe as first shipped (block-causal context, the block-diffusion loss alone);
-2. + causal context (`--context-attention causal`): the clean stream attends as the source does;
-3. + the AR loss on the clean stream (`--ar-loss-weight`);
-4. + distillation from the source at the masked positions (`--distill-weight`);
-5. + the confidence term (`--confidence-weight`).
-
+"""`diffusionvl recipe smollm2 --ablation --out DIR`: the ablation of `evaluation.ablation` on the SmolLM2 study.
 Each step is a whole `recipe smollm2` run in DIR/<step> (resumable; a finished step is skipped), all reading the
-one DIR/data. The table (DIR/ablation.md) and the curves of token F1 against training tokens (DIR/ablation.png,
-with matplotlib) are rebuilt from whatever steps have finished.
+one DIR/data and sharing the AR row. The table (DIR/ablation.md) and the curves of token F1 against training
+tokens (DIR/ablation.png) are rebuilt from whatever steps have finished.
 """
 
 import json
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
-from ..errors import require_extra
+from ..evaluation.ablation import plot_curves, step_configs
 
-WEIGHTS = {"ar_loss_weight": 1.0, "distill_weight": 1.0, "confidence_weight": 0.2}
-STEPS = (
-    ("1-shipped", "as first shipped", {"context_attention": "block_causal", "ar_loss_weight": 0.0,
-                                       "distill_weight": 0.0, "confidence_weight": 0.0}),
-    ("2-causal", "+ causal context", {"context_attention": "causal"}),
-    ("3-ar", "+ AR loss", {"ar_loss_weight": WEIGHTS["ar_loss_weight"]}),
-    ("4-distill", "+ distillation", {"distill_weight": WEIGHTS["distill_weight"]}),
-    ("5-confidence", "+ confidence", {"confidence_weight": WEIGHTS["confidence_weight"]}),
-)
-TOLERANCE = 0.05  # the speed column: the most tokens per forward within this much token F1 of static
-
-
-def step_configs(config) -> list[tuple[str, str, object]]:
-    """(folder name, label, RecipeConfig) of every step; each adds its options to those of the steps before it."""
-    options, steps = {}, []
-    for name, label, added in STEPS:
-        options = {**options, **added}
-        steps.append((name, label, replace(config, out=str(Path(config.out) / name), **options)))
-    return steps
+TOLERANCE = 0.05  # the speed columns: the most tokens per forward within this much token F1 of static
+CAUSAL_ROW = "causal mode (KV cache)"
 
 
 def run_ablation(config, only: list[str] | None = None) -> str:
@@ -67,8 +40,9 @@ def run_ablation(config, only: list[str] | None = None) -> str:
     finished = summaries(config)
     table = markdown(finished)
     (root / "ablation.md").write_text(table)
-    if any(summary["curve"] for summary in finished):
-        plot(finished, root / "ablation.png")
+    series = [(row["label"], [(c["training_tokens"], c["token_f1"]) for c in row["curve"]]) for row in finished]
+    if any(points for _, points in series):
+        plot_curves(series, root / "ablation.png", "token F1 against the source (static)")
     return table
 
 
@@ -82,11 +56,11 @@ def summaries(config) -> list[dict]:
         results = json.loads(path.read_text())
         by_name = {row["name"]: row for row in results["rows"]}
         static = by_name["static"]
-        close = [row for row in results["rows"][1:] if row["name"] != "causal mode (KV cache)"
-                 and row["token_f1"] >= static["token_f1"] - TOLERANCE]
+        close = [row for row in results["rows"][1:]
+                 if row["name"] != CAUSAL_ROW and row["token_f1"] >= static["token_f1"] - TOLERANCE]
         fastest = max(close, key=lambda row: row["tokens_per_forward"])
         rows.append({"name": name, "label": label, "static": static, "fastest": fastest,
-                     "causal": by_name.get("causal mode (KV cache)"), "curve": results["curve"]})
+                     "causal": by_name.get(CAUSAL_ROW), "curve": results["curve"]})
     return rows
 
 
@@ -100,25 +74,3 @@ def markdown(rows: list[dict]) -> str:
                      f"{static['perplexity_ratio']:.2f} | {causal_f1} | {fastest['name']} | "
                      f"{fastest['token_f1']:.3f} | {fastest['tokens_per_forward']:.2f} |")
     return "\n".join(lines) + "\n"
-
-
-def plot(rows: list[dict], path: Path) -> None:
-    """Token F1 (static, the first held-out prompts) against training tokens, one line per step."""
-    require_extra("bench", "the ablation's plot", "matplotlib")
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4))
-    for row in rows:
-        points = sorted((c["training_tokens"], c["token_f1"]) for c in row["curve"])
-        axes.plot([x / 1e3 for x, _ in points], [y for _, y in points], marker="o", label=row["label"])
-    axes.set_xlabel("training tokens (thousands)")
-    axes.set_ylabel("token F1 against the source (static)")
-    axes.set_ylim(0, 1)
-    axes.grid(alpha=0.3)
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

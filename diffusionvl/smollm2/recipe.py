@@ -236,30 +236,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how clean tokens attend in the translation (default: block_causal)")
     for name in SOURCE_TERMS:
         parser.add_argument("--" + name.replace("_", "-"), type=float, help=f"the finetune's {name} (default 0)")
-    parser.add_argument("--ablation", nargs="?", const="all", metavar="STEPS",
-                        help="run the ablation (smollm2/ablation.py) in OUT/<step>: every step, or those named "
-                        "(comma-separated, e.g. 5-confidence); the other options apply to every step")
+
+
+def config_from(args: argparse.Namespace) -> RecipeConfig:
+    """The study's config as the command line sets it: the full run or `--quick`, with any overrides."""
+    config = RecipeConfig.quick(args.out) if args.quick else RecipeConfig(args.out)
+    overrides = {name: getattr(args, name) for name in (*OVERRIDES, *SOURCE_TERMS, "base", "learning_rate",
+                                                       "context_attention") if getattr(args, name) is not None}
+    return replace(config, **overrides)
 
 
 def main(args: argparse.Namespace) -> None:
     from .evaluate import markdown
 
-    config = RecipeConfig.quick(args.out) if args.quick else RecipeConfig(args.out)
-    overrides = {name: getattr(args, name) for name in (*OVERRIDES, *SOURCE_TERMS, "base", "learning_rate",
-                                                       "context_attention") if getattr(args, name) is not None}
-    config = replace(config, **overrides)
-    if args.ablation:
-        from .ablation import STEPS, run_ablation
-
-        names = [name for name, _, _ in STEPS]
-        only = None if args.ablation == "all" else args.ablation.split(",")
-        unknown = sorted(set(only or ()) - set(names))
-        if unknown:
-            raise ValueError(f"unknown ablation step(s) {unknown}; the steps are {', '.join(names)}.")
-        print(run_ablation(config, only))
-        print(f"table: {Path(args.out) / 'ablation.md'}")
-        return
-    results = run(config)
+    results = run(config_from(args))
     print(markdown(results))
     print(f"results: {Path(args.out) / 'results.md'} and results.json")
-
