@@ -125,15 +125,21 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
         else:
             out = model.generate(**inputs, generation_config=config, return_dict_in_generate=True, streamer=streamer,
                                  tokenizer=tokenizer, generator=generator)
-            rows = rows_of(out.sequences, model.special_tokens.pad)
+            rows = rows_of(out.sequences, model.special_tokens)
             nfe, row_forwards, prefill = out.nfe, out.row_forwards, out.prefill_forwards
     seconds = time.perf_counter() - start
     return Answers(texts_of(tokenizer, rows), rows, int(nfe), int(row_forwards), seconds, int(prefill))
 
 
-def rows_of(sequences: torch.Tensor, pad: int) -> list[list[int]]:
-    """Each row's new tokens of a decoder's (N, T) output, the pad after its end dropped."""
-    return [[token for token in row if token != pad] for row in sequences.tolist()]
+def rows_of(sequences: torch.Tensor, tokens) -> list[list[int]]:
+    """Each row's new tokens of a decoder's (N, T) output: up to its first end-of-turn, included, and without the
+    pad after it (when pad and end-of-turn are one id, as in SmolLM2, the end-of-turn stays). `tokens`: the
+    model's special tokens."""
+    rows = []
+    for row in sequences.tolist():
+        row = row[: row.index(tokens.eot) + 1] if tokens.eot in row else row
+        rows.append([token for token in row if token != tokens.pad or token == tokens.eot])
+    return rows
 
 
 def texts_of(tokenizer, rows: list[list[int]]) -> list[str]:

@@ -96,6 +96,29 @@ def test_the_gguf_base_unpacks_once_and_answers(cache):
 
 
 @needs_smollm2
+def test_an_untrained_causal_translation_of_smollm2_is_smollm2(cache):
+    """On the real model: the clean stream's logits are the source's (fp32), and greedy decoding in blocks of one,
+    and the causal mode, write the source's greedy answers."""
+    from diffusionvl.decoding.config import DecodingConfig
+    from diffusionvl.inference import answer, causal_model, chat_inputs, load
+    from diffusionvl.loading import load_autoregressive
+
+    source, tokenizer = load("smollm2")
+    model = DiffusionVL.from_autoregressive(load_autoregressive("smollm2").eval(), tokenizer, block_size=1,
+                                            logit_shift=True, context_attention="causal").eval()
+    inputs = chat_inputs(tokenizer, ["What is the capital of France?", "Name three colours."])
+    with torch.no_grad():
+        ours = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+        positions = (inputs["attention_mask"].cumsum(1) - 1).clamp(min=0)  # left padding, as generate counts
+        theirs = source(**inputs, position_ids=positions).logits
+    valid, vocab = inputs["attention_mask"][:, :-1].bool(), theirs.shape[-1]  # ours has the mask's row too
+    assert (ours[:, 1:, :vocab][valid] - theirs[:, :-1][valid]).abs().max() <= 1e-4
+    expected = answer(source, tokenizer, inputs, DecodingConfig(max_new_tokens=24)).rows
+    assert answer(model, tokenizer, inputs, DecodingConfig(max_new_tokens=24, steps=1)).rows == expected
+    assert answer(causal_model(model), tokenizer, inputs, DecodingConfig(max_new_tokens=24)).rows == expected
+
+
+@needs_smollm2
 def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
     from diffusionvl.smollm2.recipe import RecipeConfig, run
 

@@ -142,7 +142,7 @@ def decode(setting: Setting, models: dict, processor, inputs: dict):
         ids = inputs["input_ids"]  # batch size 1: no padding
         size, length = model.block_size, setting.config.max_new_tokens
         out = full_sequence_generate(model, ids, length, size, steps=length, vision=vision)
-        rows = rows_of(out.sequences, model.special_tokens.pad)
+        rows = rows_of(out.sequences, model.special_tokens)
         return texts_of(processor.tokenizer, rows), sum(map(len, rows)), out.nfe, out.nfe
     out = answer(models["ar" if setting.kind == "ar" else "dvlm"], processor, inputs, setting.config)
     return out.texts, out.tokens, out.nfe, out.row_forwards
