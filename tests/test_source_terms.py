@@ -89,15 +89,20 @@ def test_the_teacher_is_the_base_with_its_adapters_off_and_they_come_back_on():
         plain.diffusion_loss(noised(plain), objective=Objective(distill=1.0))
 
 
-def test_a_full_finetune_distils_from_a_frozen_bf16_copy_of_the_model_as_it_starts():
+@pytest.mark.parametrize("native", [True, False])
+def test_a_full_finetune_distils_from_a_frozen_copy_of_the_model_as_it_starts(monkeypatch, native):
+    from diffusionvl.training import train
     from diffusionvl.training.train import frozen_teacher
+
+    monkeypatch.setattr(train, "native_bf16", lambda: native)  # bf16 where the hardware has it, else fp32
 
     model, source = causal_translation(seed=1)
     run = TrainingConfig(data="d.json", model="m", output_dir="o", stage="diffusion", distill_weight=1.0)
     assert frozen_teacher(model, TrainingConfig(**{**run.__dict__, "lora_rank": 4})) is None  # its base serves
     assert frozen_teacher(model, TrainingConfig(**{**run.__dict__, "distill_weight": 0.0})) is None
     teacher = frozen_teacher(model, run)
-    assert teacher.dtype == torch.bfloat16 and not any(p.requires_grad for p in teacher.parameters())
+    assert teacher.dtype == (torch.bfloat16 if native else torch.float32)
+    assert not any(p.requires_grad for p in teacher.parameters())
     with torch.no_grad():  # training moves the model; the teacher stays the source
         for parameter in model.parameters():
             parameter.add_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(3)) * 0.05)

@@ -48,7 +48,7 @@ class RecipeConfig:
     eval_batch_size: int = 16
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
     seed: int = 0
-    bf16: bool = True  # bf16 autocast in training (the weights stay float32)
+    bf16: str = "auto"  # bf16 autocast in training (weights stay fp32): where native (training.train.native_bf16)
     # what keeps the source (DiffusionVLConfig.context_attention, TrainingConfig's source terms); the defaults are
     # the study as shipped, each an ablation step otherwise
     context_attention: str = "block_causal"
@@ -182,7 +182,7 @@ def finetune(config: RecipeConfig, out: Path, init: Path) -> Path:
         lora_rank=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_targets=config.lora_targets,
         learning_rate=config.learning_rate, batch_size=config.batch_size, max_steps=config.steps,
         warmup_steps=config.warmup_steps, lr_schedule="cosine", save_steps=config.save_steps, save_total_limit=2,
-        logging_steps=max(1, min(10, config.steps // 10)), seed=config.seed, bf16="on" if config.bf16 else "off",
+        logging_steps=max(1, min(10, config.steps // 10)), seed=config.seed, bf16=config.bf16,
         ar_loss_weight=config.ar_loss_weight, distill_weight=config.distill_weight,
         distill_temperature=config.distill_temperature, confidence_weight=config.confidence_weight,
         resume=last is not None), callbacks=[curve])

@@ -286,8 +286,18 @@ def model_positions(model) -> int | None:
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively: a GPU with it, or, without a GPU, a CPU with AMX or AVX-512
+    BF16. Elsewhere bf16 is emulated: a SmolLM2 LoRA step took 203 s in bf16 autocast against 6.5 s in fp32 on an
+    AVX2-only CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe is not None and probe() for probe in probes)
+
+
 def training_arguments(config: TrainingConfig) -> TrainingArguments:
-    bf16 = config.bf16 == "on" or (config.bf16 == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    bf16 = config.bf16 == "on" or (config.bf16 == "auto" and native_bf16())
     return TrainingArguments(
         output_dir=config.output_dir, per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.gradient_accumulation, num_train_epochs=config.epochs,
@@ -333,12 +343,13 @@ def check_sharded_resume(trainer, resume_from) -> None:
 
 
 def frozen_teacher(model, config: TrainingConfig):
-    """The source a full finetune distils from: a frozen bf16 copy of the model as training starts (for a
-    translation, its source; on --resume the same, since the run starts again from config.model). A LoRA
-    finetune needs none: its base with the adapters off is the source."""
+    """The source a full finetune distils from: a frozen copy of the model as training starts (for a translation,
+    its source; on --resume the same, since the run starts again from config.model), in bf16 where the hardware
+    computes it natively, else fp32. A LoRA finetune needs none: its base with the adapters off is the source."""
     if not config.distill_weight or config.lora_rank or config.stage != "diffusion":
         return None
-    return copy.deepcopy(model).to(torch.bfloat16).eval().requires_grad_(False)
+    dtype = torch.bfloat16 if native_bf16() else torch.float32
+    return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
 
 
 def make_output(output: Path) -> None:
