@@ -9,7 +9,9 @@ import typing
 from dataclasses import MISSING, dataclass, field, fields
 
 from ..errors import DiffusionVLError
-from ..modeling.loss import Objective
+
+if typing.TYPE_CHECKING:
+    from ..modeling.loss import Objective
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,10 @@ class TrainingConfig:
         check_options(self)
 
     @property
-    def objective(self) -> Objective:
+    def objective(self) -> "Objective":
         """The terms added to the block-diffusion loss (all zero by default: the loss is unchanged)."""
+        from ..modeling.loss import Objective
+
         return Objective(self.ar_loss_weight, self.distill_weight, self.distill_temperature, self.confidence_weight)
 
 
@@ -139,3 +143,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(name, type=kind, required=True, help=help_text)
         else:
             parser.add_argument(name, type=kind, default=spec.default, help=help_text)
+
+
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 natively: a GPU with it, or, without a GPU, a CPU with AMX or AVX-512
+    BF16. Elsewhere bf16 is emulated: a SmolLM2 LoRA step took 203 s in bf16 autocast against 6.5 s in fp32 on an
+    AVX2-only CPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(probe is not None and probe() for probe in probes)
+
+
+def training_arguments(config: TrainingConfig):
+    """transformers' TrainingArguments of a run."""
+    import torch
+    from transformers import TrainingArguments
+
+    bf16 = config.bf16 == "on" or (config.bf16 == "auto" and native_bf16())
+    return TrainingArguments(
+        output_dir=config.output_dir, per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation, num_train_epochs=config.epochs,
+        max_steps=config.max_steps, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
+        lr_scheduler_type=SCHEDULES[config.lr_schedule],
+        weight_decay=config.weight_decay, save_strategy="steps", save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, seed=config.seed,
+        bf16=bf16, activation_checkpointing=config.gradient_checkpointing, dataloader_num_workers=config.num_workers,
+        remove_unused_columns=False, report_to=config.report_to, use_cpu=not torch.cuda.is_available(),
+    )

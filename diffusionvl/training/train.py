@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
@@ -26,7 +26,7 @@ from ..modeling.composite import VisionLanguageModel
 from ..modeling.lora import add_lora, merge_lora
 from ..modeling.loss import autoregressive_loss
 from . import preflight
-from .config import SCHEDULES, TrainingConfig
+from .config import TrainingConfig, native_bf16, training_arguments
 from .data import LlavaDataset, SkippedRecords, TokenizerOnlyProcessor, collate, read_llava
 
 STAGING = ".staging"  # checkpoints are written under OUTPUT/.staging and renamed into OUTPUT when complete
@@ -284,30 +284,6 @@ def model_positions(model) -> int | None:
     if isinstance(model, DiffusionVL):
         return model.max_positions
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
-
-
-def native_bf16() -> bool:
-    """Whether this machine computes bf16 natively: a GPU with it, or, without a GPU, a CPU with AMX or AVX-512
-    BF16. Elsewhere bf16 is emulated: a SmolLM2 LoRA step took 203 s in bf16 autocast against 6.5 s in fp32 on an
-    AVX2-only CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
-    return any(probe is not None and probe() for probe in probes)
-
-
-def training_arguments(config: TrainingConfig) -> TrainingArguments:
-    bf16 = config.bf16 == "on" or (config.bf16 == "auto" and native_bf16())
-    return TrainingArguments(
-        output_dir=config.output_dir, per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation, num_train_epochs=config.epochs,
-        max_steps=config.max_steps, learning_rate=config.learning_rate, warmup_steps=config.warmup_steps,
-        lr_scheduler_type=SCHEDULES[config.lr_schedule],
-        weight_decay=config.weight_decay, save_strategy="steps", save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit, logging_steps=config.logging_steps, seed=config.seed,
-        bf16=bf16, activation_checkpointing=config.gradient_checkpointing, dataloader_num_workers=config.num_workers,
-        remove_unused_columns=False, report_to=config.report_to, use_cpu=not torch.cuda.is_available(),
-    )
 
 
 def prepare(config: TrainingConfig):
