@@ -153,3 +153,15 @@ def test_a_model_without_a_causal_mode_is_refused(options):
 
     with pytest.raises(DiffusionVLError, match="only a model translated with context_attention='causal'"):
         causal_model(wrap(**options))
+
+
+@pytest.mark.parametrize("pad", [EOT_ID, 0])
+def test_an_answer_row_keeps_its_end_of_turn_whether_or_not_pad_is_that_id(pad):
+    """`inference.rows_of`: a row ends at its first end-of-turn, kept, as an AR answer's row does (SmolLM2's pad
+    is its end-of-turn; MiniVL's is a token of its own)."""
+    from diffusionvl.inference import rows_of
+    from diffusionvl.modeling.tokens import SpecialTokens
+
+    tokens = SpecialTokens(MASK_ID, EOT_ID, pad, MASK_ID + 1)
+    sequences = torch.tensor([[5, 6, EOT_ID, pad, pad], [7, 8, 9, 10, 11], [EOT_ID, pad, pad, pad, pad]])
+    assert rows_of(sequences, tokens) == [[5, 6, EOT_ID], [7, 8, 9, 10, 11], [EOT_ID]]
