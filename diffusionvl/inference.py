@@ -56,6 +56,11 @@ def is_autoregressive(model) -> bool:
     return not isinstance(model, DiffusionVL)
 
 
+def has_causal_mode(context_attention: str, logit_shift: bool) -> bool:
+    """Whether a translation with these settings has a causal mode (see `causal_model`)."""
+    return context_attention == "causal" and bool(logit_shift)
+
+
 def causal_model(model):
     """The model's own causal mode, as a plain transformers model to decode with `answer` (its `generate` and KV
     cache): for a causal-context translation with logit shift, the wrapped base *is* that mode. Its clean
@@ -63,7 +68,7 @@ def causal_model(model):
     one. The mask (and pad, when it is a token of its own) are suppressed, as the block decoder never writes them.
     A block-causal model has no such mode: its clean states see later tokens of their own block."""
     config = model.config
-    if config.context_attention != "causal" or not config.logit_shift:
+    if not has_causal_mode(config.context_attention, config.logit_shift):
         raise DiffusionVLError(
             "only a model translated with context_attention='causal' and logit_shift has a causal mode (its clean "
             f"stream is then a causal LM); this one has context_attention={config.context_attention!r} and "
@@ -137,8 +142,8 @@ def rows_of(sequences: torch.Tensor, tokens) -> list[list[int]]:
     model's special tokens."""
     rows = []
     for row in sequences.tolist():
-        row = row[: row.index(tokens.eot) + 1] if tokens.eot in row else row
-        rows.append([token for token in row if token != tokens.pad or token == tokens.eot])
+        end = row.index(tokens.eot) if tokens.eot in row else len(row)
+        rows.append([token for token in row[:end] if token != tokens.pad] + row[end : end + 1])
     return rows
 
 

@@ -57,7 +57,7 @@ class RecipeConfig:
     seed: int = 0
     size: MiniVLSize = field(default_factory=MiniVLSize)
     save_steps: int = 250
-    bf16: str = "auto"  # bf16 autocast in training (weights stay fp32): where native (training.train.native_bf16)
+    bf16: str = "auto"  # bf16 autocast in training (weights stay fp32): where native (training.config.native_bf16)
 
     def __post_init__(self):
         if self.samples < 4:

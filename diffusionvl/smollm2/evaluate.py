@@ -113,11 +113,12 @@ def evaluate_adapter(config, out: Path, adapter: Path, records: list[dict]) -> d
 
 
 def _has_causal_mode(adapter: Path) -> bool:
-    """A causal-context translation with logit shift (inference.causal_model)."""
+    """Whether the adapter's translation has a causal mode (inference.causal_model)."""
+    from ..inference import has_causal_mode
     from ..training.adapters import adapter_config
 
     config = adapter_config(adapter)
-    return config.get("context_attention") == "causal" and bool(config.get("logit_shift"))
+    return has_causal_mode(config.get("context_attention", "block_causal"), config.get("logit_shift", False))
 
 
 def _cached(path: Path, compute) -> dict:

@@ -48,7 +48,7 @@ class RecipeConfig:
     eval_batch_size: int = 16
     thresholds: tuple[float, ...] = (0.3, 0.5, 0.7, 0.9)
     seed: int = 0
-    bf16: str = "auto"  # bf16 autocast in training (weights stay fp32): where native (training.train.native_bf16)
+    bf16: str = "auto"  # bf16 autocast in training (weights stay fp32): where native (training.config.native_bf16)
     # what keeps the source (DiffusionVLConfig.context_attention, TrainingConfig's source terms); the defaults are
     # the study as shipped, each an ablation step otherwise
     context_attention: str = "block_causal"

@@ -46,8 +46,8 @@ class TrainingConfig:
     logging_steps: int = field(default=10, metadata={"help": "log loss, noise level, tokens/s every N steps"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and noise"})
     max_length: int | None = field(default=None, metadata={"help": "longer records are skipped and counted"})
-    bf16: str = field(default="auto", metadata={"help": "bf16 autocast: 'auto' (on where the hardware has it: a GPU "
-                                                "with bf16, a CPU with AMX or AVX-512 BF16), 'on' or 'off'"})
+    bf16: str = field(default="auto", metadata={"help": "bf16 autocast: 'auto' (on where the hardware has it: a "
+                                                "GPU with bf16, a CPU with AMX or AVX-512 BF16), 'on' or 'off'"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory)"})
     group_by_length: bool = field(default=True, metadata={"help": "batch samples of similar length"})
     num_workers: int = field(default=0, metadata={"help": "data-loading worker processes"})
@@ -60,7 +60,8 @@ class TrainingConfig:
     ar_loss_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of next-token CE on the "
                                   "clean stream (keeps the causal mode; needs causal context)"})
     distill_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of KL(source || model) at "
-                                  "masked positions (LoRA: the source is the base with its adapters off; full: a frozen copy)"})
+                                  "masked positions (LoRA: the source is the base with its adapters off; full: a "
+                                  "frozen copy)"})
     distill_temperature: float = field(default=1.0, metadata={"help": "temperature of the distillation term"})
     confidence_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of the entropy of "
                                       "right predictions at masked positions (raises tokens per forward)"})
