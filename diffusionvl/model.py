@@ -5,6 +5,7 @@ inference sees the clean stream with a block-causal mask. The model knows nothin
 """
 
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -145,6 +146,18 @@ class DiffusionVL(PreTrainedModel):
     def max_positions(self) -> int | None:
         return _max_positions(self.config.base_config)
 
+    def adapters_on(self, noisy: torch.Tensor):
+        """Context for one forward whose columns `noisy` ((Q,) bool) are the noisy stream: with draft-only adapters
+        (config.lora_scope="noisy") the LoRA deltas act there only, so every other column runs the base model
+        (modeling/lora.py). A no-op for every other model."""
+        if self.config.lora_scope != "noisy" or not self.config.lora:
+            return nullcontext()
+        if getattr(self, "_noisy_gate", None) is None:  # built at first use: adapters may be added after __init__
+            from .modeling.lora import NoisyOnlyGate
+
+            self._noisy_gate = NoisyOnlyGate(self.model)
+        return self._noisy_gate.on(noisy)
+
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
 
@@ -195,7 +208,9 @@ class DiffusionVL(PreTrainedModel):
             raise DiffusionVLError(
                 "with logit_shift the first new token is predicted from the last cached position, whose hidden state "
                 "the cache does not keep; run the whole sequence without a cache, or use generate().")
-        hidden = self.backbone.decode(inputs_embeds, attention_mask, position_ids, cache, bool(use_cache))
+        noisy = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device)
+        with self.adapters_on(noisy >= inputs_embeds.shape[1] - (self.block_size if denoising else 0)):
+            hidden = self.backbone.decode(inputs_embeds, attention_mask, position_ids, cache, bool(use_cache))
         return CausalLMOutputWithPast(logits=self.backbone.head(self.to_token_positions(hidden)), cache=cache)
 
     def to_token_positions(self, states: torch.Tensor) -> torch.Tensor:
@@ -256,7 +271,8 @@ class DiffusionVL(PreTrainedModel):
         index = torch.arange(batch.clean_ids.shape[1], device=clean.device).expand_as(batch.clean_ids)
         rope = backbone.positions(batch.clean_ids, index, batch.valid, vision)  # (A, N, L)
         rope = torch.cat([rope.gather(2, noisy_pos[None].expand(rope.shape[0], -1, -1)), rope], dim=2)
-        hidden = backbone.decode(embeds, layout.attention_mask, rope)
+        with self.adapters_on(torch.arange(embeds.shape[1], device=embeds.device) < noisy_pos.shape[1]):
+            hidden = backbone.decode(embeds, layout.attention_mask, rope)
         take = batch.masked.gather(1, noisy_pos) & layout.noisy_valid  # (N, Ln)
         source = self._predicting_columns(noisy_pos)[take]  # (M,) the column whose hidden state predicts each target
         rows = torch.arange(take.shape[0], device=take.device)[:, None].expand_as(take)[take]

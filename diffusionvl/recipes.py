@@ -35,8 +35,9 @@ def main(args: argparse.Namespace) -> None:
     if getattr(args, "ablation", None):
         from .evaluation.ablation import parse_steps
 
-        steps = parse_steps(args.ablation)  # checked before anything runs
-        print(_module(args.name, "ablation").run_ablation(_module(args.name).config_from(args), steps))
+        study = _module(args.name, "ablation")
+        steps = parse_steps(args.ablation, study.STEPS)  # checked before anything runs
+        print(study.run_ablation(_module(args.name).config_from(args), steps))
         print(f"table: {args.out}/ablation.md")
         return
     _module(args.name).main(args)

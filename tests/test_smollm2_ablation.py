@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from diffusionvl.evaluation.ablation import STEP_NAMES
 from diffusionvl.smollm2 import ablation, recipe
 from diffusionvl.smollm2.recipe import RecipeConfig
 
@@ -50,10 +49,12 @@ def stubbed(monkeypatch):
 
 def test_each_step_adds_one_option_and_shares_the_data_and_the_ar_row(stubbed, tmp_path):
     table = ablation.run_ablation(RecipeConfig(str(tmp_path)))
-    options = [(c.context_attention, c.ar_loss_weight, c.distill_weight, c.confidence_weight) for c in stubbed]
-    assert options == [("block_causal", 0, 0, 0), ("causal", 0, 0, 0), ("causal", 1, 0, 0), ("causal", 1, 1, 0),
-                       ("causal", 1, 1, 0.2)]
-    assert [Path(c.out).name for c in stubbed] == list(STEP_NAMES)
+    options = [(c.context_attention, c.ar_loss_weight, c.distill_weight, c.confidence_weight, c.lora_scope)
+               for c in stubbed]
+    assert options == [("block_causal", 0, 0, 0, "all"), ("causal", 0, 0, 0, "all"), ("causal", 1, 0, 0, "all"),
+                       ("causal", 1, 1, 0, "all"), ("causal", 1, 1, 0.2, "all"), ("causal", 0, 1, 0.2, "noisy")]
+    assert [Path(c.out).name for c in stubbed] == [name for name, _, _ in ablation.STEPS]
+    assert ablation.STEPS[-1][0] == "6-draft-only"
     assert all(json.loads((Path(c.out) / "eval" / "ar.json").read_text())["from"] == "1-shipped" for c in stubbed)
     lines = table.splitlines()
     assert lines[2].startswith("| as first shipped | 0.500 |") and "| - |" in lines[2]  # no causal mode
@@ -67,15 +68,16 @@ def test_finished_steps_are_skipped_and_a_subset_can_run_first(stubbed, tmp_path
     assert [Path(c.out).name for c in stubbed] == ["5-confidence"]
     assert ablation.markdown(ablation.summaries(RecipeConfig(str(tmp_path)))).count("\n") == 3
     ablation.run_ablation(RecipeConfig(str(tmp_path)))
-    assert [Path(c.out).name for c in stubbed] == ["5-confidence", "1-shipped", "2-causal", "3-ar", "4-distill"]
+    assert [Path(c.out).name for c in stubbed] == ["5-confidence", "1-shipped", "2-causal", "3-ar", "4-distill",
+                                                   "6-draft-only"]
 
 
 def test_the_command_line_names_the_steps(stubbed, tmp_path, capsys):
     from diffusionvl import cli
 
     with pytest.raises(SystemExit):
-        cli.main(["recipe", "smollm2", "--out", str(tmp_path), "--ablation", "6-more"])
-    assert "unknown ablation step(s) ['6-more']; the steps are 1-shipped," in capsys.readouterr().err
+        cli.main(["recipe", "smollm2", "--out", str(tmp_path), "--ablation", "7-more"])
+    assert "unknown ablation step(s) ['7-more']; the steps are 1-shipped," in capsys.readouterr().err
     cli.main(["recipe", "smollm2", "--out", str(tmp_path), "--ablation", "2-causal", "--steps", "50"])
     assert [(Path(c.out).name, c.steps) for c in stubbed] == [("2-causal", 50)]
     assert "| + causal context |" in capsys.readouterr().out

@@ -201,13 +201,15 @@ class BlockDecoder:
             mask = block_causal_mask(index[:, -q:], valid[:, -q:], index, valid, self.size, self.model.dtype,
                                      self.causal_context, noisy)
             if key is None:
-                return self._decode(embeds, mask, rope, cache)
+                return self._decode(embeds, mask, rope, cache, noisy)
             self._mask = (key, mask)
-        return self._decode(embeds, self._mask[1], rope, cache)
+        return self._decode(embeds, self._mask[1], rope, cache, noisy)
 
-    def _decode(self, embeds, mask, rope, cache) -> torch.Tensor:
+    def _decode(self, embeds, mask, rope, cache, noisy: int) -> torch.Tensor:
         self.nfe += 1
-        return self.backbone.decode(embeds, mask, rope, cache, use_cache=True)
+        columns = torch.arange(embeds.shape[1], device=embeds.device)
+        with self.model.adapters_on(columns >= embeds.shape[1] - noisy):  # draft-only adapters: the block alone
+            return self.backbone.decode(embeds, mask, rope, cache, use_cache=True)
 
     def _rows_cache(self, rows: torch.Tensor, subset: tuple[int, ...]) -> BlockCache:
         """The committed K/V of `rows` (named by `subset`, their indices) alone, copied once per set within a block."""

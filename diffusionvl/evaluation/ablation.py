@@ -6,7 +6,10 @@ one before it by one option:
 2. + causal context (`context_attention="causal"`): the clean stream attends as the source does;
 3. + the AR loss on the clean stream;
 4. + distillation from the source at the masked positions;
-5. + the confidence term.
+5. + the confidence term;
+6. (studies that finetune with LoRA) + draft-only adapters (`lora_scope="noisy"`): the adapters act on the noisy
+   stream alone, so the clean stream and the causal mode are the source itself. The AR loss goes with this step:
+   it would train a stream that no longer has anything to train.
 
 Here: the steps, their configs, and the plot of each step's curve against training tokens.
 """
@@ -26,26 +29,28 @@ STEPS = (
     ("5-confidence", "+ confidence", {"confidence_weight": WEIGHTS["confidence_weight"]}),
 )
 STEP_NAMES = tuple(name for name, _, _ in STEPS)
+DRAFT_ONLY = ("6-draft-only", "+ draft-only adapters", {"lora_scope": "noisy", "ar_loss_weight": 0.0})
 
 
-def step_configs(config) -> list[tuple[str, str, object]]:
-    """(folder name, label, config) of every step, each config's `out` being OUT/<step>; a step adds its options
-    to those of the steps before it. `config` is a study's recipe config (a dataclass with these fields)."""
+def step_configs(config, study_steps=STEPS) -> list[tuple[str, str, object]]:
+    """(folder name, label, config) of every step of `study_steps`, each config's `out` being OUT/<step>; a step
+    adds its options to those of the steps before it. `config` is a study's recipe config (a dataclass with
+    these fields)."""
     options, steps = {}, []
-    for name, label, added in STEPS:
+    for name, label, added in study_steps:
         options = {**options, **added}
         steps.append((name, label, replace(config, out=str(Path(config.out) / name), **options)))
     return steps
 
 
-def parse_steps(text: str) -> list[str] | None:
+def parse_steps(text: str, study_steps=STEPS) -> list[str] | None:
     """`--ablation` as given: "all" -> None (every step), else the comma-separated step names, checked."""
     if text == "all":
         return None
-    names = text.split(",")
-    unknown = sorted(set(names) - set(STEP_NAMES))
+    names, known = text.split(","), [name for name, _, _ in study_steps]
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"unknown ablation step(s) {unknown}; the steps are {', '.join(STEP_NAMES)}.")
+        raise ValueError(f"unknown ablation step(s) {unknown}; the steps are {', '.join(known)}.")
     return names
 
 

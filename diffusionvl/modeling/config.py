@@ -43,6 +43,9 @@ class DiffusionVLConfig(PreTrainedConfig):
             the source itself, and so are the K/V that decoding commits.
         image_token_id: the placeholder token whose embeddings image features replace (vision models only).
         lora: LoRA adapters inside the wrapped model (peft LoraConfig fields), or None for plain weights.
+        lora_scope: which tokens the LoRA adapters act on. "all" (default): every token, like any LoRA. "noisy":
+            the noisy stream only (draft-only adapters, modeling/lora.py): the clean stream, its committed K/V and
+            the causal mode stay exactly the base model's. Never merged into the weights.
     """
 
     model_type = "diffusionvl"
@@ -64,6 +67,7 @@ class DiffusionVLConfig(PreTrainedConfig):
     context_attention: Literal["block_causal", "causal"] = "block_causal"
     image_token_id: int | None = None
     lora: dict | None = None
+    lora_scope: Literal["all", "noisy"] = "all"
 
     # The Literal fields are checked by @strict itself (its error names the field and the allowed values).
     def __post_init__(self, **kwargs):

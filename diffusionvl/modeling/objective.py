@@ -25,12 +25,24 @@ def source_terms(model, objective: Objective, batch: NoisyBatch, vision, clean_h
         pick = following != IGNORE  # state i predicts token i + 1
         ar_logits = model.backbone.head(clean_hidden[:, :-1][pick])
         total = total + objective.ar * F.cross_entropy(ar_logits.float(), following[pick])
-    if objective.distill:
+    if objective.distill and _clean_stream_is_source(model, objective):
+        rows, positions = where  # the clean state before each target is the source's: no second forward
+        teacher = model.backbone.head(clean_hidden[rows, positions - 1]).detach().float()
+        total = total + objective.distill * distillation_loss(logits, teacher, objective.temperature)
+    elif objective.distill:
         teacher = source_logits(model, batch, vision, where, objective.teacher)
         total = total + objective.distill * distillation_loss(logits, teacher, objective.temperature)
     if objective.confidence:
         total = total + objective.confidence * confidence_loss(logits, targets)
     return total
+
+
+def _clean_stream_is_source(model, objective) -> bool:
+    """Draft-only adapters with causal context leave the clean stream the base model, token-causal: the source."""
+    config = model.config
+    return (objective.teacher is None and bool(config.lora) and config.lora_scope == "noisy"
+            and config.context_attention == "causal")
+
 
 @torch.no_grad()
 def source_logits(model, batch: NoisyBatch, vision, where: tuple, teacher=None) -> torch.Tensor:

@@ -9,10 +9,11 @@ import os
 import shutil
 from pathlib import Path
 
-from ..evaluation.ablation import plot_curves, step_configs
+from ..evaluation.ablation import DRAFT_ONLY, STEPS as SHARED_STEPS, plot_curves, step_configs
 
 TOLERANCE = 0.05  # the speed columns: the most tokens per forward within this much token F1 of static
 CAUSAL_ROW = "causal mode (KV cache)"
+STEPS = SHARED_STEPS + (DRAFT_ONLY,)  # the study finetunes with LoRA, so its adapters may be draft-only
 
 
 def run_ablation(config, only: list[str] | None = None) -> str:
@@ -22,7 +23,7 @@ def run_ablation(config, only: list[str] | None = None) -> str:
     root = Path(config.out)
     root.mkdir(parents=True, exist_ok=True)
     make_data(config, root)
-    for name, _, step in step_configs(config):
+    for name, _, step in step_configs(config, STEPS):
         if only and name not in only:
             continue
         folder = Path(step.out)
@@ -49,7 +50,7 @@ def run_ablation(config, only: list[str] | None = None) -> str:
 def summaries(config) -> list[dict]:
     """One summary per finished step: static decoding, the causal mode, the fastest setting within TOLERANCE."""
     rows = []
-    for name, label, step in step_configs(config):
+    for name, label, step in step_configs(config, STEPS):
         path = Path(step.out) / "results.json"
         if not path.is_file():
             continue

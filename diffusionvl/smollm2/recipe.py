@@ -56,6 +56,7 @@ class RecipeConfig:
     distill_weight: float = 0.0
     distill_temperature: float = 1.0
     confidence_weight: float = 0.0
+    lora_scope: str = "all"  # "noisy": draft-only adapters (modeling/lora.py); the causal mode is then the source
 
     def __post_init__(self):
         for name in ("train_prompts", "test_prompts", "max_new_tokens", "answer_batch", "block_size", "lora_rank",
@@ -180,9 +181,9 @@ def finetune(config: RecipeConfig, out: Path, init: Path) -> Path:
     train(TrainingConfig(
         data=str(out / "data" / "train.json"), model=str(init), output_dir=str(run), stage="diffusion",
         lora_rank=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_targets=config.lora_targets,
-        learning_rate=config.learning_rate, batch_size=config.batch_size, max_steps=config.steps,
-        warmup_steps=config.warmup_steps, lr_schedule="cosine", save_steps=config.save_steps, save_total_limit=2,
-        logging_steps=max(1, min(10, config.steps // 10)), seed=config.seed, bf16=config.bf16,
+        lora_scope=config.lora_scope, learning_rate=config.learning_rate, batch_size=config.batch_size,
+        max_steps=config.steps, warmup_steps=config.warmup_steps, lr_schedule="cosine", save_steps=config.save_steps,
+        save_total_limit=2,        logging_steps=max(1, min(10, config.steps // 10)), seed=config.seed, bf16=config.bf16,
         ar_loss_weight=config.ar_loss_weight, distill_weight=config.distill_weight,
         distill_temperature=config.distill_temperature, confidence_weight=config.confidence_weight,
         resume=last is not None), callbacks=[curve])
@@ -236,13 +237,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how clean tokens attend in the translation (default: block_causal)")
     for name in SOURCE_TERMS:
         parser.add_argument("--" + name.replace("_", "-"), type=float, help=f"the finetune's {name} (default 0)")
+    parser.add_argument("--lora-scope", choices=["all", "noisy"],
+                        help="which tokens the adapters act on; noisy: draft-only, the causal mode stays the source "
+                        "(default: all)")
 
 
 def config_from(args: argparse.Namespace) -> RecipeConfig:
     """The study's config as the command line sets it: the full run or `--quick`, with any overrides."""
     config = RecipeConfig.quick(args.out) if args.quick else RecipeConfig(args.out)
     overrides = {name: getattr(args, name) for name in (*OVERRIDES, *SOURCE_TERMS, "base", "learning_rate",
-                                                       "context_attention") if getattr(args, name) is not None}
+                                                       "context_attention", "lora_scope") if getattr(args, name) is not None}
     return replace(config, **overrides)
 
 

@@ -9,7 +9,8 @@ Folder layout (written by `save_adapter`):
 
 `materialise(adapter, dst)` loads the base, translates it with the recorded settings, loads every tensor
 (strictly: a missing or unexpected one is an error), merges the adapters into the weights and saves an
-ordinary DiffusionVL checkpoint at `dst`, which every loader then opens as usual.
+ordinary DiffusionVL checkpoint at `dst`, which every loader then opens as usual. Draft-only adapters
+(lora_scope "noisy") are loaded as adapters instead, since they act on the noisy stream alone.
 """
 
 import hashlib
@@ -76,7 +77,8 @@ def adapter_config(folder) -> dict:
 
 def build(folder) -> "torch.nn.Module":
     """The DiffusionVL of an adapter folder, its adapters merged into the weights (in memory; `materialise` keeps
-    a saved copy). Merging is W += (alpha / r) B A per adapted layer, so loading needs no PEFT."""
+    a saved copy). Merging is W += (alpha / r) B A per adapted layer, so loading needs no PEFT; draft-only
+    adapters are kept as adapters, which does."""
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -101,7 +103,9 @@ def build(folder) -> "torch.nn.Module":
         raise CheckpointLayoutError(f"{folder / TENSORS} holds no embedding rows for {manifest['rows']}; copy the "
                                     "adapter folder again.")
     with torch.no_grad():
-        if lora:
+        if lora and model.config.lora_scope == "noisy":
+            _load_unmerged(model, tensors, lora, folder, manifest)
+        elif lora:
             _merge(model, tensors, lora["lora_alpha"] / lora["r"], set(lora["target_modules"]), folder, manifest)
         weight = model.get_input_embeddings().weight
         weight[manifest["rows"]] = rows.to(weight.dtype)
@@ -122,6 +126,21 @@ def _merge(model, tensors: dict, scale: float, targets: set, folder: Path, manif
         layer = layers[name]
         a, b = tensors[f"{name}.lora_A.default.weight"], tensors[f"{name}.lora_B.default.weight"]
         layer.weight += (scale * (b.float() @ a.float())).to(layer.weight.dtype)
+
+
+def _load_unmerged(model, tensors: dict, lora: dict, folder: Path, manifest: dict) -> None:
+    """Draft-only adapters stay adapters (they act on the noisy stream alone): rebuild the LoRA layers and load
+    every tensor into them, strictly."""
+    from ..modeling.lora import inject_lora
+
+    inject_lora(model.model, lora)
+    model.config.lora = lora
+    expected = {name for name in model.state_dict() if "lora_" in name}
+    if set(tensors) != expected:
+        missing, unexpected = sorted(expected - set(tensors))[:3], sorted(set(tensors) - expected)[:3]
+        raise CheckpointLayoutError(f"{folder / TENSORS} does not fit its base {manifest['base']!r}: missing "
+                                    f"{missing}, unexpected {unexpected}; copy the adapter folder again.")
+    model.load_state_dict(tensors, strict=False)
 
 
 def materialise(folder, dst) -> Path:

@@ -55,6 +55,9 @@ class TrainingConfig:
                                                          "finetuning (0: off); needs peft"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
     lora_targets: str = field(default="q_proj,k_proj,v_proj,o_proj", metadata={"help": "comma-separated layer names"})
+    lora_scope: str = field(default="all", metadata={"help": "which tokens the adapters act on: 'all', or 'noisy' "
+                                                       "(draft-only: the clean stream and causal mode stay the base's "
+                                                       "exactly; never merged)"})
     lora_mask_row: bool = field(default=True, metadata={"help": "with LoRA, train the mask token's embedding row too "
                                                                 "(every other row stays fixed)"})
     ar_loss_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of next-token CE on the "
@@ -95,6 +98,19 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def check_draft_only(config) -> None:
+    """Draft-only adapters train the noisy stream alone (modeling/lora.py): what would not fit them."""
+    if not config.lora_rank:
+        raise DiffusionVLError("--lora-scope noisy scopes LoRA adapters, and --lora-rank is 0; set --lora-rank.")
+    if config.ar_loss_weight:
+        raise DiffusionVLError("--ar-loss-weight trains the clean stream, which draft-only adapters leave exactly the "
+                               "base's, so it would train nothing; drop it, or use --lora-scope all.")
+    if config.gradient_checkpointing:
+        raise DiffusionVLError("--gradient-checkpointing recomputes the forward outside the step that says which "
+                               "columns are noisy, so draft-only adapters would get wrong gradients; drop it, or use "
+                               "--lora-scope all.")
+
+
 def check_options(config) -> None:
     """A TrainingConfig's choices and numbers in range (NaN and inf are refused too)."""
     if config.stage not in STAGES:
@@ -109,6 +125,10 @@ def check_options(config) -> None:
     if config.lora_rank and config.stage != "diffusion":
         raise DiffusionVLError(f"LoRA adapts the language model in stage 'diffusion' only, not in stage "
                                f"{config.stage!r}; drop --lora-rank or use --stage diffusion.")
+    if config.lora_scope not in ("all", "noisy"):
+        raise DiffusionVLError(f"--lora-scope must be 'all' or 'noisy', got {config.lora_scope!r}.")
+    if config.lora_scope == "noisy":
+        check_draft_only(config)
     if config.lora_rank and config.lora_mask_row and config.weight_decay:
         raise DiffusionVLError("--weight-decay would shrink the embedding rows that --lora-mask-row keeps fixed; set "
                                "--weight-decay 0, or --no-lora-mask-row.")

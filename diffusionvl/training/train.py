@@ -274,7 +274,7 @@ def load_for_training(config: TrainingConfig):
         raise DiffusionVLError(f"stage 'diffusion' needs a DiffusionVL checkpoint; translate {config.model} first "
                                "(diffusionvl convert, or DiffusionVL.from_autoregressive).")
     if config.lora_rank and not model.config.lora:
-        add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets.split(","))
+        add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets.split(","), scope=config.lora_scope)
     set_trainable(model, config)
     return model, load_processor(config.model, autoregressive=autoregressive)
 
@@ -359,8 +359,9 @@ def train(config: TrainingConfig, callbacks: list | None = None) -> DiffusionTra
     except RunFinished as finished:
         trainer.finished = str(finished)
         return trainer
-    if trainer.args.should_save and getattr(model.config, "lora", None):
-        merge_lora(model)  # a plain DiffusionVL that loads anywhere, beside the adapter checkpoints
+    if trainer.args.should_save and getattr(model.config, "lora", None) and model.config.lora_scope == "all":
+        merge_lora(model)  # a plain DiffusionVL that loads anywhere, beside the adapter checkpoints; draft-only
+        # adapters stay unmerged: the last checkpoint is the model
         model.save_pretrained(output / "merged")
         processor.save_pretrained(output / "merged")
     if trainer.args.should_save:

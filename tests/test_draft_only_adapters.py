@@ -1,0 +1,130 @@
+"""Draft-only adapters (`lora_scope="noisy"`): LoRA acts on the noisy stream alone, so a causal-context
+translation's clean stream, committed K/V and causal mode stay its source's exactly, while its drafts change."""
+
+import pytest
+import torch
+from conftest import MASK_ID, prompt_answer_batch, random_ids, tiny_causal_lm, tiny_tokenizer
+
+from diffusionvl import DiffusionVL
+from diffusionvl.errors import DiffusionVLError
+from diffusionvl.modeling.lora import add_lora, merge_lora
+from diffusionvl.modeling.loss import Objective
+
+pytest.importorskip("peft")
+CAUSAL = dict(context_attention="causal", logit_shift=True)
+
+
+def draft_only(seed: int = 0, scope: str = "noisy", block_size: int = 4, tokenizer=None, **options):
+    """A tiny causal translation with rank-4 adapters whose B is random (a fresh adapter is zero, so it would
+    prove nothing), and its source. With `tokenizer`, the mask token is found (or added) by name in it."""
+    source = tiny_causal_lm("llama", seed=seed)
+    mask = {} if tokenizer is not None else dict(mask_token_id=MASK_ID)
+    model = DiffusionVL.from_autoregressive(tiny_causal_lm("llama", seed=seed), tokenizer, block_size=block_size,
+                                            **mask, **{**CAUSAL, **options})
+    add_lora(model, rank=4, scope=scope)
+    generator = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return model.eval(), source.eval()
+
+
+def test_the_clean_stream_and_the_causal_mode_are_the_source_and_the_drafts_are_not():
+    from diffusionvl.inference import causal_model
+
+    model, source = draft_only(seed=1)
+    ids = random_ids(2, 11, seed=2)
+    with torch.no_grad():
+        theirs = source(input_ids=ids).logits
+        assert torch.equal(model(input_ids=ids).logits[:, 1:], theirs[:, :-1])
+        assert torch.equal(causal_model(model)(input_ids=ids).logits, theirs)
+        # the last block is the one being denoised: the adapters act there, and only there
+        denoising = model(input_ids=ids, denoising=True).logits
+        assert torch.equal(denoising[:, 1:-4], theirs[:, :-5])
+        assert (denoising[:, -3:] - theirs[:, -4:-1]).abs().max() > 1e-2
+    everywhere, _ = draft_only(seed=1, scope="all")
+    with torch.no_grad():  # the control: ordinary adapters move the clean stream
+        assert (everywhere(input_ids=ids).logits[:, 1:] - theirs[:, :-1]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("commit", ["fused", "separate"])
+@pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
+def test_the_engine_writes_what_the_reference_decoder_writes(commit, strategy):
+    model, _ = draft_only(seed=3)
+    options = dict(max_new_tokens=14, steps=2, remasking_strategy=strategy, confidence_threshold=0.05,
+                   commit=commit)
+    for length in (3, 4, 9):
+        ids = random_ids(1, length, seed=length)
+        fast = model.generate(ids, **options)
+        reference = model.generate(ids, use_cache=False, **options)
+        assert torch.equal(fast, reference), length
+    plain, _ = draft_only(seed=3, scope="all")
+    assert not torch.equal(plain.generate(random_ids(1, 9, seed=9), **options), fast)
+
+
+def test_a_batch_equals_each_prompt_alone():
+    model, _ = draft_only(seed=4)
+    prompts = [random_ids(n, seed=n) for n in (3, 9, 5)]
+    ids, mask = torch.zeros(3, 9, dtype=torch.long), torch.zeros(3, 9, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        ids[row, 9 - len(prompt):], mask[row, 9 - len(prompt):] = prompt, 1
+    batch = model.generate(ids, mask, max_new_tokens=10, steps=2)
+    for row, prompt in enumerate(prompts):
+        alone = model.generate(prompt[None], max_new_tokens=10, steps=2)
+        assert torch.equal(batch[row, : alone.shape[1]], alone[0])
+
+
+def test_training_moves_the_drafts_only_and_distils_from_its_own_clean_stream(monkeypatch):
+    model, source = draft_only(seed=5)
+    model.train()
+    ids, labels = prompt_answer_batch(n=2, length=16, prompt=6)
+    out = model(ids, labels=labels, generator=torch.Generator().manual_seed(0), objective=Objective(distill=1.0))
+    out.loss.backward()
+    grads = {name: parameter.grad for name, parameter in model.named_parameters() if "lora_" in name}
+    assert grads and all(grad is not None and grad.abs().sum() > 0 for grad in grads.values())
+    # the teacher taken from the clean stream is the one a separate forward of the base gives
+    from diffusionvl.modeling import objective as terms
+
+    batch = model.add_noise(ids, labels, generator=torch.Generator().manual_seed(0))
+    taken = {}
+    monkeypatch.setattr(terms, "distillation_loss",
+                        lambda logits, teacher, temperature: taken.setdefault("teacher", teacher).sum() * 0)
+    model.diffusion_loss(batch, objective=Objective(distill=1.0))
+    masked = batch.masked.nonzero()
+    with torch.no_grad():
+        expected = source(input_ids=batch.clean_ids).logits[masked[:, 0], masked[:, 1] - 1]
+    assert (taken["teacher"] - expected).abs().max() <= 1e-4
+
+
+def test_the_adapter_folder_keeps_them_unmerged_and_decodes_the_same(tmp_path):
+    from diffusionvl.training.adapters import build, save_adapter
+
+    tokenizer = tiny_tokenizer()
+    model, source = draft_only(seed=6, tokenizer=tokenizer)
+    source.save_pretrained(tmp_path / "base")
+    save_adapter(model, tokenizer, tmp_path / "adapter", str(tmp_path / "base"), [model.special_tokens.mask],
+                 dtype=torch.float32)
+    rebuilt = build(tmp_path / "adapter").eval()
+    assert rebuilt.config.lora_scope == "noisy" and rebuilt.config.lora
+    ids = random_ids(1, 7, seed=6)
+    expected = model.generate(ids, max_new_tokens=12, steps=2)
+    assert torch.equal(rebuilt.generate(ids, max_new_tokens=12, steps=2), expected)
+    rebuilt.save_pretrained(tmp_path / "full")
+    again = DiffusionVL.from_pretrained(tmp_path / "full").eval()
+    assert torch.equal(again.generate(ids, max_new_tokens=12, steps=2), expected)
+
+
+def test_they_cannot_be_merged_and_the_training_options_that_do_not_fit_are_refused(tmp_path):
+    from diffusionvl.training.config import TrainingConfig
+
+    model, _ = draft_only(seed=7)
+    with pytest.raises(ValueError, match="cannot be merged"):
+        merge_lora(model)
+    base = dict(data="d.json", model="m", output_dir=str(tmp_path), stage="diffusion", lora_scope="noisy")
+    for extra, message in ((dict(), "--lora-rank is 0"), (dict(lora_rank=4, ar_loss_weight=1.0), "ar-loss-weight"),
+                           (dict(lora_rank=4, gradient_checkpointing=True), "gradient-checkpointing")):
+        with pytest.raises(DiffusionVLError, match=message):
+            TrainingConfig(**base, **extra)
+    with pytest.raises(DiffusionVLError, match="--lora-scope must be"):
+        TrainingConfig(**{**base, "lora_scope": "clean"}, lora_rank=4)
