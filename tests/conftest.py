@@ -99,13 +99,21 @@ def toy_prompt(tokens: list[int]) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def trained():
-    """A tiny Qwen2 trained AR on the toy task, translated and finetuned with block size 4 (~15 s)."""
-    from diffusionvl import DiffusionVL
-
+def trained_ar():
+    """A tiny Qwen2 trained AR on the toy task (~5 s); copy it before changing it."""
     ar = tiny_causal_lm(hidden_size=64, intermediate_size=128, seed=0)
     train(ar, 200, 3e-3, seed=0)
-    model = DiffusionVL.from_autoregressive(ar, mask_token_id=MASK_ID, block_size=4)
+    return ar
+
+
+@pytest.fixture(scope="session")
+def trained(trained_ar):
+    """The toy AR model translated and finetuned with block size 4 (~10 s)."""
+    import copy
+
+    from diffusionvl import DiffusionVL
+
+    model = DiffusionVL.from_autoregressive(copy.deepcopy(trained_ar), mask_token_id=MASK_ID, block_size=4)
     train(model, 400, 2e-3, seed=1)
     return model
 

@@ -9,6 +9,8 @@ import torch
 from ..errors import DiffusionVLError
 from .policies import UnmaskingPolicy, resolve_policy
 
+SPECULATIVE = "speculative"  # the strategy that is no unmasking policy: draft, then verify (speculative.py)
+
 
 @dataclass(frozen=True)
 class DecodingConfig:
@@ -20,7 +22,9 @@ class DecodingConfig:
     remasking_strategy: "low_confidence_static" (the block size B spread over `steps` steps, as the original
         does: a first block that already holds prompt tokens finishes in fewer steps), "low_confidence_dynamic"
         (every token above the threshold, the static quota as a floor), "threshold" (every token above the
-        threshold, at least one, `steps` a cap), or any object with a `select` method (see policies.py).
+        threshold, at least one, `steps` a cap), "speculative" (draft each block in parallel and keep what the
+        model's own causal mode would write, greedily: lossless, see speculative.py; needs causal context, logit
+        shift and temperature 0; `steps` does not apply), or any object with a `select` method (see policies.py).
     confidence_threshold: the threshold of the dynamic policies, in [0, 1].
     temperature, top_k, top_p: sampling; temperature 0 is greedy. Integers may be NumPy or torch scalars.
     stop_strings: text that ends a row once it appears in a committed block (needs `tokenizer=`).
@@ -59,7 +63,17 @@ class DecodingConfig:
             raise DiffusionVLError(f"commit must be 'fused' or 'separate', got {self.commit!r}.")
         if isinstance(self.stop_strings, str):
             object.__setattr__(self, "stop_strings", (self.stop_strings,))
-        resolve_policy(self.remasking_strategy, self.confidence_threshold)
+        if not self.speculative:
+            resolve_policy(self.remasking_strategy, self.confidence_threshold)
+        elif temperature > 0:
+            raise DiffusionVLError(
+                "speculative decoding is greedy (temperature 0): it keeps a draft only where it equals the causal "
+                "mode's greedy choice, which is what makes it lossless; sampling would need the drafts' "
+                "probabilities in the acceptance rule. Set temperature=0, or sample with another strategy.")
+
+    @property
+    def speculative(self) -> bool:
+        return isinstance(self.remasking_strategy, str) and self.remasking_strategy == SPECULATIVE
 
     @property
     def policy(self) -> UnmaskingPolicy:

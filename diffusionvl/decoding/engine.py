@@ -23,6 +23,7 @@ from .prompts import Prompt, build_prompts, check_inputs, prompt_layout
 from .reference import reference_decode
 from .rows import Batch, Row
 from .sampling import generator_on, propose_masked
+from .speculative import check_self_verifier, speculate_block
 
 
 class BlockDecoder:
@@ -41,7 +42,10 @@ class BlockDecoder:
         self.tokens, self.backbone = model.special_tokens, model.backbone
         self.size = model.block_size
         self.steps = min(config.steps, self.size)
-        self.policy = config.policy
+        self.speculative = config.speculative  # draft and verify (speculative.py) instead of an unmasking policy
+        if self.speculative:
+            check_self_verifier(model)
+        self.policy = None if self.speculative else config.policy
         self.layers = self.backbone.decoder.config.num_hidden_layers
         self.shift_logits = model.config.logit_shift  # position i - 1 predicts token i (SPEC §2)
         self.causal_context = model.config.context_attention == "causal"  # committed tokens attend causally
@@ -214,7 +218,8 @@ class BlockDecoder:
     def _rows_cache(self, rows: torch.Tensor, subset: tuple[int, ...]) -> BlockCache:
         """The committed K/V of `rows` (named by `subset`, their indices) alone, copied once per set within a block."""
         if self._selected is None or self._selected[0] != subset:
-            self._selected = (subset, self.cache.select_rows(rows, self.size))
+            room = 2 * self.size if self.speculative else self.size  # a verify forward: the block and the next
+            self._selected = (subset, self.cache.select_rows(rows, room))
         return self._selected[1]
 
     def _predicting_states(self, hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
@@ -282,13 +287,16 @@ class BlockDecoder:
             self.cache.batch_select_indices(index)
             self.batch = batch = batch.select(index)
             finished_inputs = finished_inputs[0][index], finished_inputs[1][:, index]
-        if keep and self.config.commit == "separate":
+        if keep and self.speculative:  # its K/V were committed by the verification that accepted it
+            batch.block, batch.draft = batch.draft, None
+        elif keep and self.config.commit == "separate":
             batch.carry = self._forward(*finished_inputs)[:, -1]
             self.cache.commit(self.size)
         elif keep:
             self.pending = finished_inputs
         self.column += self.size
-        batch.block = torch.full_like(batch.block, self.tokens.mask)
+        if not self.speculative:
+            batch.block = torch.full_like(batch.block, self.tokens.mask)
         if keep and len(keep) < len(updates):
             self._drop_padding()
         return updates
@@ -305,7 +313,10 @@ class BlockDecoder:
 
     def step(self) -> list[tuple[Row, list[int]]]:
         """Denoise and commit one block for every active row; see `commit_block` for what it returns."""
-        self.denoise_block()
+        if self.speculative:
+            speculate_block(self)
+        else:
+            self.denoise_block()
         return self.commit_block()
 
     def run(self, streamer=None) -> DecodingOutput:

@@ -73,6 +73,14 @@ class BlockCache(Cache):
                 mine.length = length
         return selected
 
+    def write_rows(self, rows: torch.Tensor, source: "BlockCache", source_rows: torch.Tensor, start: int,
+                   count: int) -> None:
+        """Copy the K/V at columns [start, start + count) of `source`'s `source_rows` into this cache's `rows`:
+        what a forward of a subset of rows wrote into its copy (select_rows) and should keep."""
+        for mine, theirs in zip(self.layers, source.layers):
+            mine.keys[rows, :, start : start + count] = theirs.keys[source_rows, :, start : start + count]
+            mine.values[rows, :, start : start + count] = theirs.values[source_rows, :, start : start + count]
+
     def rebuilt(self, shift: int, capacity: int, rows: int, joining: "BlockCache | None" = None, start: int = 0,
                 new_rows: int = 0) -> "BlockCache":
         """A new cache of `capacity` columns for a decode whose rows change: this cache's `rows` rows, their committed

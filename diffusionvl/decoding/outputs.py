@@ -13,7 +13,8 @@ class DecodingOutput:
     over the rows that took part in them. tokens_per_forward: new tokens per row forward (independent of the
     batch size). block_steps: per row, the denoising steps of each of its blocks. prefill_forwards: the row
     forwards that only read the prompt (its complete blocks), included in row_forwards. finish_reasons: per row,
-    why it ended (rows.FINISH_REASONS); empty for the baselines, which do not say."""
+    why it ended (rows.FINISH_REASONS); empty for the baselines, which do not say. accepted: speculative
+    decoding, per row the tokens each verification decided (`mean_accepted` averages them)."""
 
     sequences: torch.Tensor
     nfe: int
@@ -22,6 +23,13 @@ class DecodingOutput:
     row_forwards: int
     prefill_forwards: int = 0
     finish_reasons: list[str] = field(default_factory=list)
+    accepted: list[list[int]] = field(default_factory=list)
+
+    @property
+    def mean_accepted(self) -> float | None:
+        """Tokens per verification (accepted drafts and the correction), over every row; None if none ran."""
+        counts = [count for row in self.accepted for count in row]
+        return sum(counts) / len(counts) if counts else None
 
     @classmethod
     def from_records(cls, records, nfe: int, pad: int, device, prefill_forwards: int = 0):
@@ -29,6 +37,7 @@ class DecodingOutput:
         output = cls.from_rows([row.tokens for row in records], nfe, pad, device, [row.block_steps for row in records],
                                sum(row.forwards for row in records), prefill_forwards)
         output.finish_reasons = [row.finish_reason for row in records]
+        output.accepted = [list(row.accepted) for row in records]
         return output
 
     @classmethod

@@ -8,7 +8,8 @@ import torch
 from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
 from .rows import Row
-from .sampling import generator_on, propose_masked
+from .sampling import generator_on, propose, propose_masked
+from .speculative import check_self_verifier
 
 
 def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, generator=None, vision=None) -> Row:
@@ -44,13 +45,63 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
     return row
 
 
+def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=None, vision=None) -> Row:
+    """Speculative decoding of one prompt (speculative.py), each forward over the whole sequence: a draft forward
+    (this block denoised, every mask filled greedily at once) where the block holds masks, then a verify forward
+    (this block clean, the next one as masks). Returns its record, `accepted` filled."""
+    tokens, size = model.special_tokens, model.block_size
+    row = Row(0, config.max_new_tokens, StopStrings(config.stop_strings, tokenizer) if config.stop_strings else None)
+    images = {} if vision is None else vision.as_kwargs()
+    sequence = prompt.tolist()
+    start = len(sequence) // size * size
+    block = sequence[start:] + [tokens.mask] * (start + size - len(sequence))
+    verified = torch.tensor([index < len(sequence) - start for index in range(size)])
+    while not row.finished:
+        answer, used, settled = ~verified, 0, False
+        while not settled:  # the block is final and the last verify forward's clean rows held it
+            if tokens.mask in block:
+                logits = model(input_ids=torch.tensor([sequence[:start] + block]), denoising=True, **images).logits
+                used += 1
+                block = [_greedy(logits[0, start + i], tokens) if t == tokens.mask else t for i, t in enumerate(block)]
+            canvas = torch.tensor([sequence[:start] + block + [tokens.mask] * size])
+            logits = model(input_ids=canvas, denoising=True, **images).logits[0, start:]
+            used += 1
+            choice = [t if verified[i] else _greedy(logits[i], tokens) for i, t in enumerate(block)]
+            first = next((i for i in range(size) if choice[i] != block[i]), size)
+            now = verified | (torch.arange(size) <= first)
+            if not bool(verified.all()):
+                row.accepted.append(int((now & ~verified).sum()))
+            block = [c if now[i] else tokens.mask for i, c in enumerate(choice)]
+            ends = [i for i in range(size) if block[i] == tokens.eot and answer[i] and now[i]]
+            if ends:  # decided: end-of-turn to the block's end
+                block = block[: ends[0] + 1] + [tokens.eot] * (size - ends[0] - 1)
+                now = now | (torch.arange(size) > ends[0])
+            verified = now
+            settled = bool(verified.all()) and (first == size or bool(ends))
+        row.forwards += used
+        row.block_steps.append(used)
+        row.extend([t for t, new in zip(block, answer.tolist()) if new], tokens.eot)
+        sequence, start = sequence[:start] + block, start + size
+        block = [_greedy(logits[size + i], tokens) for i in range(size)]  # the last verify forward's masks
+        verified = torch.zeros(size, dtype=torch.bool)
+    return row
+
+
+def _greedy(logits: torch.Tensor, tokens) -> int:
+    """The greedy token of one position's logits (V,), by the engine's own rule (sampling.propose)."""
+    return int(propose(logits.clone(), tokens.never_generated, 0.0)[0])
+
+
 def reference_decode(model, ids, valid, vision, config, tokenizer=None, generator=None) -> DecodingOutput:
     """Decode every row alone: its unpadded prompt and its own images. ids, valid: (N, L), as prompts.check_inputs
     returns them."""
     images = model.backbone.split_rows(ids, vision)
     generator = generator_on(ids.device, generator)
-    rows = [
-        reference_decode_row(model, row[keep], config, tokenizer, generator, image)
-        for row, keep, image in zip(ids, valid, images)
-    ]
+    if config.speculative:
+        check_self_verifier(model)
+        rows = [reference_speculative_row(model, row[keep], config, tokenizer, image)
+                for row, keep, image in zip(ids, valid, images)]
+    else:
+        rows = [reference_decode_row(model, row[keep], config, tokenizer, generator, image)
+                for row, keep, image in zip(ids, valid, images)]
     return DecodingOutput.from_records(rows, sum(row.forwards for row in rows), model.special_tokens.pad, ids.device)

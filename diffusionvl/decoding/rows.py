@@ -37,7 +37,8 @@ class Row:
 
     id: its number in admission order. tokens: the new tokens kept so far. block_steps: the denoising steps each
     of its blocks took. forwards: the model forwards it took part in (its prompt's prefill included).
-    finish_reason: one of FINISH_REASONS once the row has ended, set once by the decoder."""
+    accepted: speculative decoding only, the tokens each verification decided (accepted drafts and the
+    correction). finish_reason: one of FINISH_REASONS once the row has ended, set once by the decoder."""
 
     id: int
     max_new_tokens: int
@@ -45,6 +46,7 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     block_steps: list[int] = field(default_factory=list)
     forwards: int = 0
+    accepted: list[int] = field(default_factory=list)
     cancel_requested: bool = False
     finish_reason: str | None = None
 
@@ -78,6 +80,7 @@ class Batch:
     fixed_embeds: torch.Tensor | None = None  # (n, B, H)
     first_rope: torch.Tensor | None = None  # (A, n, B)
     carry: torch.Tensor | None = None  # (n, H) logit_shift: the state of the column before the current block
+    draft: torch.Tensor | None = None  # (n, B) speculative decoding: the next block's draft (masks: none yet)
 
     @classmethod
     def empty(cls, block_size: int, device) -> "Batch":
@@ -94,7 +97,7 @@ class Batch:
 
         return Batch([self.rows[i] for i in index.tolist()], self.offsets[index], self.shift[index],
                      self.block[index], self.axes, pick(self.fixed), pick(self.fixed_embeds), pick(self.first_rope, 1),
-                     pick(self.carry))
+                     pick(self.carry), pick(self.draft))
 
     def joined(self, other: "Batch") -> "Batch":
         """These rows, then `other`'s. A part that one side lacks (None) is None in the result."""
@@ -104,4 +107,5 @@ class Batch:
         return Batch(self.rows + other.rows, torch.cat([self.offsets, other.offsets]),
                      torch.cat([self.shift, other.shift]), torch.cat([self.block, other.block]), other.axes,
                      cat(self.fixed, other.fixed), cat(self.fixed_embeds, other.fixed_embeds),
-                     cat(self.first_rope, other.first_rope, 1), cat(self.carry, other.carry))
+                     cat(self.first_rope, other.first_rope, 1), cat(self.carry, other.carry),
+                     cat(self.draft, other.draft))
