@@ -91,7 +91,7 @@ class BlockDecoder:
         forward of their own."""
         start = layout.full_blocks * self.size
         self.batch, self.column = self._opened(rows, layout, start), start
-        self.cache = BlockCache(self.layers, start + (-(-longest // self.size) + 3) * self.size)
+        self.cache = BlockCache(self.layers, start + self._room(longest))
         self.pending = None
         if start and self.config.commit == "separate":
             self.batch.carry = self._forward(layout.embeds[:, :start], layout.rope[:, :, :start])[:, -1]
@@ -107,7 +107,7 @@ class BlockDecoder:
         committed = self.cache.get_seq_length() + grow  # columns cached after the move; the rest is pending
         joining, lo, carry = self._prefill(layout, committed, rows)
         # room for the new rows' answers after the current block (as in _start), and for the old rows' as before
-        room = self.column + grow + (-(-longest // self.size) + 3) * self.size
+        room = self.column + grow + self._room(longest)
         capacity = max(self.cache.capacity + grow, room)
         self.cache = self.cache.rebuilt(grow, capacity, len(old), joining, lo, len(rows))
         old.offsets, old.shift = old.offsets + grow, old.shift - grow
@@ -119,6 +119,12 @@ class BlockDecoder:
         new.carry = carry
         self.batch = old.joined(new)
         self._selected = None
+
+    def _room(self, longest: int) -> int:
+        """Cache columns after the first block's start for answers of up to `longest` tokens: their blocks and a
+        slack of 3; a speculative forward writes up to B blocks past the committed ones (speculative.py)."""
+        extra = self.size * max(self.size, 2) if self.speculative else 0
+        return (-(-longest // self.size) + 3) * self.size + extra
 
     def _with_first_block(self, batch: Batch) -> Batch:
         """`batch` holding first-block parts (zeros where the block is not a row's first) and, under logit_shift,
@@ -179,31 +185,37 @@ class BlockDecoder:
         return torch.cat([self.pending[0], embeds], dim=1), torch.cat([self.pending[1], rope], dim=2)
 
     def _forward(self, embeds: torch.Tensor, rope: torch.Tensor, rows: torch.Tensor | None = None,
-                 noisy: int = 0) -> torch.Tensor:
+                 noisy: int = 0, layout: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> torch.Tensor:
         """Run `embeds` (n, Q, H) after the committed cache (their K/V are written, not kept: see kv_cache.py);
         returns their hidden states (n, Q, H). `rows` (k,): only those active rows take part (embeds (k, Q, H)).
-        `noisy`: the last columns that are the block being denoised (B in a denoising step, else 0)."""
+        `noisy`: the last columns that are noisy (the block being denoised: B in a denoising step, else 0).
+        `layout`: per column, its place after the cache and its segment, when columns repeat places (noisy copies
+        of one block, which must not see each other: masks.block_causal_mask); default: one place each."""
         subset = None if rows is None else tuple(rows.tolist())
         cache = self.cache if rows is None else self._rows_cache(rows, subset)
         offsets = self.batch.offsets if rows is None else self.batch.offsets[rows]
         # the mask is rebuilt when rows join (admit resets it); rows that leave change the count, a subset is named
-        key = (len(self.batch) if subset is None else subset, embeds.shape[1], cache.get_seq_length(), noisy)
-        hidden = self._run(embeds, rope, cache, offsets, key, noisy)
+        key = (len(self.batch) if subset is None else subset, embeds.shape[1], cache.get_seq_length(), noisy, layout)
+        hidden = self._run(embeds, rope, cache, offsets, key, noisy, layout)
         for index in range(len(self.batch)) if subset is None else subset:
             self.batch.rows[index].forwards += 1
         return hidden
 
     def _run(self, embeds, rope, cache: BlockCache, offsets: torch.Tensor, key: tuple | None = None,
-             noisy: int = 0) -> torch.Tensor:
+             noisy: int = 0, layout: tuple[tuple[int, ...], tuple[int, ...]] | None = None) -> torch.Tensor:
         """One forward of `embeds` (n, Q, H) at rope positions (A, n, Q) after `cache`; rows start at `offsets`;
         the last `noisy` columns are the block being denoised (see masks.block_causal_mask)."""
         past, q = cache.get_seq_length(), embeds.shape[1]
         if key is None or self._mask is None or self._mask[0] != key:
-            columns = torch.arange(past + q, device=embeds.device)[None]
-            index = (columns - offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
-            valid = columns >= offsets[:, None]
+            columns = torch.arange(past + q, device=embeds.device)
+            segments = None
+            if layout is not None:
+                columns[past:] = past + torch.tensor(layout[0], device=embeds.device)
+                segments = torch.tensor(layout[1], device=embeds.device)
+            index = (columns[None] - offsets[:, None]).clamp(min=0)  # (n, K) sequence index: it defines the blocks
+            valid = columns[None] >= offsets[:, None]
             mask = block_causal_mask(index[:, -q:], valid[:, -q:], index, valid, self.size, self.model.dtype,
-                                     self.causal_context, noisy)
+                                     self.causal_context, noisy, segments)
             if key is None:
                 return self._decode(embeds, mask, rope, cache, noisy)
             self._mask = (key, mask)
@@ -218,7 +230,7 @@ class BlockDecoder:
     def _rows_cache(self, rows: torch.Tensor, subset: tuple[int, ...]) -> BlockCache:
         """The committed K/V of `rows` (named by `subset`, their indices) alone, copied once per set within a block."""
         if self._selected is None or self._selected[0] != subset:
-            room = 2 * self.size if self.speculative else self.size  # a verify forward: the block and the next
+            room = self.size * max(self.size, 2) if self.speculative else self.size  # a verify forward: B blocks
             self._selected = (subset, self.cache.select_rows(rows, room))
         return self._selected[1]
 

@@ -46,44 +46,48 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
 
 
 def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=None, vision=None) -> Row:
-    """Speculative decoding of one prompt (speculative.py), each forward over the whole sequence: a draft forward
-    (this block denoised, every mask filled greedily at once) where the block holds masks, then a verify forward
-    (this block clean, the next one as masks). Returns its record, `accepted` filled."""
+    """Speculative decoding of one prompt (speculative.py), each model call over the whole sequence: a draft (the
+    block denoised, every mask filled greedily at once) where the block holds masks; then verify steps (the block
+    clean, the next one as masks), each with the redraft of the block's positions after a corrected one. The engine
+    runs a verify step and its redraft in one forward, and so does the count here. Returns the row's record."""
     tokens, size = model.special_tokens, model.block_size
     row = Row(0, config.max_new_tokens, StopStrings(config.stop_strings, tokenizer) if config.stop_strings else None)
     images = {} if vision is None else vision.as_kwargs()
+
+    def run(ids: list[int]) -> torch.Tensor:  # logits (L, V) with the last block noisy
+        return model(input_ids=torch.tensor([ids], device=prompt.device), denoising=True, **images).logits[0]
+
     sequence = prompt.tolist()
     start = len(sequence) // size * size
     block = sequence[start:] + [tokens.mask] * (start + size - len(sequence))
-    verified = torch.tensor([index < len(sequence) - start for index in range(size)])
+    answer = [index >= len(sequence) - start for index in range(size)]
     while not row.finished:
-        answer, used, settled = ~verified, 0, False
-        while not settled:  # the block is final and the last verify forward's clean rows held it
-            if tokens.mask in block:
-                logits = model(input_ids=torch.tensor([sequence[:start] + block]), denoising=True, **images).logits
-                used += 1
-                block = [_greedy(logits[0, start + i], tokens) if t == tokens.mask else t for i, t in enumerate(block)]
-            canvas = torch.tensor([sequence[:start] + block + [tokens.mask] * size])
-            logits = model(input_ids=canvas, denoising=True, **images).logits[0, start:]
-            used += 1
+        verified, used, settled = [not new for new in answer], 0, False
+        verified[0] = verified[0] or block[0] != tokens.mask  # the bonus of the last block
+        while not settled:
+            if any(t == tokens.mask and not v for t, v in zip(block, verified)):
+                logits, used = run(sequence[:start] + block), used + 1
+                verified[0] = verified[0] or block[0] == tokens.mask  # drafted from the clean state before it
+                block = [_greedy(logits[start + i], tokens) if t == tokens.mask else t for i, t in enumerate(block)]
+            logits, used = run(sequence[:start] + block + [tokens.mask] * size)[start:], used + 1
             choice = [t if verified[i] else _greedy(logits[i], tokens) for i, t in enumerate(block)]
             first = next((i for i in range(size) if choice[i] != block[i]), size)
-            now = verified | (torch.arange(size) <= first)
-            if not bool(verified.all()):
-                row.accepted.append(int((now & ~verified).sum()))
-            block = [c if now[i] else tokens.mask for i, c in enumerate(choice)]
-            ends = [i for i in range(size) if block[i] == tokens.eot and answer[i] and now[i]]
+            decided = sum(1 for i in range(size) if i <= first and not verified[i])
+            if first <= size - 2:  # the redraft of the positions after the correction
+                redraft = run(sequence[:start] + block[:first] + [tokens.mask] * (size - first))[start:]
+                choice[first + 1 :] = [_greedy(redraft[i], tokens) for i in range(first + 1, size)]
+            block, verified = choice, [v or i <= first for i, v in enumerate(verified)]
+            ends = [i for i in range(size) if block[i] == tokens.eot and answer[i] and verified[i]]
             if ends:  # decided: end-of-turn to the block's end
-                block = block[: ends[0] + 1] + [tokens.eot] * (size - ends[0] - 1)
-                now = now | (torch.arange(size) > ends[0])
-            verified = now
-            settled = bool(verified.all()) and (first == size or bool(ends))
+                block, verified = block[: ends[0] + 1] + [tokens.eot] * (size - ends[0] - 1), [True] * size
+            settled = all(verified) and (first == size or bool(ends))
+            if decided or (settled and not ends):
+                row.accepted.append(decided + int(settled and not ends))
         row.forwards += used
         row.block_steps.append(used)
-        row.extend([t for t, new in zip(block, answer.tolist()) if new], tokens.eot)
-        sequence, start = sequence[:start] + block, start + size
-        block = [_greedy(logits[size + i], tokens) for i in range(size)]  # the last verify forward's masks
-        verified = torch.zeros(size, dtype=torch.bool)
+        row.extend([t for t, new in zip(block, answer) if new], tokens.eot)
+        sequence, start, answer = sequence[:start] + block, start + size, [True] * size
+        block = [_greedy(logits[size + i], tokens) for i in range(size)]  # the last verify step's masks
     return row
 
 

@@ -1,20 +1,27 @@
 """Self-speculative decoding (`remasking_strategy="speculative"`): the diffusion head drafts a block in parallel,
 the model's own causal mode verifies it, and the longest prefix that equals the causal mode's greedy choice is
-kept, plus that mode's next token. The output is the causal mode's greedy decode, token for token.
+kept, plus that mode's own token after it. The output is the causal mode's greedy decode, token for token.
 
 It needs a causal-context translation with logit shift: its clean stream is then a causal LM (inference.causal_model;
-with draft-only adapters, the source itself), so one forward can carry both halves of a step (B = block size):
+with draft-only adapters, the source itself). One forward carries every part of a step (B = block size, the
+current block k holds v verified tokens, then drafts):
 
-    [ block k as clean rows: its tokens, fixed or drafted | block k + 1 as masks ]      (n, 2B) after the cache
-      the state before each clean row is the           |  the masks attend to every clean row before them:
-      causal mode's next-token choice: it verifies     |  the draft of block k + 1, valid when block k is
-      block k's drafts (the first from the carry)      |  accepted whole
+    [ block k, clean | block k, noisy, tokens < a kept, the rest masks: a = v .. B-2 | block k + 1, masks ]
+      causal rows:     | one copy per place the first wrong draft may sit; the copies   | noisy: attends to the
+      the state before | do not see each other (masks.py segments)                      | clean rows of block k
+      each row verifies|                                                                |
 
-When a row's block k is accepted whole, the clean rows' K/V are its committed K/V and its next block's draft is
-ready. After a partial accept, the verifier's correction is kept and the rest of the block is masked again and
-redrafted, with the kept tokens fixed, the way a first block holding prompt tokens is decoded; then verified
-again. Rows of a batch accept different lengths: a row whose block is done waits for the others at the block
-boundary, so the batch keeps one column layout (rows.Batch); the rows still at work run as a subset.
+- The clean rows verify: the first draft that differs from the causal mode's choice (at position a) is replaced
+  by that choice, and the copy "a" holds the redraft of the positions after it, made with the accepted tokens
+  kept, the way a first block holding prompt tokens is decoded. No forward is spent on redrafting.
+- When every draft is accepted, the masks of block k + 1 are its draft, whose first token comes from the last
+  clean state: it is the causal mode's own next token (the "bonus"), verified as it is drafted. Block k's K/V are
+  committed from this forward. When the last position was corrected, the clean rows held a wrong token there:
+  one more forward, with nothing left to check, gives the K/V and the next draft.
+
+Rows of a batch accept different lengths: a row whose block is done waits for the others at the block boundary, so
+the batch keeps one column layout (rows.Batch); the rows still at work run as a subset. A block that holds masks
+(a first block, a row that just joined) is drafted by one denoising forward first.
 
 Only greedy decoding is lossless this way: sampling would need the draft's distribution in the acceptance rule,
 so temperature > 0 is refused (config.py).
@@ -39,36 +46,46 @@ def check_self_verifier(model) -> None:
             "translate with --context-attention causal --logit-shift.")
 
 
+def greedy(decoder, states: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """The greedy tokens (k, B) of `states` (k, B, H) where `where` (k, B) holds (0 elsewhere); the head runs there
+    only."""
+    token, _ = propose_masked(decoder.backbone.head(states[where]), where, decoder.tokens.never_generated, 0.0)
+    return token
+
+
 def speculate_block(decoder) -> None:
-    """Finish the current block of every row (decoding.engine.BlockDecoder): draft where it holds masks, verify,
-    repeat until every position is verified. Leaves block k's K/V committed, `batch.carry` the state before
-    block k + 1 and `batch.draft` its draft (masks where a row has none)."""
+    """Finish the current block of every row (decoding.engine.BlockDecoder): draft where it holds masks, then
+    verify until every row's block is final. Leaves block k's K/V committed, `batch.carry` the state before block
+    k + 1 and `batch.draft` its draft."""
     batch, size, mask = decoder.batch, decoder.size, decoder.tokens.mask
-    verified = batch.fixed.clone() if batch.fixed is not None else torch.zeros_like(batch.block, dtype=torch.bool)
-    answer = ~verified  # the positions this block generates (not prompt tokens)
-    next_draft = torch.full_like(batch.block, mask)
-    next_carry = None  # (n, H), from the verify forward that finishes each row's block
+    # verified: prompt tokens, and a first position that holds a token (the bonus of the last block)
+    verified = torch.zeros_like(batch.block, dtype=torch.bool) if batch.fixed is None else batch.fixed.clone()
+    verified[:, 0] |= batch.block[:, 0] != mask
+    answer = torch.ones_like(verified) if batch.fixed is None else ~batch.fixed
+    next_draft, next_carry = torch.full_like(batch.block, mask), None
     taken = torch.zeros(len(batch), dtype=torch.long, device=batch.block.device)
-    settled = torch.zeros(len(batch), dtype=torch.bool, device=batch.block.device)  # block k final, and so are its
-    decoder._selected = None  # K/V, carry and next draft; the committed cache changed since the last block
+    settled = torch.zeros(len(batch), dtype=torch.bool, device=batch.block.device)  # block k final, and its K/V,
+    decoder._selected = None  # carry and next draft; the committed cache changed since the last block
     while not bool(settled.all()):
         drafting = ((batch.block == mask) & ~verified).any(1)
         if bool(drafting.any()) or decoder.pending is not None:
             taken += _draft(decoder, drafting, verified)
         rows = None if not bool(settled.any()) else (~settled).nonzero()[:, 0]
         part = slice(None) if rows is None else rows
-        hidden, cache = _verify_forward(decoder, rows)
+        first_copy = int(verified[part].sum(1).min())  # copies a = first_copy .. B-2 (below it, no row needs one)
+        hidden, cache = _verify_forward(decoder, rows, first_copy)
         taken += ~settled
-        block, now, decided, exact = _accept(decoder, hidden, rows, batch.block[part], verified[part], answer[part])
-        index = _indices(rows, len(batch))
-        for row, count, checked in zip(index.tolist(), decided.tolist(), (~verified[part]).any(1).tolist()):
-            if checked:
-                batch.rows[row].accepted.append(count)
+        block, now, decided, exact, bonus = _accept(decoder, hidden, rows, verified[part], answer[part], first_copy)
+        index = torch.arange(len(batch)) if rows is None else rows.cpu()
         batch.block, verified = batch.block.index_put((~settled,), block), verified.index_put((~settled,), now)
         done = exact & now.all(1)  # the clean rows held the final block: their K/V, last state and masks count
+        for row, count, extra in zip(index.tolist(), decided.tolist(), (done & bonus).tolist()):
+            if count or extra:  # the next block's first token (the bonus) is decided by this forward too
+                batch.rows[row].accepted.append(count + extra)
         if bool(done.any()):
             finished = index[done]
-            next_draft[finished] = _next_draft(decoder, hidden[done])
+            next_draft[finished] = greedy(decoder, _next_states(hidden[done], size), torch.ones_like(block[done],
+                                                                                                     dtype=torch.bool))
             next_carry = batch.carry.clone() if next_carry is None else next_carry
             next_carry[finished] = hidden[done, size - 1]
             if rows is not None:  # a subset forward wrote into a copy of the cache: bring their K/V home
@@ -82,16 +99,12 @@ def speculate_block(decoder) -> None:
         row.block_steps.append(steps)
 
 
-def _indices(rows: torch.Tensor | None, n: int) -> torch.Tensor:
-    return torch.arange(n) if rows is None else rows.cpu()
-
-
 def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor) -> torch.Tensor:
     """One denoising forward of the rows whose block holds masks (all rows when prompt columns ride along, to be
     cached): every mask gets the head's greedy token at once. Returns which rows took part (n,)."""
     batch, size = decoder.batch, decoder.size
-    everyone = decoder.pending is not None or bool(drafting.all())
-    rows = None if everyone else drafting.nonzero()[:, 0]
+    took = torch.ones_like(drafting) if decoder.pending is not None else drafting
+    rows = None if bool(took.all()) else took.nonzero()[:, 0]
     part = slice(None) if rows is None else rows
     ridden = 0 if decoder.pending is None else decoder.pending[0].shape[1]
     hidden = decoder._forward(*decoder._step_inputs(rows), rows, noisy=size)
@@ -102,55 +115,81 @@ def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor) -> torch.Ten
     elif batch.carry is None:  # no prefill: position 0 predicts itself (a prompt token)
         batch.carry = hidden[:, -size]
     still = (batch.block[part] == decoder.tokens.mask) & ~verified[part]
-    token, _ = propose_masked(decoder.backbone.head(decoder._predicting_states(hidden, rows)[still]), still,
-                              decoder.tokens.never_generated, 0.0)
-    took = drafting if rows is not None else torch.ones_like(drafting)
+    token = greedy(decoder, decoder._predicting_states(hidden, rows), still)
     batch.block = batch.block.index_put((took,), torch.where(still, token, batch.block[part]))
+    verified[took, 0] |= still[:, 0]  # a first position drafted from the clean state before it is its choice
     return took
 
 
-def _verify_forward(decoder, rows: torch.Tensor | None) -> tuple[torch.Tensor, BlockCache]:
-    """The forward of `rows` (None: all) carrying their block as clean rows and the next block as masks; returns
-    its hidden states (k, 2B, H) and the cache it wrote block k's K/V into."""
-    batch, size = decoder.batch, decoder.size
-    embeds, rope = decoder._block_inputs()
-    masks = decoder.model.get_input_embeddings()(torch.full_like(batch.block, decoder.tokens.mask))
-    next_rope = decoder._block_rope() + size
-    embeds, rope = torch.cat([embeds, masks], dim=1), torch.cat([rope, next_rope], dim=2)
+def _verify_forward(decoder, rows: torch.Tensor | None, first_copy: int) -> tuple[torch.Tensor, BlockCache]:
+    """The forward of `rows` (None: all) carrying their block as clean rows, its noisy copies a = first_copy ..
+    B-2 and the next block as masks; returns its hidden states (k, Q, H) and the cache it wrote block k's K/V
+    into."""
+    batch, size, mask = decoder.batch, decoder.size, decoder.tokens.mask
+    embed = decoder.model.get_input_embeddings()
+    block, rope = batch.block, decoder._block_rope()
+    fixed = torch.zeros_like(block, dtype=torch.bool) if batch.fixed is None else batch.fixed
+    if batch.fixed is not None:
+        rope = batch.first_rope
+
+    def inputs(ids: torch.Tensor) -> torch.Tensor:  # prompt tokens keep the prompt's embeddings (images)
+        return embed(ids) if batch.fixed is None else torch.where(fixed[..., None], batch.fixed_embeds, embed(ids))
+
+    positions = torch.arange(size, device=block.device)
+    copies = [inputs(torch.where(positions < a, block, mask)) for a in range(first_copy, size - 1)]
+    embeds = torch.cat([inputs(block), *copies, embed(torch.full_like(block, mask))], dim=1)
+    ropes = torch.cat([rope] * (1 + len(copies)) + [decoder._block_rope() + size], dim=2)
     if rows is not None:
-        embeds, rope = embeds[rows], rope[:, rows]
-    hidden = decoder._forward(embeds, rope, rows, noisy=size)
-    cache = decoder.cache if rows is None else decoder._selected[1]
-    return hidden, cache
+        embeds, ropes = embeds[rows], ropes[:, rows]
+    places = tuple(range(size)) * (1 + len(copies)) + tuple(range(size, 2 * size))  # the copies sit on block k
+    segments = tuple([0] * size + [c + 1 for c in range(len(copies)) for _ in range(size)] + [0] * size)
+    hidden = decoder._forward(embeds, ropes, rows, noisy=(len(copies) + 1) * size, layout=(places, segments))
+    return hidden, decoder.cache if rows is None else decoder._selected[1]
 
 
-def _accept(decoder, hidden, rows, block, verified, answer):
-    """Verify a block (k, B) from its forward's clean states: keep the drafts up to the first one that differs from
-    the causal mode's greedy choice, put that choice there, mask the rest again. After an end-of-turn at an answer
-    position the block is decided: end-of-turn to its end. Returns the new (block, verified); per row the tokens
-    this verification decided (accepted drafts and the correction) and whether its clean rows held the final block
-    (nothing corrected, or the answer ended: a row that ends needs no K/V); each (k,)."""
-    size, eot, mask = decoder.size, decoder.tokens.eot, decoder.tokens.mask
+def _accept(decoder, hidden, rows, verified, answer, first_copy: int):
+    """Verify the blocks (k, B) of `rows` from their forward's clean states: keep the drafts up to the first one
+    that differs from the causal mode's greedy choice, put that choice there, and the redraft of its copy after it.
+    After an end-of-turn at an answer position the block is decided: end-of-turn to its end. Returns the new
+    (block, verified); per row the tokens this verification decided (accepted drafts and the correction) and
+    whether its clean rows held the final block (nothing corrected, or the answer ended: such a row needs no K/V),
+    and whether the row goes on after the block (its next block's first token is then decided here too)."""
+    size, eot = decoder.size, decoder.tokens.eot
+    block = decoder.batch.block if rows is None else decoder.batch.block[rows]
     carry = decoder.batch.carry if rows is None else decoder.batch.carry[rows]
-    states = torch.cat([carry[:, None], hidden[:, : size - 1]], dim=1)  # the state before each position
-    check = ~verified
-    choice, _ = propose_masked(decoder.backbone.head(states[check]), check, decoder.tokens.never_generated, 0.0)
-    choice = torch.where(check, choice, block)
+    choice = greedy(decoder, torch.cat([carry[:, None], hidden[:, : size - 1]], dim=1), ~verified)
+    choice = torch.where(verified, block, choice)
     positions = torch.arange(size, device=block.device)
     first = torch.where(choice != block, positions, size).amin(1, keepdim=True)  # (k, 1): B when all agree
     now = verified | (positions <= first)
     decided = (now & ~verified).sum(1)
-    block = torch.where(now, choice, torch.full_like(block, mask))
+    redraft = _redrafts(decoder, hidden, block, first[:, 0], first_copy)
+    block = torch.where(now, choice, redraft)
     ended = (block == eot) & answer & now
     after = positions > torch.where(ended, positions, size).amin(1, keepdim=True)
     exact = (first[:, 0] == size) | ended.any(1)
-    return block.masked_fill(after, eot), now | after, decided, exact
+    return block.masked_fill(after, eot), now | after, decided, exact, ~ended.any(1)
 
 
-def _next_draft(decoder, hidden: torch.Tensor) -> torch.Tensor:
-    """The draft of the next block (k, B) from the masks' states: greedy, the first from the last clean row."""
+def _redrafts(decoder, hidden, block, first: torch.Tensor, first_copy: int) -> torch.Tensor:
+    """(k, B): for each row, the greedy tokens of the noisy copy that kept the positions before `first` (its
+    predicting states: the carry for position 0, then the copy's own); `block` where there is no such copy."""
     size = decoder.size
-    states = torch.cat([hidden[:, size - 1 : size], hidden[:, size : 2 * size - 1]], dim=1)
-    every = torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
-    token, _ = propose_masked(decoder.backbone.head(states.flatten(0, 1)), every, decoder.tokens.never_generated, 0.0)
-    return token
+    copy = (first - first_copy).clamp(min=0)  # which copy (k,); used where first_copy <= first <= B - 2
+    has = (first >= first_copy) & (first <= size - 2)
+    if not bool(has.any()):
+        return block
+    start = (1 + copy[has]) * size  # the copy's first column
+    columns = start[:, None] + torch.arange(size - 1, device=block.device)  # states of positions 0 .. B-2
+    states = hidden[has][torch.arange(int(has.sum()))[:, None], columns]  # (h, B-1, H): predict positions 1 .. B-1
+    states = torch.cat([states[:, :1], states], dim=1)  # position 0 is never redrafted (always kept)
+    where = torch.arange(size, device=block.device) > first[has][:, None]
+    out = block.clone()
+    out[has] = torch.where(where, greedy(decoder, states, where), block[has])
+    return out
+
+
+def _next_states(hidden: torch.Tensor, size: int) -> torch.Tensor:
+    """The states (k, B, H) that predict the next block from its masks (the last columns): the last clean row's,
+    then the masks' own."""
+    return torch.cat([hidden[:, size - 1 : size], hidden[:, -size:-1]], dim=1)

@@ -20,13 +20,17 @@ NOISY, CLEAN = 0, 1
 def block_diffusion_rule(
     q_block: torch.Tensor, q_stream: torch.Tensor, k_block: torch.Tensor, k_stream: torch.Tensor, k_valid: torch.Tensor,
     q_position: torch.Tensor | None = None, k_position: torch.Tensor | None = None,
+    q_segment: torch.Tensor | None = None, k_segment: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Boolean attention pattern. Inputs (N, Q) for queries and (N, K) for keys; returns (N, Q, K), True = attend.
-    With positions (causal context), a clean query sees the clean keys at positions <= its own, not its block's."""
+    With positions (causal context), a clean query sees the clean keys at positions <= its own, not its block's.
+    With segments, noisy copies of one block in different segments do not see each other (speculative drafts)."""
     qb, qs = q_block[:, :, None], q_stream[:, :, None]
     kb, ks = k_block[:, None, :], k_stream[:, None, :]
     noisy_q = qs == NOISY
     same_block_noisy = noisy_q & (ks == NOISY) & (kb == qb)
+    if q_segment is not None:
+        same_block_noisy = same_block_noisy & (k_segment[:, None, :] == q_segment[:, :, None])
     earlier_clean = noisy_q & (ks == CLEAN) & (kb < qb)
     if q_position is None:
         clean_context = ~noisy_q & (ks == CLEAN) & (kb <= qb)
@@ -55,13 +59,15 @@ def block_causal_mask(
     dtype: torch.dtype,
     causal_context: bool = False,
     noisy: int = 0,
+    segments: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Single-stream mask for inference: each query sees its own block and every earlier block.
 
     positions are per-row absolute positions (N, Q) / (N, K); keys may include cached tokens and end with the
     queries. With `causal_context` the last `noisy` query columns are the block being denoised (bidirectional
     inside it, every earlier clean token before it) and every other column is clean, attending token-causally.
-    Without it the two are the same pattern, so `noisy` changes nothing.
+    Without it the two are the same pattern, so `noisy` changes nothing. `segments` (Q,): noisy query columns
+    with different ids do not see each other (cached keys are segment 0); causal context only.
     """
     q_block, k_block = q_positions // block_size, k_positions // block_size
     q_stream = torch.full_like(q_block, CLEAN)
@@ -70,7 +76,12 @@ def block_causal_mask(
         return to_attention_mask(block_diffusion_rule(q_block, q_stream, k_block, k_stream, k_valid), q_valid, dtype)
     if noisy:
         q_stream[:, -noisy:], k_stream[:, -noisy:] = NOISY, NOISY
-    allowed = block_diffusion_rule(q_block, q_stream, k_block, k_stream, k_valid, q_positions, k_positions)
+    q_segment = k_segment = None
+    if segments is not None:
+        q_segment = segments[None].expand_as(q_block)
+        k_segment = torch.cat([segments.new_zeros(k_block.shape[1] - len(segments)), segments])[None].expand_as(k_block)
+    allowed = block_diffusion_rule(q_block, q_stream, k_block, k_stream, k_valid, q_positions, k_positions,
+                                   q_segment, k_segment)
     return to_attention_mask(allowed, q_valid, dtype)
 
 
