@@ -115,8 +115,9 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128, help="the answer's length limit")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per block")
     parser.add_argument("--strategy", default="low_confidence_static",
-                        choices=["low_confidence_static", "low_confidence_dynamic", "threshold"],
-                        help="unmasking policy")
+                        choices=["low_confidence_static", "low_confidence_dynamic", "threshold", "speculative"],
+                        help="unmasking policy, or speculative: drafts verified by the model's causal mode (lossless; "
+                        "causal-context models)")
     parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the dynamic policies")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens")

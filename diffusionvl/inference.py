@@ -6,7 +6,7 @@ are run, timed and counted the same way.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,7 +26,7 @@ class Answers:
     row_forwards: forwards summed over the rows that took part in them (tokens / row_forwards is the tokens per
     forward of one row, whatever the batch size); prefill_forwards: those of them that only read the prompt
     (block decoding's prefill; an AR prefill already yields the first token, so it counts as decoding);
-    seconds: wall time of decoding."""
+    seconds: wall time of decoding; accepted: speculative decoding, the tokens each verification decided."""
 
     texts: list[str]
     rows: list[list[int]]
@@ -34,6 +34,7 @@ class Answers:
     row_forwards: int
     seconds: float
     prefill_forwards: int = 0
+    accepted: list[int] = field(default_factory=list)
 
     @property
     def tokens(self) -> int:
@@ -132,8 +133,10 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
                                  tokenizer=tokenizer, generator=generator)
             rows = rows_of(out.sequences, model.special_tokens)
             nfe, row_forwards, prefill = out.nfe, out.row_forwards, out.prefill_forwards
+            accepted = [count for row in out.accepted for count in row]
     seconds = time.perf_counter() - start
-    return Answers(texts_of(tokenizer, rows), rows, int(nfe), int(row_forwards), seconds, int(prefill))
+    return Answers(texts_of(tokenizer, rows), rows, int(nfe), int(row_forwards), seconds, int(prefill),
+                   accepted if not is_autoregressive(model) else [])
 
 
 def rows_of(sequences: torch.Tensor, tokens) -> list[list[int]]:

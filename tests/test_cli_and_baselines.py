@@ -89,9 +89,32 @@ def test_benchmark_runs_every_decoder_on_the_shipped_model_and_writes_json_and_p
     assert "| dynamic@0.9 | 1 |" in capsys.readouterr().out
 
 
+def test_benchmark_of_a_causal_translation_adds_speculative_decoding_checked_against_its_causal_mode(tmp_path,
+                                                                                                   capsys):
+    """An untrained causal translation of minivl-ar with logit shift: its causal mode is minivl-ar itself, so the
+    speculative answers must equal the causal mode's and score as the AR's."""
+    cli.main(["convert", "minivl-ar", str(tmp_path / "causal"), "--block-size", "8", "--logit-shift",
+              "--context-attention", "causal"])
+    out = tmp_path / "bench.json"
+    cli.main(f"bench --model {tmp_path / 'causal'} --source minivl-ar --samples 2 --repeats 2 --batch-sizes 1,2 "
+             f"--thresholds 0.9 --max-new-tokens 16 --no-llada --tasks minivl:caption,count --device cpu "
+             f"--json {out}".split())
+    result = json.loads(out.read_text())
+    rows = {(r["setting"], r["batch_size"]): r for r in result["rows"]}
+    assert result["settings"]["prompts"] == 4 and result["settings"]["tasks"] == ["caption", "count"]
+    assert rows[("speculative", 1)]["accuracy"] == rows[("AR", 1)]["accuracy"] == rows[("speculative", 2)]["accuracy"]
+    headline = result["headline"]
+    assert headline["speculative_identical_to_verifier"] is True
+    assert headline["speculative_mean_accepted"] >= 1 and headline["speculative_tokens_per_forward"] > 0
+    low, high = headline["speculative_vs_ar_spread"]
+    assert low <= headline["speculative_vs_ar_tokens_per_s"] <= high
+    assert "identical to the causal mode's greedy answers: yes" in capsys.readouterr().out
+
+
 def test_benchmark_options_are_checked_before_any_model_loads(capsys):
     for argv, message in (("--batch-sizes 0", "--batch-sizes must be positive"), ("--thresholds 1.5", "lie in"),
-                          ("--samples 0", "--samples must be at least 1"), ("--batch-sizes x", "comma-separated")):
+                          ("--samples 0", "--samples must be at least 1"), ("--batch-sizes x", "comma-separated"),
+                          ("--tasks minivl:poems", "unknown MiniVL task(s) ['poems']")):
         assert message in cli_error(capsys, "bench", *argv.split())
 
 

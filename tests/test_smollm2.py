@@ -131,8 +131,9 @@ def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
                          distill_weight=1.0, confidence_weight=0.1)
         results = run(config)
         names = [row["name"] for row in results["rows"]]
-        assert names == ["AR (greedy, KV cache)", "static", "threshold@0.9", "causal mode (KV cache)"]
-        ar = results["rows"][0]
+        assert names == ["AR (greedy, KV cache)", "static", "threshold@0.9", "speculative", "causal mode (KV cache)"]
+        ar, speculative, causal = results["rows"][0], results["rows"][3], results["rows"][4]
+        assert speculative["answers"] == causal["answers"]  # drafts verified by the causal mode: its answers
         assert ar["tokens_per_forward"] == 1.0  # one token per forward: the AR row counts forwards as the AR runs
         assert (out / "smollm2-dlm" / "adapter.safetensors").is_file() and results["curve"]
         assert "| static |" in (out / "results.md").read_text()

@@ -9,9 +9,13 @@ The decoders (settings):
 - `static`: block decoding, one token per step (steps = block size), and `static/2` with half the steps;
 - `dynamic@t`, `threshold@t`: the confidence policies at each `--thresholds` value;
 - `LLaDA-V`: full-sequence decoding of the same dVLM (a canvas of `--max-new-tokens` masks, bidirectional
-  attention, no cache, one token per step), one prompt at a time, so only at batch size 1.
+  attention, no cache, one token per step), one prompt at a time, so only at batch size 1;
+- `speculative`: drafts verified by the model's own causal mode (decoding/speculative.py), for a dVLM translated
+  with causal context and logit shift. Its answers are checked token for token against that mode's greedy
+  decode (decoding.reference.reference_causal_decode, untimed).
 
-Every setting answers the same `--samples` MiniVL test samples per task (the test split of seed `--seed`), in
+Every setting answers the same `--samples` MiniVL test samples per task of `--tasks` (default: every task; the
+test split of seed `--seed`), in
 batches of each `--batch-sizes` value. One warm-up batch per setting, then `--repeats` timed passes,
 interleaved (every setting once per pass), so drift of the machine hits them alike. Times cover decoding only:
 inputs are preprocessed before the clock starts. Accuracy is MiniVL's exact match (greedy decoding gives the
@@ -28,7 +32,11 @@ Headline keys (`headline`), the numbers a reader compares:
 - `best_dynamic`: the fastest dynamic or threshold setting at batch 1 whose accuracy is within 1 point of static;
 - `dynamic_vs_ar_tokens_per_s`, `dynamic_vs_llada_tokens_per_s`: its tokens/s over AR's and LLaDA-V's, batch 1;
 - `dynamic_accuracy_drop_vs_static`: static's accuracy minus its accuracy, in points;
-- `batch8_vs_batch1_tokens_per_s`: its tokens/s at batch 8 over batch 1 (null without batch size 8).
+- `batch8_vs_batch1_tokens_per_s`: its tokens/s at batch 8 over batch 1 (null without batch size 8);
+- with a speculative row: `speculative_vs_ar_tokens_per_s` (batch 1, the median passes' ratio) and
+  `speculative_vs_ar_spread` (the min and max of the per-pass ratios, passes interleaved),
+  `speculative_tokens_per_forward`, `speculative_mean_accepted` (tokens per verification) and
+  `speculative_identical_to_verifier` (every batch size's answers equal the causal mode's, token for token).
 """
 
 import argparse
@@ -36,12 +44,13 @@ import json
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from ..decoding.config import DecodingConfig
-from ..errors import DiffusionVLError, require_extra
+from ..errors import DiffusionVLError
+from .report import markdown, plot, pyplot
 
 SOURCES = {"minivl-dvlm": "minivl-ar"}  # a shipped dVLM's AR source
 
@@ -61,6 +70,7 @@ class BenchConfig:
     llada: bool = True
     device: str = "cpu"
     dtype: str = "auto"
+    tasks: tuple[str, ...] | None = None  # MiniVL task names; None: every task
 
     def __post_init__(self):
         for name in ("samples", "repeats", "max_new_tokens"):
@@ -70,6 +80,12 @@ class BenchConfig:
             raise DiffusionVLError(f"--batch-sizes must be positive integers, got {self.batch_sizes}.")
         if not all(0 <= t <= 1 for t in self.thresholds):
             raise DiffusionVLError(f"--thresholds must lie in [0, 1], got {self.thresholds}.")
+        from ..minivl.generator import TASKS
+
+        unknown = sorted(set(self.tasks or ()) - set(TASKS))
+        if unknown:
+            raise DiffusionVLError(f"--tasks: unknown MiniVL task(s) {unknown}; the tasks are {', '.join(TASKS)} "
+                                   "(e.g. --tasks minivl:caption).")
 
 
 @dataclass
@@ -79,7 +95,7 @@ class Setting:
     config: DecodingConfig
 
 
-def settings(block_size: int, config: BenchConfig, with_ar: bool) -> list[Setting]:
+def settings(block_size: int, config: BenchConfig, with_ar: bool, speculative: bool = False) -> list[Setting]:
     common = {"max_new_tokens": config.max_new_tokens}
     out = [Setting("AR", "ar", DecodingConfig(**common))] if with_ar else []
     out += [Setting("static", "block", DecodingConfig(steps=block_size, **common))]
@@ -89,6 +105,8 @@ def settings(block_size: int, config: BenchConfig, with_ar: bool) -> list[Settin
         out += [Setting(f"{short}@{t:g}", "block", DecodingConfig(
             steps=block_size, remasking_strategy=strategy, confidence_threshold=t, **common))
             for t in config.thresholds]
+    if speculative:
+        out += [Setting("speculative", "block", DecodingConfig(remasking_strategy="speculative", **common))]
     if config.llada:
         out += [Setting("LLaDA-V", "llada", DecodingConfig(steps=block_size, **common))]
     return out
@@ -129,7 +147,7 @@ class PeakMemory:
 
 
 def decode(setting: Setting, models: dict, processor, inputs: dict):
-    """(texts, new tokens, nfe, row forwards) of one batch."""
+    """(texts, new tokens, nfe, row forwards, token rows, tokens per verification) of one batch."""
     from ..decoding.baselines import full_sequence_generate
     from ..inference import answer, rows_of, texts_of
     from ..model import vision_inputs
@@ -143,13 +161,13 @@ def decode(setting: Setting, models: dict, processor, inputs: dict):
         size, length = model.block_size, setting.config.max_new_tokens
         out = full_sequence_generate(model, ids, length, size, steps=length, vision=vision)
         rows = rows_of(out.sequences, model.special_tokens)
-        return texts_of(processor.tokenizer, rows), sum(map(len, rows)), out.nfe, out.nfe
+        return texts_of(processor.tokenizer, rows), sum(map(len, rows)), out.nfe, out.nfe, rows, []
     out = answer(models["ar" if setting.kind == "ar" else "dvlm"], processor, inputs, setting.config)
-    return out.texts, out.tokens, out.nfe, out.row_forwards
+    return out.texts, out.tokens, out.nfe, out.row_forwards, out.rows, out.accepted
 
 
 def measure(setting: Setting, models, processor, batches: list, device) -> dict:
-    texts, tokens, nfe, row_forwards, latencies = [], 0, 0, 0, []
+    texts, rows, accepted, tokens, nfe, row_forwards, latencies = [], [], [], 0, 0, 0, []
     with PeakMemory(device) as memory:
         for inputs in batches:
             start = time.perf_counter()
@@ -157,10 +175,28 @@ def measure(setting: Setting, models, processor, batches: list, device) -> dict:
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             latencies.append(time.perf_counter() - start)
-            texts += out[0]
+            texts, rows, accepted = texts + out[0], rows + out[4], accepted + out[5]
             tokens, nfe, row_forwards = tokens + out[1], nfe + out[2], row_forwards + out[3]
-    return {"texts": texts, "tokens": tokens, "nfe": nfe, "row_forwards": row_forwards,
-            "seconds": sum(latencies), "latencies": latencies, "peak_memory_mb": memory.peak_mb}
+    return {"texts": texts, "rows": rows, "accepted": accepted, "tokens": tokens, "nfe": nfe,
+            "row_forwards": row_forwards, "seconds": sum(latencies), "latencies": latencies,
+            "peak_memory_mb": memory.peak_mb}
+
+
+def verifier_rows(model, batches: list, max_new_tokens: int) -> list[list[int]]:
+    """The causal mode's greedy answers (token rows) to the batches of batch size 1, untimed."""
+    from ..decoding.reference import reference_causal_decode
+    from ..inference import rows_of
+    from ..model import vision_inputs
+
+    device, rows = next(model.parameters()).device, []
+    for inputs in batches:
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        vision = vision_inputs(inputs.get("pixel_values"), inputs.get("image_grid_thw"))
+        ids = inputs["input_ids"]
+        with torch.no_grad():
+            out = reference_causal_decode(model, ids, torch.ones_like(ids, dtype=torch.bool), vision, max_new_tokens)
+        rows += rows_of(out.sequences, model.special_tokens)
+    return rows
 
 
 # ---------------------------------------------------------------- the run
@@ -173,7 +209,7 @@ def samples_and_batches(config: BenchConfig, processor) -> tuple[list, dict]:
     from ..minivl.models import image_size_of
 
     size = image_size_of(processor)
-    samples = [s for task in TASKS for s in generate(task, "test", config.seed, config.samples, size)]
+    samples = [s for task in config.tasks or TASKS for s in generate(task, "test", config.seed, config.samples, size)]
     batches = {}
     for n in config.batch_sizes:
         groups = [samples[i: i + n] for i in range(0, len(samples), n)]
@@ -204,7 +240,9 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     models, processor = load_models(config, source)
     samples, batches = samples_and_batches(config, processor)
     device = next(models["dvlm"].parameters()).device
-    table = settings(models["dvlm"].block_size, config, "ar" in models)
+    dvlm = models["dvlm"]
+    speculative = dvlm.config.context_attention == "causal" and dvlm.config.logit_shift
+    table = settings(dvlm.block_size, config, "ar" in models, speculative)
     plan = [(s, n) for s in table for n in config.batch_sizes if s.kind != "llada" or n == 1]
     for setting, n in plan:  # warm-up: the first batch of each
         measure(setting, models, processor, batches[n][:1], device)
@@ -215,10 +253,30 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     truths = [s.answer for s in samples]
     rows = [summarise(setting, n, runs[(setting.name, n)], truths, exact_match) for setting, n in plan]
     compare(rows)
-    return {"settings": {**asdict(config), "source": source, "torch": torch.__version__,
-                         "threads": torch.get_num_threads(), "block_size": models["dvlm"].block_size,
-                         "prompts": len(samples)},
-            "rows": rows, "headline": headline(rows, config.batch_sizes)}
+    result = {"settings": {**asdict(config), "source": source, "torch": torch.__version__,
+                           "threads": torch.get_num_threads(), "block_size": dvlm.block_size, "prompts": len(samples)},
+              "rows": rows, "headline": headline(rows, config.batch_sizes)}
+    if speculative:
+        verified = verifier_rows(dvlm, batches[1] if 1 in batches else
+                                 samples_and_batches(replace(config, batch_sizes=(1,)), processor)[1][1],
+                                 config.max_new_tokens)
+        result["headline"].update(speculative_headline(runs, config.batch_sizes, verified))
+    return result
+
+
+def speculative_headline(runs: dict, batch_sizes, verified: list[list[int]]) -> dict:
+    """The speculative keys of the headline (module docstring) from the timed passes of every setting."""
+    one = min(batch_sizes)
+    passes = runs[("speculative", one)]
+    out = {"speculative_tokens_per_forward": passes[0]["tokens"] / max(passes[0]["row_forwards"], 1),
+           "speculative_mean_accepted": statistics.mean(passes[0]["accepted"]) if passes[0]["accepted"] else None,
+           "speculative_identical_to_verifier": all(runs[("speculative", n)][0]["rows"] == verified
+                                                    for n in batch_sizes)}
+    if ("AR", one) in runs:
+        ratios = [(s["tokens"] / s["seconds"]) / (a["tokens"] / a["seconds"]) for s, a in zip(passes, runs[("AR", one)])]
+        out["speculative_vs_ar_tokens_per_s"] = statistics.median(ratios)
+        out["speculative_vs_ar_spread"] = [min(ratios), max(ratios)]
+    return out
 
 
 def summarise(setting: Setting, batch_size: int, runs: list[dict], truths: list[str], score) -> dict:
@@ -268,67 +326,6 @@ def headline(rows: list[dict], batch_sizes) -> dict:
 # ---------------------------------------------------------------- output
 
 
-def _ratio(value) -> str:
-    return "-" if value is None else f"{value:.2f}x"
-
-
-def markdown(result: dict) -> str:
-    s = result["settings"]
-    title = (f"{s['model']} (block size {s['block_size']}) vs {s['source'] or 'no AR source'}, {s['prompts']} MiniVL "
-             f"test prompts (seed {s['seed']}), answers up to {s['max_new_tokens']} tokens, median of {s['repeats']} "
-             f"passes, torch {s['torch']} on {s['device']} ({s['threads']} threads), dtype {s['dtype']}")
-    lines = [title, "",
-             "| setting | batch | accuracy | tokens/s | NFE | tokens/forward | p50 ms/batch | peak MB | vs AR | vs LLaDA-V |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in result["rows"]:
-        lines.append(f"| {r['setting']} | {r['batch_size']} | {r['accuracy']:.1f} | {r['tokens_per_s']:.0f} | {r['nfe']} "
-                     f"| {r['tokens_per_forward']:.2f} | {r['latency_p50_ms']:.1f} | {r['peak_memory_mb']:.0f} "
-                     f"| {_ratio(r['vs_ar_tokens_per_s'])} | {_ratio(r['vs_llada_tokens_per_s'])} |")
-    h = result["headline"]
-    if h.get("best_dynamic"):
-        lines += ["", (f"best dynamic within 1 point of static: {h['best_dynamic']} "
-                       f"({h['dynamic_accuracy_drop_vs_static']:.1f} points below): "
-                       f"{_ratio(h['dynamic_vs_ar_tokens_per_s'])} AR's tokens/s, "
-                       f"{_ratio(h['dynamic_vs_llada_tokens_per_s'])} LLaDA-V's; batch 8 vs 1: "
-                       f"{_ratio(h['batch8_vs_batch1_tokens_per_s'])}")]
-    return "\n".join(lines)
-
-
-def _pyplot():
-    require_extra("bench", "--plot", "matplotlib")
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot(result: dict, path) -> None:
-    """Accuracy against tokens/s and against tokens per forward: one colour per setting, one marker per batch
-    size (the AR source in black), named in the legend."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
-    names = list(dict.fromkeys(r["setting"] for r in result["rows"]))
-    markers = dict(zip(sorted({r["batch_size"] for r in result["rows"]}), "o^sDv"))
-    for axis, key, label in ((axes[0], "tokens_per_s", "tokens / s"), (axes[1], "tokens_per_forward", "tokens / forward")):
-        for r in result["rows"]:
-            colour = "black" if r["kind"] == "ar" else plt.cm.tab10(names.index(r["setting"]) % 10)
-            axis.scatter(r[key], r["accuracy"], color=colour, marker=markers[r["batch_size"]], s=60 if r["kind"] == "ar" else 40,
-                         alpha=0.85, label=f"{r['setting']}, batch {r['batch_size']}")
-        axis.set_xscale("log")
-        axis.set_xlabel(label)
-        axis.grid(alpha=0.3)
-    axes[0].set_ylabel("MiniVL exact match (%)")
-    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    s = result["settings"]
-    figure.suptitle(f"{s['model']} against {s['source']} ({s['prompts']} MiniVL prompts, {s['device']}, {s['dtype']})",
-                    fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
-
-
 def _numbers(kind):
     def parse(text: str) -> tuple:
         try:
@@ -336,6 +333,11 @@ def _numbers(kind):
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
     return parse
+
+
+def _tasks(text: str) -> tuple[str, ...]:
+    """`--tasks minivl:a,b` (the prefix names the benchmark; MiniVL is the one there is) -> ("a", "b")."""
+    return tuple(name.strip() for name in text.removeprefix("minivl:").split(",") if name.strip())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -349,6 +351,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=d.repeats, help="timed passes; times are their median")
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length limit")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the MiniVL test samples")
+    parser.add_argument("--tasks", type=_tasks, help="MiniVL tasks to answer, e.g. minivl:caption,count "
+                        "(default: every task)")
     parser.add_argument("--no-llada", dest="llada", action="store_false", help="skip LLaDA-V-style decoding")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
@@ -371,9 +375,9 @@ def main(args: argparse.Namespace) -> None:
         return shapes.main(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     config = BenchConfig(args.model, args.source, args.samples, args.batch_sizes, args.thresholds, args.repeats,
-                         args.max_new_tokens, args.seed, args.llada, device, args.dtype)
+                         args.max_new_tokens, args.seed, args.llada, device, args.dtype, args.tasks)
     if args.plot:
-        _pyplot()  # a missing matplotlib fails now, not after the run
+        pyplot()  # a missing matplotlib fails now, not after the run
     result = run(config)
     print(markdown(result))
     if args.json:

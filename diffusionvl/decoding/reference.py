@@ -91,6 +91,26 @@ def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=Non
     return row
 
 
+def reference_causal_decode(model, ids, valid, vision, max_new_tokens: int) -> DecodingOutput:
+    """The model's own causal mode (causal context with logit shift: its clean stream is a causal LM), greedy, one
+    token per forward over the whole sequence, each row alone with its own images: what speculative decoding must
+    write, token for token. For text models transformers' `generate` of `inference.causal_model` is the fast way."""
+    check_self_verifier(model)
+    tokens, rows = model.special_tokens, []
+    for row_ids, keep, image in zip(ids, valid, model.backbone.split_rows(ids, vision)):
+        images = {} if image is None else image.as_kwargs()
+        sequence, row = row_ids[keep].tolist(), Row(0, max_new_tokens)
+        while not row.finished:  # a trailing mask: under logit shift the last clean state predicts at the next index
+            canvas = torch.tensor([sequence + [tokens.mask]], device=ids.device)
+            logits = model(input_ids=canvas, **images).logits[0, -1]
+            token = int(propose(logits.clone(), tokens.never_generated, 0.0)[0])
+            row.forwards += 1
+            sequence.append(token)
+            row.extend([token], tokens.eot)
+        rows.append(row)
+    return DecodingOutput.from_records(rows, sum(row.forwards for row in rows), tokens.pad, ids.device)
+
+
 def _greedy(logits: torch.Tensor, tokens) -> int:
     """The greedy token of one position's logits (V,), by the engine's own rule (sampling.propose)."""
     return int(propose(logits.clone(), tokens.never_generated, 0.0)[0])

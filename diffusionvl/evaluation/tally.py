@@ -1,6 +1,6 @@
 """What a run of batches cost: forwards, tokens and time summed over them, and the speeds they give."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass
@@ -12,6 +12,7 @@ class Tally:
     prefill_forwards: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    accepted: list[int] = field(default_factory=list)  # speculative decoding: tokens per verification
 
     def add(self, out, seconds: float) -> None:
         self.nfe += out.nfe
@@ -19,9 +20,11 @@ class Tally:
         self.prefill_forwards += out.prefill_forwards
         self.tokens += out.tokens
         self.seconds += seconds
+        self.accepted += getattr(out, "accepted", [])
 
     def speed(self) -> dict:
-        return {
+        accepted = {"mean_accepted": sum(self.accepted) / len(self.accepted)} if self.accepted else {}
+        return {**accepted,
             "tokens_per_forward": self.tokens / max(self.row_forwards, 1),
             "tokens_per_decoding_forward": self.tokens / max(self.row_forwards - self.prefill_forwards, 1),
             "nfe": self.nfe,

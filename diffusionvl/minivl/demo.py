@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dvlm", default="minivl-dvlm", help="the block-diffusion model")
     parser.add_argument("--ar", default="minivl-ar", help="its autoregressive source ('none' to skip it)")
     parser.add_argument("--strategy", default=DEFAULT_STRATEGY,
-                        choices=["low_confidence_static", "low_confidence_dynamic", "threshold"],
+                        choices=["low_confidence_static", "low_confidence_dynamic", "threshold", "speculative"],
                         help="the dVLM's unmasking policy")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="confidence threshold")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per block (at most the block size)")

@@ -65,11 +65,16 @@ def mean_sample_tokens(tokenizer, data: Path, most: int = 256) -> float:
 def settings(config) -> list[tuple[str, DecodingConfig]]:
     """Every decoding the dLM is evaluated with; the first (static, one token per step) is the reference. With
     steps = block size, the dynamic policy (the static quota of one as its floor) decodes exactly as the threshold
-    one (at least one), so only the threshold is run."""
+    one (at least one), so only the threshold is run. A translation with a causal mode is also decoded
+    speculatively (its drafts verified by that mode: the causal mode's answers, at another speed)."""
+    from ..inference import has_causal_mode
+
     size, limit = config.block_size, config.max_new_tokens
     runs = [("static", DecodingConfig(max_new_tokens=limit, steps=size))]
     runs += [(f"threshold@{t}", DecodingConfig(max_new_tokens=limit, steps=size, remasking_strategy="threshold",
                                                confidence_threshold=t)) for t in config.thresholds]
+    if has_causal_mode(config.context_attention, config.logit_shift):
+        runs.append(("speculative", DecodingConfig(max_new_tokens=limit, remasking_strategy="speculative")))
     return runs
 
 
@@ -147,7 +152,8 @@ class Judge:
                 "perplexity_ratio": perplexity(self.nll(out["rows"])) / perplexity(self.own),
                 "mean_tokens": out["tally"].tokens / len(self.records),
                 "tokens_per_forward": speed["tokens_per_forward"], "nfe": speed["nfe"],
-                "tokens_per_s": speed["tokens_per_s"], "answers": out["texts"]}
+                "tokens_per_s": speed["tokens_per_s"], "answers": out["texts"],
+                **({"mean_accepted": speed["mean_accepted"]} if "mean_accepted" in speed else {})}
 
 
 def markdown(results: dict) -> str:
