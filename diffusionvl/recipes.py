@@ -10,7 +10,7 @@ import importlib
 
 RECIPES = {  # name: (help, its package, whether it has an ablation module)
     "minivl": ("MiniVL: train an AR Qwen2.5-VL, translate it, train a diffusion baseline, evaluate all three",
-               "minivl", False),
+               "minivl", True),
     "smollm2": ("SmolLM2-135M-Instruct: self-distillation data, LoRA block-diffusion finetune, comparison with "
                 "the AR source", "smollm2", True),
 }

@@ -69,21 +69,26 @@ def test_benchmark_runs_every_decoder_on_the_shipped_model_and_writes_json_and_p
              f"--json {out} --plot {png}".split())
     result = json.loads(out.read_text())
     rows = {(r["setting"], r["batch_size"]): r for r in result["rows"]}
-    settings = ["AR", "static", "static/2", "dynamic@0.9", "threshold@0.9"]
+    # minivl-dvlm has causal context and logit shift: it also decodes speculatively
+    settings = ["AR", "static", "static/2", "dynamic@0.9", "threshold@0.9", "speculative"]
     assert set(rows) == {(s, n) for s in settings for n in (1, 2)} | {("LLaDA-V", 1)}  # LLaDA-V: batch 1 only
-    assert result["settings"]["source"] == "minivl-ar" and result["settings"]["prompts"] == 4
+    assert result["settings"]["source"] == "minivl-ar" and result["settings"]["prompts"] == 5  # one per task
     assert rows[("AR", 1)]["tokens_per_forward"] == 1.0
     for (setting, batch), row in rows.items():  # each speed is over AR's at the same batch size
         if setting not in ("AR", "LLaDA-V"):
             assert row["vs_ar_tokens_per_s"] == pytest.approx(row["tokens_per_s"] / rows[("AR", batch)]["tokens_per_s"])
     assert rows[("static", 1)]["tokens_per_forward"] <= 1.0  # steps == block size: one token per forward at most
-    assert rows[("LLaDA-V", 1)]["nfe"] == 4 * 16  # a fixed canvas: one forward per position, every prompt
+    assert rows[("LLaDA-V", 1)]["nfe"] == 5 * 16  # a fixed canvas: one forward per position, every prompt
     for setting in settings:  # batching changes the speed, never the greedy answers
         assert rows[(setting, 1)]["accuracy"] == rows[(setting, 2)]["accuracy"]
         assert rows[(setting, 1)]["tokens"] == rows[(setting, 2)]["tokens"]
     headline = result["headline"]
     assert set(headline) == {"best_dynamic", "dynamic_vs_ar_tokens_per_s", "dynamic_vs_llada_tokens_per_s",
-                             "dynamic_accuracy_drop_vs_static", "batch8_vs_batch1_tokens_per_s"}
+                             "dynamic_accuracy_drop_vs_static", "batch8_vs_batch1_tokens_per_s",
+                             "speculative_vs_ar_tokens_per_s", "speculative_vs_ar_spread",
+                             "speculative_tokens_per_forward", "speculative_mean_accepted",
+                             "speculative_identical_to_verifier"}
+    assert headline["speculative_identical_to_verifier"] is True
     assert headline["batch8_vs_batch1_tokens_per_s"] is None  # no batch size 8 in this run
     assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
     assert "| dynamic@0.9 | 1 |" in capsys.readouterr().out

@@ -6,6 +6,7 @@ import pytest
 
 from diffusionvl.cli import main
 from diffusionvl.evaluation.metrics import exact_match, token_f1
+from diffusionvl.minivl.evaluate import F1_TASKS
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny matrices, one thread
 
@@ -69,10 +70,10 @@ def test_eval_json_is_complete_deterministic_and_batch_invariant(checkpoints, ca
     dvl, _ = checkpoints
     result = run_json(capsys, dvl, "--batch-size", "4")
     assert set(result) == KEYS
-    assert set(result["tasks"]) == {"caption", "count", "digits", "chart"}
+    assert set(result["tasks"]) == {"caption", "count", "digits", "chart", "scene"}
     for task, score in result["tasks"].items():
         assert score["samples"] == 4 and 0 <= score["exact_match"] <= 1
-        assert ("token_f1" in score) == (task == "caption")
+        assert ("token_f1" in score) == (task in F1_TASKS)  # the long answers: caption, scene
     assert 0 <= result["mean_exact_match"] <= 1 and 0 <= result["tasks"]["caption"]["token_f1"] <= 1
     assert result["nfe"] > 0 and result["tokens_per_forward"] > 0 and result["seconds"] > 0
     assert (result["seed"], result["samples_per_task"], result["model"]) == (0, 4, str(dvl))

@@ -11,6 +11,7 @@ from diffusionvl.minivl.generator import (
     COLOUR_NAMES,
     PLACES,
     PLURALS,
+    ROWS,
     SHAPES,
     TASKS,
     generate,
@@ -64,7 +65,7 @@ def test_images_are_rgb_squares_on_white_and_size_option():
     for task in TASKS:
         for s in generate(task, "test", 0, 3) + generate(task, "train", 0, 3, size=84):
             assert s.image.mode == "RGB" and s.image.size[0] == s.image.size[1] in (84, 112)
-            assert s.image.getpixel((0, 0)) == (255, 255, 255) or task == "caption"
+            assert s.image.getpixel((0, 0)) == (255, 255, 255) or task in ("caption", "scene")
             assert len(set(s.image.getdata())) > 1
     with pytest.raises(ValueError):
         generate("colour", "train", 0, 1)
@@ -84,6 +85,24 @@ def test_caption_grammar(drawn):
         assert ("an orange" in s.answer) == ("orange" in s.answer) and "a orange" not in s.answer
         counts[len(places)] += 1
     assert set(counts) == {1, 2, 3, 4}
+
+
+def test_scene_grammar_lists_every_shape_row_by_row(drawn):
+    thing = rf"(?:a|an) (?:{'|'.join(COLOUR_NAMES)}) (?:{'|'.join(SHAPES)})"
+    row = rf"(top|middle|bottom) row has ({thing}(?:, {thing})*)\."
+    lengths, shapes = [], Counter()
+    for s in drawn["scene"]:
+        assert s.question == "List every shape, row by row."
+        assert re.fullmatch(rf"{row}( {row}){{0,2}}", s.answer), s.answer
+        items = [item.split(":") for item in s.key.split("|")[-1].split(";")]  # the layout, row-major
+        said = [(ROWS.index(m.group(1)), m.group(2)) for m in re.finditer(row, s.answer)]
+        expected = [(r, ", ".join(f"{'an' if c == 'orange' else 'a'} {c} {shape}" for cell, c, shape in items
+                                  if int(cell) // 3 == r)) for r in range(3)]
+        assert said == [(r, text) for r, text in expected if text]  # rows top to bottom, shapes left to right
+        lengths.append(len(words(s.answer)))
+        shapes[len(items)] += 1
+    assert set(shapes) == {3, 4, 5, 6}
+    assert sum(lengths) / len(lengths) >= 20  # long answers: room for several tokens per forward
 
 
 def test_count_grammar_and_rare_zero(drawn):

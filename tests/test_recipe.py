@@ -2,12 +2,21 @@
 chat, generate --json."""
 
 import json
+import re
 import shutil
 
 import pytest
 
 from diffusionvl.cli import main
 from diffusionvl.minivl.recipe import RecipeConfig, run
+
+
+def quick(out) -> RecipeConfig:
+    """The quick recipe: like the shipped one, every option that keeps the source is on, so the translation distils
+    from a frozen copy of its source end to end."""
+    config = RecipeConfig.quick(str(out))
+    assert config.context_attention == "causal" and config.distill_weight > 0 and config.ar_loss_weight > 0
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +27,7 @@ def study(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: one thread beats two fighting over a busy 2-core machine
     out = tmp_path_factory.mktemp("recipe") / "minivl"
-    results = run(RecipeConfig.quick(str(out)))
+    results = run(quick(out))
     yield out, results
     torch.set_num_threads(threads)
 
@@ -32,15 +41,20 @@ def test_quick_recipe_writes_every_stage_and_the_results(study):
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     costs = results["costs"]
     records = len(json.loads((out / "data" / "train.json").read_text()))
-    assert costs["ar"]["distinct_samples"] == records == 40 and costs["ar"]["stage"] == "autoregressive"
-    assert costs["dvlm"]["distinct_samples"] == 4  # 5% of 40 is 2, raised to one sample per task
+    assert costs["ar"]["distinct_samples"] == records == 50 and costs["ar"]["stage"] == "autoregressive"
+    assert costs["dvlm"]["distinct_samples"] == 5  # 5% of 50 is 2, raised to one sample per task
     assert costs["baseline"]["token_positions"] >= costs["ar"]["token_positions"]  # at least the source's compute
     for key in ("ar", "dvlm", "baseline"):
-        assert set(results["models"][key]["tasks"]) == {"caption", "count", "digits", "chart"}
+        assert set(results["models"][key]["tasks"]) == {"caption", "count", "digits", "chart", "scene"}
+    assert json.loads((out / "minivl-dvlm" / "config.json").read_text())["context_attention"] == "causal"
     assert results["models"]["ar"]["tokens_per_forward"] == 1.0
-    assert [entry["name"] for entry in results["curve"]] == ["static", "dynamic@0.9", "threshold@0.9"]
+    assert [entry["name"] for entry in results["curve"]] == ["static", "dynamic@0.9", "threshold@0.9", "speculative"]
+    training = results["training_curve"]  # the translation's checkpoints (steps 2 and 3 of 3)
+    assert [entry["step"] for entry in training] == [2, 3] and 0 < training[0]["training_tokens"]
+    assert set(training[0]) >= {"mean_exact_match", "scene_exact_match"}
     table = (out / "results.md").read_text()
-    assert "| minivl-ar (AR source) | autoregressive | 40 |" in table and "threshold@0.9" in table
+    assert "| minivl-ar (AR source) | autoregressive | 50 |" in table and "threshold@0.9" in table
+    assert "| scene | caption F1 | scene F1 | mean |" in table
 
 
 def test_a_rerun_trains_nothing_and_a_lost_stage_is_rebuilt_from_its_checkpoint(study, tmp_path):
@@ -52,7 +66,7 @@ def test_a_rerun_trains_nothing_and_a_lost_stage_is_rebuilt_from_its_checkpoint(
     for stale in ("results.json", "eval"):
         path = copy / stale
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    again = run(RecipeConfig.quick(str(copy)))
+    again = run(quick(copy))
     assert (copy / "minivl-ar" / "model.safetensors").stat().st_mtime_ns == ar_weights
     for key in ("ar", "dvlm", "baseline"):  # the same weights give the same answers
         assert again["models"][key]["tasks"] == results["models"][key]["tasks"]
@@ -89,7 +103,9 @@ def test_demo_answers_side_by_side_and_saves_the_images(study, tmp_path, capsys)
     assert captured.out.count("truth: ") == 2 and captured.out.count("  dVLM ") == 2
     assert captured.out.count("  AR ") == 2 and "Q: Describe the image." in captured.out
     assert captured.out.count("tokens/forward") == 6  # each answer, and one summary line per model
-    assert "/2 right" in captured.out.splitlines()[-1]
+    assert "dVLM decoding: speculative" in captured.out  # the quick study translates with a causal mode
+    assert "/2 right" in captured.out.splitlines()[-2]
+    assert re.fullmatch(r"the dVLM's answer equals the AR's on [0-2]/2 samples", captured.out.splitlines()[-1])
     assert len(list((tmp_path / "images").glob("*.png"))) == 2
 
 

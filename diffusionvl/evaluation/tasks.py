@@ -139,7 +139,8 @@ def read_tasks(path, default_metric: str | None = None) -> list[Question]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"task file not found: {path}" + (" (it is a folder)" if path.is_dir() else "") +
-                        "; --tasks takes a JSONL file of questions, 'minivl' or 'minivl:caption,count,digits,chart'.")
+                        "; --tasks takes a JSONL file of questions, 'minivl' or 'minivl:' and some of "
+                        "caption,count,digits,chart,scene.")
     if default_metric is not None and default_metric not in METRICS:
         raise DataError(f"unknown --metric {default_metric!r}; use one of {', '.join(METRICS)}.")
     questions, seen = [], {}

@@ -3,14 +3,16 @@ AR source, side by side, with the truth, NFE, tokens per forward and speed of ea
 
     diffusionvl demo [--samples 4] [--seed 0] [--save DIR] [--dvlm minivl-dvlm] [--ar minivl-ar]
 
-Runs offline on the models inside the package. The dVLM decodes with DEFAULT_DECODING (the dynamic policy: a
-step commits every token above the threshold); the AR source decodes greedily with its KV cache.
+Runs offline on the models inside the package. The dVLM decodes speculatively where it can (a causal-context
+translation with logit shift: its drafts verified by its own causal mode, decoding/speculative.py), else with the
+dynamic policy (a step commits every token above the threshold); `--strategy` picks another. The AR source decodes
+greedily with its KV cache. The totals line counts how many of the dVLM's answers equal the AR's, word for word.
 """
 
 import argparse
 from pathlib import Path
 
-DEFAULT_STRATEGY, DEFAULT_THRESHOLD = "low_confidence_dynamic", 0.9
+FALLBACK_STRATEGY, DEFAULT_THRESHOLD = "low_confidence_dynamic", 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,9 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--save", metavar="DIR", help="write the images here as PNG files")
     parser.add_argument("--dvlm", default="minivl-dvlm", help="the block-diffusion model")
     parser.add_argument("--ar", default="minivl-ar", help="its autoregressive source ('none' to skip it)")
-    parser.add_argument("--strategy", default=DEFAULT_STRATEGY,
+    parser.add_argument("--strategy",
                         choices=["low_confidence_static", "low_confidence_dynamic", "threshold", "speculative"],
-                        help="the dVLM's unmasking policy")
+                        help="the dVLM's unmasking policy (default: speculative where the model has a causal mode, "
+                        f"else {FALLBACK_STRATEGY})")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="confidence threshold")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per block (at most the block size)")
 
@@ -40,17 +43,21 @@ def main(args: argparse.Namespace) -> None:
     from ..decoding.config import DecodingConfig
     from ..errors import DiffusionVLError
     from ..evaluation.metrics import exact_match
-    from ..inference import answer, chat_inputs, load
+    from ..inference import answer, chat_inputs, has_causal_mode, load
     from .generator import TASKS, sample
     from .models import image_size_of
 
     if args.samples < 1:
         raise DiffusionVLError(f"--samples must be a positive integer, got {args.samples}.")
-    config = DecodingConfig(max_new_tokens=64, steps=args.steps, remasking_strategy=args.strategy,
-                            confidence_threshold=args.threshold)
     models = {"dVLM": load(args.dvlm)}
     if args.ar != "none":
         models["AR"] = load(args.ar)
+    dvlm = models["dVLM"][0].config
+    strategy = args.strategy or ("speculative" if has_causal_mode(dvlm.context_attention, dvlm.logit_shift)
+                                 else FALLBACK_STRATEGY)
+    print(f"dVLM decoding: {strategy}")
+    config = DecodingConfig(max_new_tokens=64, steps=args.steps, remasking_strategy=strategy,
+                            confidence_threshold=args.threshold)
     size = image_size_of(models["dVLM"][1])
     samples = [sample(TASKS[i % len(TASKS)], "test", args.seed, i // len(TASKS), size) for i in range(args.samples)]
     if args.save:
@@ -59,6 +66,7 @@ def main(args: argparse.Namespace) -> None:
     for model, processor in models.values():  # warm-up, so the first answer's speed is not the first call's
         answer(model, processor, chat_inputs(processor, [samples[0].question], [[samples[0].image]]), config)
     totals = {name: [0, 0, 0.0, 0] for name in models}  # tokens, row forwards, seconds, right
+    same = 0  # samples where the dVLM's answer equals the AR's
     for index, s in enumerate(samples, 1):
         where = ""
         if args.save:
@@ -66,16 +74,21 @@ def main(args: argparse.Namespace) -> None:
             s.image.save(path)
             where = f"  ({path})"
         print(f"[{index}/{len(samples)}] {s.task}{where}\n  Q: {s.question}\n  truth: {s.answer}")
+        texts = {}
         for name, (model, processor) in models.items():
             print(f"  {name:<5} ", end="", flush=True)
             streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
             out = answer(model, processor, chat_inputs(processor, [s.question], [[s.image]]), config, streamer)
             right = bool(exact_match(out.texts[0], s.answer))  # scored as `diffusionvl eval` scores it
+            texts[name] = out.texts[0]
             print(_line(out, right))
             total = totals[name]
             totals[name] = [total[0] + out.tokens, total[1] + out.row_forwards, total[2] + out.seconds,
                             total[3] + right]
+        same += texts.get("AR") == texts["dVLM"]
         print()
     for name, (tokens, forwards, seconds, right) in totals.items():
         print(f"{name:<5} {right}/{len(samples)} right, {tokens / max(forwards, 1):.2f} tokens/forward, "
               f"{tokens / max(seconds, 1e-9):.0f} tokens/s")
+    if "AR" in totals:
+        print(f"the dVLM's answer equals the AR's on {same}/{len(samples)} samples")

@@ -1,4 +1,4 @@
-"""`diffusionvl eval`: exact match (and caption token F1) of a saved model on MiniVL's test split.
+"""`diffusionvl eval`: exact match (and token F1 of the long answers) of a saved model on MiniVL's test split.
 
     diffusionvl eval [--model DIR] --tasks minivl:caption,count --samples 200 --batch-size 8 [--log LOG] [--json]
 
@@ -6,11 +6,11 @@ A `--tasks` that names a JSONL file (a path ending .jsonl, or any other existing
 instead: the user's own questions, with the metrics of the usual benchmarks.
 
 `--tasks` is `minivl` (every task) or `minivl:` followed by a comma-separated list of caption, count, digits,
-chart. Each task draws `--samples` test samples with `minivl.generator.generate(task, "test", seed, N)`, at the
+chart, scene. Each task draws `--samples` test samples with `minivl.generator.generate(task, "test", seed, N)`, at the
 image size the model's processor was built for; any seed gives a fresh test split of the same distribution. Each
 prompt is the processor's chat template over one user turn, the image then the question, with the generation
 prompt; answers are decoded without special tokens and stripped, then scored by `evaluation.metrics.exact_match`
-(and `evaluation.metrics.token_f1` for captions).
+(and `evaluation.metrics.token_f1` for the long answers: caption and scene).
 
 DIR (default: the shipped minivl-dvlm; minivl-ar names its AR source) is either a DiffusionVL checkpoint (block
 decoding with the decoding flags of `diffusionvl generate`, batches left-padded by the processor) or an
@@ -18,11 +18,12 @@ autoregressive Qwen2.5-VL checkpoint with a DiffusionVLProcessor beside it (tran
 cut at `<|im_end|>`; one forward per generated token position, so NFE = prefill + new tokens - 1 per batch). Both
 go through `inference.answer`, the path `generate`, `chat` and `demo` use.
 
-Output: a Markdown table (task, samples, exact match, token F1 for caption) and a footer, or with `--json` one
+Output: a Markdown table (task, samples, exact match, token F1 for caption and scene) and a footer, or with `--json` one
 JSON object with these keys:
 
 - `mean_exact_match`: mean over tasks of their exact match, a fraction in [0, 1]
-- `tasks`: {task: {"exact_match": fraction, "samples": int, "token_f1": fraction (caption only)}}
+- `tasks`: {task: {"exact_match": fraction, "samples": int, "tokens_per_forward": float (as below, this task's
+  answers only), "token_f1": fraction (caption and scene only)}}
 - `tokens_per_forward`: new tokens (each answer's end-of-turn token included) per forward of one row: the
   forwards each answer took part in (the prompt's prefill included), summed over answers. 1.0 for AR decoding;
   independent of `--batch-size`
@@ -36,7 +37,7 @@ JSON object with these keys:
 - `samples_per_task`: `--samples`
 
 `--log FILE` writes one JSON object per sample, as `evaluation.tasks` does: `id`, `prompt` (the question),
-`prediction`, `truth`, `metric` ("exact_match"), `score`, `token_f1` (captions only), `tokens`, `batch`, `nfe` (the
+`prediction`, `truth`, `metric` ("exact_match"), `score`, `token_f1` (caption and scene), `tokens`, `batch`, `nfe` (the
 batch's forwards divided by its samples).
 
 Only `tokens_per_s` and `seconds` depend on the machine; the rest is the same on every run.
@@ -47,6 +48,8 @@ import json
 import time
 from contextlib import nullcontext
 
+from transformers import TrainerCallback
+
 from ..errors import CheckpointLayoutError, DiffusionVLError
 from ..evaluation.metrics import METRICS, exact_match, token_f1
 from ..evaluation.tally import Tally
@@ -54,6 +57,7 @@ from ..evaluation.tasks import check_log, is_task_file, row_records
 from ..evaluation.tasks import main as run_task_file
 
 SUITE = "minivl"
+F1_TASKS = ("caption", "scene")  # the long answers, where partly right is worth telling apart
 DEFAULT_SAMPLES = 200
 
 
@@ -82,7 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a DiffusionVL or Qwen2.5-VL checkpoint folder with its "
                         "processor, or a shipped model: minivl-dvlm, minivl-ar; a JSONL file without images also "
                         "takes a text model (smollm2, smollm2-dlm, a text checkpoint)")
-    parser.add_argument("--tasks", default=SUITE, help="'minivl' (every task), 'minivl:caption,count,digits,chart', "
+    parser.add_argument("--tasks", default=SUITE, help="'minivl' (every task), 'minivl:caption,count,scene', "
                         "or a JSONL file of questions (FILE.jsonl: question, answer, image/images, choices, metric, id)")
     parser.add_argument("--samples", type=int, help=f"test samples per MiniVL task (None: {DEFAULT_SAMPLES}), or "
                         "the first N questions of a JSONL file (None: all)")
@@ -125,11 +129,13 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
     batches = [(task, samples[task][i: i + batch_size]) for task in tasks
                for i in range(0, samples_per_task, batch_size)]
     predictions, tally = {task: [] for task in tasks}, Tally()
+    per_task = {task: Tally() for task in tasks}
     for index, (task, batch) in enumerate(tqdm(batches, desc="eval", unit="batch", disable=not progress or None)):
         start = time.perf_counter()  # preprocessing counts: a user waits for it too
         inputs = chat_inputs(processor, [s.question for s in batch], [[s.image] for s in batch])
         out = answer(model, processor, inputs, config)
         tally.add(out, time.perf_counter() - start)
+        per_task[task].add(out, time.perf_counter() - start)
         predictions[task] += out.texts
         if log is not None:
             for sample, prediction, row in zip(batch, out.texts, row_records(out, index)):
@@ -138,8 +144,8 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
     for task in tasks:
         pairs = list(zip(predictions[task], (s.answer for s in samples[task])))
         scores[task] = {"exact_match": sum(exact_match(p, t) for p, t in pairs) / len(pairs),
-                        "samples": len(pairs)}
-        if task == "caption":
+                        "samples": len(pairs), "tokens_per_forward": per_task[task].speed()["tokens_per_forward"]}
+        if task in F1_TASKS:
             scores[task]["token_f1"] = sum(token_f1(p, t) for p, t in pairs) / len(pairs)
     return {
         "mean_exact_match": sum(s["exact_match"] for s in scores.values()) / len(scores),
@@ -151,11 +157,34 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
     }
 
 
+class CurveCallback(TrainerCallback):
+    """At every checkpoint of a translation: exact match (static decoding) on `samples` test samples per task (seed
+    1), appended to `path` with the training tokens seen so far (steps x batch x `tokens_per_sample`)."""
+
+    def __init__(self, path, processor, tasks, samples: int, block_size: int, tokens_per_sample: float):
+        self.path, self.processor, self.tasks, self.samples = path, processor, tasks, samples
+        self.block_size, self.length = block_size, tokens_per_sample
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        from ..decoding.config import DecodingConfig
+
+        if not args.should_save or model is None:
+            return
+        decoding = DecodingConfig(max_new_tokens=64, steps=self.block_size)
+        result = evaluate(model, self.processor, self.tasks, self.samples, 1, 50, decoding, progress=False)
+        seen = state.global_step * args.per_device_train_batch_size * args.world_size
+        entry = {"step": state.global_step, "training_tokens": round(seen * self.length),
+                 "mean_exact_match": result["mean_exact_match"],
+                 **{f"{task}_exact_match": score["exact_match"] for task, score in result["tasks"].items()}}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
 def log_record(sample, prediction: str, row: dict) -> dict:
-    """One --log line: the fields of `evaluation.tasks`' log, plus token_f1 for a caption."""
+    """One --log line: the fields of `evaluation.tasks`' log, plus token_f1 for a long answer."""
     record = {"id": sample.id, "prompt": sample.question, "prediction": prediction, "truth": sample.answer,
               "metric": "exact_match", "score": exact_match(prediction, sample.answer)}
-    if sample.task == "caption":
+    if sample.task in F1_TASKS:
         record["token_f1"] = token_f1(prediction, sample.answer)
     return {**record, **row}
 
@@ -183,7 +212,7 @@ def main(args: argparse.Namespace) -> None:
     tasks = parse_tasks(args.tasks)  # every option is checked before any weight is read
     if args.metric is not None:
         raise DiffusionVLError("--metric applies to a JSONL task file; MiniVL scores exact match (and token F1 "
-                               "for captions).")
+                               "for caption and scene).")
     args.samples = DEFAULT_SAMPLES if args.samples is None else args.samples
     for name in ("samples", "batch_size"):
         value = getattr(args, name)

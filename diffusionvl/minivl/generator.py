@@ -16,6 +16,11 @@ entry, `<d>` a digit character):
   a random row and column span, jittered by up to 1/16 of a digit.
 - chart: Q "What is the value of the <colour> bar?"  A <d> ("1".."9")
        | Q "Which bar is the tallest?"  A <colour>  (the heights then have a unique maximum).
+- scene (the long answers): Q "List every shape, row by row."
+  A  row (" " row)*  with one row per non-empty row of the 3x3 grid, top to bottom, 3-6 shapes in all;
+  row = ("top" | "middle" | "bottom") " row has " thing (", " thing)* "." with the row's shapes left to right;
+  thing = article " " <colour> " " <shape>.  e.g. "top row has a red circle, an orange star. bottom row has a
+  blue square."  About 27 tokens on average, so parallel decoding has room to work.
 
 Determinism: sample i of (task, split, seed) is drawn from its own random.Random seeded by a SHA-256 of
 "task|split|seed|i", so it never depends on other samples, and images are pixel-identical across runs.
@@ -39,7 +44,7 @@ from PIL import Image, ImageDraw
 
 from ..evaluation.metrics import words
 
-TASKS = ("caption", "count", "digits", "chart")
+TASKS = ("caption", "count", "digits", "chart", "scene")
 SPLITS = ("train", "test")
 COLOURS = {
     "red": (220, 30, 30), "green": (30, 160, 50), "blue": (30, 70, 220),
@@ -49,6 +54,8 @@ COLOUR_NAMES = tuple(COLOURS)
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross")
 PLURALS = {shape: shape + ("es" if shape.endswith("s") else "s") for shape in SHAPES}
 PLACES = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+ROWS = ("top", "middle", "bottom")
+SCENE_QUESTION = "List every shape, row by row."
 MAX_DIGITS = 4  # digits are a quarter of the image wide, so four fit in a row
 _ZERO_RATE = 0.05  # share of count questions about an absent colour or shape (answer "0")
 _MAX_TRIES = 10_000
@@ -90,9 +97,18 @@ def _place_phrase(cell: int) -> str:
     return "in the center" if PLACES[cell] == "center" else f"at the {PLACES[cell]}"
 
 
+def _thing(colour: str, shape: str) -> str:
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
+
+
 def _item_phrase(cell: int, colour: str, shape: str) -> str:
-    article = "an" if colour[0] in "aeiou" else "a"
-    return f"{article} {colour} {shape} {_place_phrase(cell)}"
+    return f"{_thing(colour, shape)} {_place_phrase(cell)}"
+
+
+def _scene_text(items) -> str:
+    """items (cell, colour, shape) in row-major order -> one sentence per non-empty row."""
+    rows = [[_thing(colour, shape) for cell, colour, shape in items if cell // 3 == row] for row in range(3)]
+    return " ".join(f"{ROWS[row]} row has {', '.join(things)}." for row, things in enumerate(rows) if things)
 
 
 def join_words(tokens: list[str]) -> str:
@@ -107,7 +123,8 @@ def join_words(tokens: list[str]) -> str:
 
 def vocabulary() -> list[str]:
     """Every token (as split by `words`) any MiniVL question or answer can contain, sorted by code point."""
-    texts = ["Describe the image.", "Read the number.", "Which bar is the tallest?", "0123456789, ."]
+    texts = ["Describe the image.", "Read the number.", "Which bar is the tallest?", "0123456789, .", SCENE_QUESTION]
+    texts += [f"{row} row has" for row in ROWS]
     texts += [f"How many {colour} shapes are there?" for colour in COLOUR_NAMES]
     texts += [f"How many {PLURALS[shape]} are there?" for shape in SHAPES]
     texts += [f"What is the value of the {colour} bar?" for colour in COLOUR_NAMES]
@@ -131,6 +148,11 @@ def _caption_content(rng: random.Random, split: str) -> _Content:
     items = _random_items(rng, 1, 4)
     answer = ", ".join(_item_phrase(*item) for item in items) + "."
     return _Content("Describe the image.", answer, _layout(items), items)
+
+
+def _scene_content(rng: random.Random, split: str) -> _Content:
+    items = _random_items(rng, 3, 6)
+    return _Content(SCENE_QUESTION, _scene_text(items), _layout(items), items)
 
 
 def _count_content(rng: random.Random, split: str) -> _Content:
@@ -251,8 +273,10 @@ def _draw_chart(bars, rng: random.Random, size: int) -> Image.Image:
     return image
 
 
-_CONTENT = {"caption": _caption_content, "count": _count_content, "digits": _digits_content, "chart": _chart_content}
-_DRAW = {"caption": _draw_shapes, "count": _draw_shapes, "digits": _draw_digits, "chart": _draw_chart}
+_CONTENT = {"caption": _caption_content, "count": _count_content, "digits": _digits_content, "chart": _chart_content,
+            "scene": _scene_content}
+_DRAW = {"caption": _draw_shapes, "count": _draw_shapes, "digits": _draw_digits, "chart": _draw_chart,
+         "scene": _draw_shapes}
 
 
 # ---------------------------------------------------------------- public API
