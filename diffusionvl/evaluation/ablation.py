@@ -11,9 +11,10 @@ one before it by one option:
    stream alone, so the clean stream and the causal mode are the source itself. The AR loss goes with this step:
    it would train a stream that no longer has anything to train.
 
-Here: the steps, their configs, and the plot of each step's curve against training tokens.
+Here: the steps, their configs, the finished steps' results, and the report (table and curves).
 """
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -52,6 +53,22 @@ def parse_steps(text: str, study_steps=STEPS) -> list[str] | None:
     if unknown:
         raise ValueError(f"unknown ablation step(s) {unknown}; the steps are {', '.join(known)}.")
     return names
+
+
+def finished_steps(config, study_steps=STEPS):
+    """(name, label, results) of every step of `study_steps` whose run has written OUT/<step>/results.json."""
+    for name, label, step in step_configs(config, study_steps):
+        path = Path(step.out) / "results.json"
+        if path.is_file():
+            yield name, label, json.loads(path.read_text())
+
+
+def write_report(root: Path, table: str, series: list, ylabel: str) -> str:
+    """The study's table to ROOT/ablation.md and, once some step has a curve, its plot to ROOT/ablation.png."""
+    (root / "ablation.md").write_text(table)
+    if any(points for _, points in series):
+        plot_curves(series, root / "ablation.png", ylabel)
+    return table
 
 
 def plot_curves(series: list[tuple[str, list[tuple[float, float]]]], path: Path, ylabel: str) -> None:

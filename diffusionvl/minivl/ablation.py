@@ -7,12 +7,11 @@ a finished step is skipped). The table (DIR/ablation.md) and the curves of mean 
 tokens (DIR/ablation.png) are rebuilt from whatever steps have finished.
 """
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from ..evaluation.ablation import STEPS, plot_curves, step_configs
+from ..evaluation.ablation import STEPS, finished_steps, step_configs, write_report
 from .evaluate import F1_TASKS
 from .generator import TASKS
 
@@ -58,23 +57,15 @@ def run_ablation(config, only: list[str] | None = None) -> str:
         if not (folder / "results.json").is_file():
             run(step)
     finished = summaries(config)
-    table = markdown(finished)
-    (root / "ablation.md").write_text(table)
     series = [(row["label"], [(c["training_tokens"], c["mean_exact_match"]) for c in row["training_curve"]])
               for row in finished]
-    if any(points for _, points in series):
-        plot_curves(series, root / "ablation.png", "mean exact match (static, test samples)")
-    return table
+    return write_report(root, markdown(finished), series, "mean exact match (static, test samples)")
 
 
 def summaries(config) -> list[dict]:
     """One summary per finished step: static decoding and the fastest setting within TOLERANCE of it."""
     rows = []
-    for name, label, step in step_configs(config, STEPS):
-        path = Path(step.out) / "results.json"
-        if not path.is_file():
-            continue
-        results = json.loads(path.read_text())
+    for name, label, results in finished_steps(config, STEPS):
         static = results["curve"][0]
         close = [entry for entry in results["curve"]
                  if entry["mean_exact_match"] >= static["mean_exact_match"] - TOLERANCE

@@ -4,12 +4,11 @@ one DIR/data and sharing the AR row. The table (DIR/ablation.md) and the curves 
 tokens (DIR/ablation.png) are rebuilt from whatever steps have finished.
 """
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from ..evaluation.ablation import DRAFT_ONLY, STEPS as SHARED_STEPS, plot_curves, step_configs
+from ..evaluation.ablation import DRAFT_ONLY, STEPS as SHARED_STEPS, finished_steps, step_configs, write_report
 
 TOLERANCE = 0.05  # the speed columns: the most tokens per forward within this much token F1 of static
 CAUSAL_ROW = "causal mode (KV cache)"
@@ -39,22 +38,14 @@ def run_ablation(config, only: list[str] | None = None) -> str:
         if not shared.is_file():
             shutil.copy(ar, shared)
     finished = summaries(config)
-    table = markdown(finished)
-    (root / "ablation.md").write_text(table)
     series = [(row["label"], [(c["training_tokens"], c["token_f1"]) for c in row["curve"]]) for row in finished]
-    if any(points for _, points in series):
-        plot_curves(series, root / "ablation.png", "token F1 against the source (static)")
-    return table
+    return write_report(root, markdown(finished), series, "token F1 against the source (static)")
 
 
 def summaries(config) -> list[dict]:
     """One summary per finished step: static decoding, the causal mode, the fastest setting within TOLERANCE."""
     rows = []
-    for name, label, step in step_configs(config, STEPS):
-        path = Path(step.out) / "results.json"
-        if not path.is_file():
-            continue
-        results = json.loads(path.read_text())
+    for name, label, results in finished_steps(config, STEPS):
         by_name = {row["name"]: row for row in results["rows"]}
         static = by_name["static"]
         close = [row for row in results["rows"][1:]
