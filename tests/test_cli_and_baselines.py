@@ -116,6 +116,39 @@ def test_benchmark_of_a_causal_translation_adds_speculative_decoding_checked_aga
     assert "identical to the causal mode's greedy answers: yes" in capsys.readouterr().out
 
 
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['content'] }} <|im_end|> {% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>{% endif %}")
+
+
+def test_benchmark_of_a_text_model_answers_held_out_prompts_or_a_task_file(tmp_path, capsys):
+    """A text model (a causal translation of a tiny Llama, its source the AR row): SmolLM2's held-out prompts
+    scored against the AR's answers, or a JSONL file of questions; speculative answers equal the causal mode's."""
+    tokenizer = tiny_tokenizer(words=60)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tiny_causal_lm("llama", seed=3).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    cli.main(["convert", str(tmp_path / "base"), str(tmp_path / "causal"), "--block-size", "4", "--logit-shift",
+              "--context-attention", "causal"])
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": " ".join(f"w{i + j}" for j in range(1 + i % 5)),
+                                             "answer": "w7"}) + "\n" for i in range(6)))
+    for tasks, prompts, described in (([], 4, "4 SmolLM2 held-out prompts"),
+                                      (["--tasks", str(questions)], 5, f"5 questions of {questions}")):
+        out = tmp_path / "bench.json"
+        cli.main([*f"bench --model {tmp_path / 'causal'} --source {tmp_path / 'base'} --samples {prompts} --repeats 1 "
+                  f"--batch-sizes 1,3 --thresholds 0.9 --max-new-tokens 8 --no-llada --device cpu --json {out}".split(),
+                  *tasks])
+        result = json.loads(out.read_text())
+        assert result["settings"]["prompts"] == prompts and result["settings"]["described"].startswith(described)
+        rows = {(r["setting"], r["batch_size"]): r for r in result["rows"]}
+        assert rows[("speculative", 1)]["accuracy"] == rows[("AR", 1)]["accuracy"] == rows[("speculative", 3)]["accuracy"]
+        assert result["headline"]["speculative_identical_to_verifier"] is True
+        if not tasks:  # no reference answers: the AR's own are the truth
+            assert rows[("AR", 1)]["accuracy"] == 100.0
+    assert rows[("AR", 1)]["accuracy"] == 0.0  # an untrained model: no answer is "w7"
+    assert "questions of" in capsys.readouterr().out
+
+
 def test_benchmark_options_are_checked_before_any_model_loads(capsys):
     for argv, message in (("--batch-sizes 0", "--batch-sizes must be positive"), ("--thresholds 1.5", "lie in"),
                           ("--samples 0", "--samples must be at least 1"), ("--batch-sizes x", "comma-separated"),

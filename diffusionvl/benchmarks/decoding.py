@@ -1,11 +1,13 @@
-"""`diffusionvl bench`: accuracy and speed of every decoder on the same MiniVL prompts, in one process.
+"""`diffusionvl bench`: accuracy and speed of every decoder on the same prompts, in one process.
 
-    diffusionvl bench [--model minivl-dvlm] [--batch-sizes 1,8] [--json FILE] [--plot FILE.png]
+    diffusionvl bench [--model minivl-dvlm] [--tasks minivl:scene | FILE.jsonl] [--batch-sizes 1,8] [--json FILE]
+                      [--plot FILE.png]
+    diffusionvl bench --model smollm2-dlm      # a text model: SmolLM2's held-out prompts, smollm2 as the AR row
 
 The decoders (settings):
 
-- `AR`: the dVLM's autoregressive source (`--source`; minivl-ar for the shipped minivl-dvlm), transformers'
-  greedy `generate` on the whole batch with its KV cache;
+- `AR`: the model's autoregressive source (`--source`; minivl-ar for the shipped minivl-dvlm, smollm2 for
+  smollm2-dlm), transformers' greedy `generate` on the whole batch with its KV cache;
 - `static`: block decoding, one token per step (steps = block size), and `static/2` with half the steps;
 - `dynamic@t`, `threshold@t`: the confidence policies at each `--thresholds` value;
 - `LLaDA-V`: full-sequence decoding of the same dVLM (a canvas of `--max-new-tokens` masks, bidirectional
@@ -14,12 +16,13 @@ The decoders (settings):
   with causal context and logit shift. Its answers are checked token for token against that mode's greedy
   decode (decoding.reference.reference_causal_decode, untimed).
 
-Every setting answers the same `--samples` MiniVL test samples per task of `--tasks` (default: every task; the
-test split of seed `--seed`), in
-batches of each `--batch-sizes` value. One warm-up batch per setting, then `--repeats` timed passes,
-interleaved (every setting once per pass), so drift of the machine hits them alike. Times cover decoding only:
-inputs are preprocessed before the clock starts. Accuracy is MiniVL's exact match (greedy decoding gives the
-same answers every pass).
+Every setting answers the same prompts (benchmarks/prompt_sets.py): `--samples` MiniVL test samples per task of
+`--tasks` (default: every task; the test split of seed `--seed`, tasks round-robin so batches mix prompt lengths),
+SmolLM2's held-out prompts for a text model, or the questions of a `--tasks FILE.jsonl`; in batches of each
+`--batch-sizes` value. One warm-up batch per setting, then `--repeats` timed passes, interleaved (every setting
+once per pass), so drift of the machine hits them alike. Times cover decoding only: inputs are preprocessed
+before the clock starts. Accuracy is exact match against the reference answer (a task file's own metric), or,
+for prompts without one, against the AR row's answer (greedy decoding gives the same answers every pass).
 
 Per row of the JSON (`rows`): setting, kind (ar, block, llada), batch_size, accuracy (%), tokens (new tokens,
 end-of-turn included), nfe (forwards), tokens_per_forward (tokens per forward of one row), tokens_per_s
@@ -44,7 +47,7 @@ import json
 import statistics
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -52,7 +55,7 @@ from ..decoding.config import DecodingConfig
 from ..errors import DiffusionVLError
 from .report import markdown, plot, pyplot
 
-SOURCES = {"minivl-dvlm": "minivl-ar"}  # a shipped dVLM's AR source
+SOURCES = {"minivl-dvlm": "minivl-ar", "smollm2-dlm": "smollm2"}  # a shipped model's AR source
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class BenchConfig:
 
     model: str = "minivl-dvlm"
     source: str | None = None  # None: SOURCES[model], else no AR row
-    samples: int = 25  # per MiniVL task
+    samples: int = 25  # per MiniVL task; SmolLM2 prompts; at most this many lines of a task file
     batch_sizes: tuple[int, ...] = (1, 8)
     thresholds: tuple[float, ...] = (0.7, 0.9, 0.95)
     repeats: int = 3
@@ -71,6 +74,7 @@ class BenchConfig:
     device: str = "cpu"
     dtype: str = "auto"
     tasks: tuple[str, ...] | None = None  # MiniVL task names; None: every task
+    task_file: str | None = None  # a JSONL file of questions instead (evaluation.tasks)
 
     def __post_init__(self):
         for name in ("samples", "repeats", "max_new_tokens"):
@@ -202,25 +206,9 @@ def verifier_rows(model, batches: list, max_new_tokens: int) -> list[list[int]]:
 # ---------------------------------------------------------------- the run
 
 
-def samples_and_batches(config: BenchConfig, processor) -> tuple[list, dict]:
-    """The MiniVL test samples (every task, `samples` each) and, per batch size, their preprocessed batches."""
-    from ..inference import chat_inputs
-    from ..minivl.generator import TASKS, generate
-    from ..minivl.models import image_size_of
-
-    size = image_size_of(processor)
-    samples = [s for task in config.tasks or TASKS for s in generate(task, "test", config.seed, config.samples, size)]
-    batches = {}
-    for n in config.batch_sizes:
-        groups = [samples[i: i + n] for i in range(0, len(samples), n)]
-        batches[n] = [chat_inputs(processor, [s.question for s in g], [[s.image] for s in g]) for g in groups]
-    return samples, batches
-
-
 def load_models(config: BenchConfig, source: str | None) -> tuple[dict, object]:
     from ..cli import torch_dtype
-    from ..inference import open_model
-    from ..minivl.evaluate import load
+    from ..inference import load, open_model
 
     dtype = torch_dtype(config.dtype)
     dvlm, processor = load(config.model, dtype=dtype, device=config.device)
@@ -234,11 +222,12 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     """The result documented in the module docstring: {"settings", "rows", "headline"}."""
     from tqdm.auto import tqdm
 
-    from ..evaluation.metrics import exact_match
+    from .prompt_sets import batches_of, prompt_set
 
     source = config.source if config.source is not None else SOURCES.get(config.model)
     models, processor = load_models(config, source)
-    samples, batches = samples_and_batches(config, processor)
+    prompts, described = prompt_set(processor, config.samples, config.seed, config.tasks, config.task_file)
+    batches = {n: batches_of(prompts, processor, n) for n in {*config.batch_sizes, 1}}
     device = next(models["dvlm"].parameters()).device
     dvlm = models["dvlm"]
     speculative = dvlm.config.context_attention == "causal" and dvlm.config.logit_shift
@@ -250,16 +239,15 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     for _ in tqdm(range(config.repeats), desc="timed passes", disable=not progress or None):
         for setting, n in plan:
             runs[(setting.name, n)].append(measure(setting, models, processor, batches[n], device))
-    truths = [s.answer for s in samples]
-    rows = [summarise(setting, n, runs[(setting.name, n)], truths, exact_match) for setting, n in plan]
+    ar_texts = runs[("AR", config.batch_sizes[0])][0]["texts"] if "ar" in models else None
+    rows = [summarise(setting, n, runs[(setting.name, n)], prompts, ar_texts) for setting, n in plan]
     compare(rows)
     result = {"settings": {**asdict(config), "source": source, "torch": torch.__version__,
-                           "threads": torch.get_num_threads(), "block_size": dvlm.block_size, "prompts": len(samples)},
+                           "threads": torch.get_num_threads(), "block_size": dvlm.block_size, "prompts": len(prompts),
+                           "described": described},
               "rows": rows, "headline": headline(rows, config.batch_sizes)}
     if speculative:
-        verified = verifier_rows(dvlm, batches[1] if 1 in batches else
-                                 samples_and_batches(replace(config, batch_sizes=(1,)), processor)[1][1],
-                                 config.max_new_tokens)
+        verified = verifier_rows(dvlm, batches[1], config.max_new_tokens)
         result["headline"].update(speculative_headline(runs, config.batch_sizes, verified))
     return result
 
@@ -279,13 +267,15 @@ def speculative_headline(runs: dict, batch_sizes, verified: list[list[int]]) -> 
     return out
 
 
-def summarise(setting: Setting, batch_size: int, runs: list[dict], truths: list[str], score) -> dict:
+def summarise(setting: Setting, batch_size: int, runs: list[dict], prompts, ar_texts) -> dict:
+    from .prompt_sets import scores
+
     first = runs[0]  # greedy: every pass gives the same answers, tokens and forwards
     seconds = statistics.median(r["seconds"] for r in runs)
     latencies = [latency for r in runs for latency in r["latencies"]]
     return {
         "setting": setting.name, "kind": setting.kind, "batch_size": batch_size,
-        "accuracy": 100 * sum(score(p, t) for p, t in zip(first["texts"], truths)) / len(truths),
+        "accuracy": scores(prompts, first["texts"], ar_texts),
         "tokens": first["tokens"], "nfe": first["nfe"],
         "tokens_per_forward": first["tokens"] / max(first["row_forwards"], 1),
         "tokens_per_s": first["tokens"] / seconds, "seconds": seconds,
@@ -306,7 +296,7 @@ def compare(rows: list[dict]) -> None:
 def headline(rows: list[dict], batch_sizes) -> dict:
     at = {(r["setting"], r["batch_size"]): r for r in rows}
     static = at[("static", 1)] if 1 in batch_sizes else None
-    if static is None:
+    if static is None or static["accuracy"] is None:  # no reference answers and no AR row to compare with
         return {}
     policies = [r for r in rows if r["batch_size"] == 1 and r["setting"].startswith(("dynamic@", "threshold@"))]
     close = [r for r in policies if static["accuracy"] - r["accuracy"] <= 1.0]
@@ -335,24 +325,34 @@ def _numbers(kind):
     return parse
 
 
-def _tasks(text: str) -> tuple[str, ...]:
-    """`--tasks minivl:a,b` (the prefix names the benchmark; MiniVL is the one there is) -> ("a", "b")."""
-    return tuple(name.strip() for name in text.removeprefix("minivl:").split(",") if name.strip())
+def tasks_option(text: str | None) -> tuple[tuple[str, ...] | None, str | None]:
+    """`--tasks`: (MiniVL task names, None) for `minivl:a,b` (the prefix names the benchmark), or (None, FILE) for
+    a JSONL file of questions."""
+    from ..evaluation.tasks import is_task_file
+
+    if text is None:
+        return None, None
+    if is_task_file(text):
+        return None, text
+    return tuple(name.strip() for name in text.removeprefix("minivl:").split(",") if name.strip()) or None, None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = BenchConfig()
-    parser.add_argument("--model", default=d.model, help="a DiffusionVL VLM checkpoint folder or shipped name")
-    parser.add_argument("--source", help="its autoregressive source (default: minivl-ar for minivl-dvlm, else none)")
-    parser.add_argument("--samples", type=int, default=d.samples, help="MiniVL test samples per task")
+    parser.add_argument("--model", default=d.model, help="a DiffusionVL checkpoint folder or shipped name "
+                        "(minivl-dvlm, smollm2-dlm)")
+    parser.add_argument("--source", help="its autoregressive source (default: minivl-ar for minivl-dvlm, smollm2 "
+                        "for smollm2-dlm, else none)")
+    parser.add_argument("--samples", type=int, default=d.samples, help="MiniVL test samples per task; SmolLM2 "
+                        "held-out prompts for a text model; the first lines of a --tasks file")
     parser.add_argument("--batch-sizes", type=_numbers(int), default=d.batch_sizes, help="e.g. 1,8")
     parser.add_argument("--thresholds", type=_numbers(float), default=d.thresholds,
                         help="thresholds of the dynamic and threshold policies")
     parser.add_argument("--repeats", type=int, default=d.repeats, help="timed passes; times are their median")
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length limit")
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the MiniVL test samples")
-    parser.add_argument("--tasks", type=_tasks, help="MiniVL tasks to answer, e.g. minivl:caption,count "
-                        "(default: every task)")
+    parser.add_argument("--tasks", help="MiniVL tasks to answer, e.g. minivl:caption,scene (default: every "
+                        "task), or a JSONL file of questions (as for `diffusionvl eval --tasks`)")
     parser.add_argument("--no-llada", dest="llada", action="store_false", help="skip LLaDA-V-style decoding")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
@@ -374,8 +374,9 @@ def main(args: argparse.Namespace) -> None:
 
         return shapes.main(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    tasks, task_file = tasks_option(args.tasks)
     config = BenchConfig(args.model, args.source, args.samples, args.batch_sizes, args.thresholds, args.repeats,
-                         args.max_new_tokens, args.seed, args.llada, device, args.dtype, args.tasks)
+                         args.max_new_tokens, args.seed, args.llada, device, args.dtype, tasks, task_file)
     if args.plot:
         pyplot()  # a missing matplotlib fails now, not after the run
     result = run(config)

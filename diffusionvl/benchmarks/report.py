@@ -8,16 +8,20 @@ def _ratio(value) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def _accuracy(value) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def markdown(result: dict) -> str:
     s = result["settings"]
-    title = (f"{s['model']} (block size {s['block_size']}) vs {s['source'] or 'no AR source'}, {s['prompts']} MiniVL "
-             f"test prompts (seed {s['seed']}), answers up to {s['max_new_tokens']} tokens, median of {s['repeats']} "
+    title = (f"{s['model']} (block size {s['block_size']}) vs {s['source'] or 'no AR source'}, {s['described']}, "
+             f"answers up to {s['max_new_tokens']} tokens, median of {s['repeats']} "
              f"passes, torch {s['torch']} on {s['device']} ({s['threads']} threads), dtype {s['dtype']}")
     lines = [title, "",
              "| setting | batch | accuracy | tokens/s | NFE | tokens/forward | p50 ms/batch | peak MB | vs AR | vs LLaDA-V |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["rows"]:
-        lines.append(f"| {r['setting']} | {r['batch_size']} | {r['accuracy']:.1f} | {r['tokens_per_s']:.0f} | {r['nfe']} "
+        lines.append(f"| {r['setting']} | {r['batch_size']} | {_accuracy(r['accuracy'])} | {r['tokens_per_s']:.0f} | {r['nfe']} "
                      f"| {r['tokens_per_forward']:.2f} | {r['latency_p50_ms']:.1f} | {r['peak_memory_mb']:.0f} "
                      f"| {_ratio(r['vs_ar_tokens_per_s'])} | {_ratio(r['vs_llada_tokens_per_s'])} |")
     h = result["headline"]
@@ -56,17 +60,17 @@ def plot(result: dict, path) -> None:
     names = list(dict.fromkeys(r["setting"] for r in result["rows"]))
     markers = dict(zip(sorted({r["batch_size"] for r in result["rows"]}), "o^sDv"))
     for axis, key, label in ((axes[0], "tokens_per_s", "tokens / s"), (axes[1], "tokens_per_forward", "tokens / forward")):
-        for r in result["rows"]:
+        for r in (r for r in result["rows"] if r["accuracy"] is not None):
             colour = "black" if r["kind"] == "ar" else plt.cm.tab10(names.index(r["setting"]) % 10)
             axis.scatter(r[key], r["accuracy"], color=colour, marker=markers[r["batch_size"]], s=60 if r["kind"] == "ar" else 40,
                          alpha=0.85, label=f"{r['setting']}, batch {r['batch_size']}")
         axis.set_xscale("log")
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("MiniVL exact match (%)")
+    axes[0].set_ylabel("accuracy (%): exact match, or the AR's answer where a prompt has no reference")
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     s = result["settings"]
-    figure.suptitle(f"{s['model']} against {s['source']} ({s['prompts']} MiniVL prompts, {s['device']}, {s['dtype']})",
+    figure.suptitle(f"{s['model']} against {s['source']} ({s['described']}, {s['device']}, {s['dtype']})",
                     fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
