@@ -174,6 +174,8 @@ COMMANDS = {
               "training.config:add_arguments", "training.train:main"),
     "bench": ("decoding benchmark: AR vs block decoding vs full-sequence diffusion",
               "benchmarks.decoding:add_arguments", "benchmarks.decoding:main"),
+    "lossless": ("speculative decoding checked token for token against its verifier, single and batched",
+                 "benchmarks.lossless:add_arguments", "benchmarks.lossless:main"),
     "bench-train": ("training benchmark: cheap vs full noisy stream on VLM batches",
                     "benchmarks.training:add_arguments", "benchmarks.training:main"),
     "eval": ("score a checkpoint on MiniVL's test split or on your own questions (--tasks FILE.jsonl)",

@@ -61,13 +61,20 @@ def test_models_health_and_metrics(url, client):
 
 
 def test_an_image_question_gets_the_answer_the_python_api_gives(client):
+    """A greedy request that names no strategy is decoded speculatively (minivl-dvlm has a causal mode); one that
+    names a strategy gets it."""
     from diffusionvl.inference import answer, chat_inputs, load
 
     model, processor = load(MODEL)
-    for sample in generate("count", "test", 0, 3, 112):
+    speculative = DecodingConfig.from_options(DECODING, remasking_strategy="speculative")
+    for sample in generate("caption", "test", 0, 2, 112):
+        inputs = chat_inputs(processor, [sample.question], [[sample.image]])
+        named = client.chat.completions.create(model=MODEL, messages=image_message(sample),
+                                               extra_body={"remasking_strategy": "low_confidence_dynamic"})
+        assert named.choices[0].message.content == answer(model, processor, inputs, DECODING).texts[0]
         reply = client.chat.completions.create(model=MODEL, messages=image_message(sample))
-        direct = answer(model, processor, chat_inputs(processor, [sample.question], [[sample.image]]), DECODING)
-        assert reply.choices[0].message.content == direct.texts[0]
+        direct = answer(model, processor, inputs, speculative)
+        assert reply.choices[0].message.content == direct.texts[0] and reply.usage.nfe == direct.nfe
         assert reply.choices[0].finish_reason == "stop"
         assert reply.usage.completion_tokens == len(direct.rows[0]) and reply.usage.nfe >= 1
         assert reply.usage.model_extra["tokens_per_forward"] == pytest.approx(
@@ -422,3 +429,16 @@ def test_an_unexpected_failure_while_preparing_answers_in_openai_shape(monkeypat
         response = httpx.post(f"{base}/v1/chat/completions", json=body)
         assert response.status_code == 500 and error_of(response)["type"] == "server_error"
         assert httpx.get(f"{base}/health").status_code == 200
+
+
+def test_serve_decodes_speculatively_unless_a_strategy_is_named():
+    import argparse
+
+    from diffusionvl.serving.cli import add_arguments, server_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    plain = server_config(parser.parse_args([]))
+    assert plain.speculative_default and plain.decoding.remasking_strategy == "low_confidence_static"  # for sampling
+    named = server_config(parser.parse_args(["--strategy", "threshold"]))
+    assert not named.speculative_default and named.decoding.remasking_strategy == "threshold"

@@ -147,14 +147,18 @@ def test_quick_recipe_end_to_end_and_resume(cache, tmp_path):
         torch.set_num_threads(threads)
 
 
-# The shipped smollm2-dlm's greedy answers (static decoding, one token per step), pinned: a change to the adapter,
-# its merge onto the base, or the engine that alters them fails here.
+# SmolLM2's own greedy answers, pinned. The shipped smollm2-dlm (draft-only adapters, causal context) decodes them
+# exactly with speculative decoding: its drafts are checked by its causal mode, which is SmolLM2 itself.
 PINNED = {
     "What is the capital of France?": "The capital of France is Paris.",
-    "What is 11 + 11?": "11 + 11 = 22.",
-    "Give an antonym of happy.": "The opposite of happy is sad.",
+    "What is 11 + 11?": "11 + 11 = 22, which is the sum of 11 and 11.",
+    "Give an antonym of happy.": "Antonym of happy: unhappy.",
     "Rewrite in the past tense: I walk to school.": "I walked to school.",
 }
+# Its static block decoding (one token per step) of the same prompts: a change to the adapter, its loading onto
+# the base, or the engine that alters them fails here.
+PINNED_STATIC = ["The capital of France is Paris.", "111 + 11 = 22.", "The opposite of happy is sad.",
+                 "I walked to school."]
 
 
 @needs_smollm2
@@ -165,21 +169,26 @@ def test_the_shipped_adapter_answers_fixed_prompts_through_the_api_generate_and_
 
     model, tokenizer = load("smollm2-dlm")
     assert (cache / "smollm2-dlm" / "config.json").is_file() and model.config.logit_shift  # built once, cached
-    out = answer(model, tokenizer, chat_inputs(tokenizer, list(PINNED)), DecodingConfig(max_new_tokens=48, steps=4))
-    assert out.texts == list(PINNED.values())
-    assert "Paris" in out.texts[0]
-    prompt = next(iter(PINNED))
-    main(["generate", "--model", "smollm2-dlm", "--prompt", prompt, "--max-new-tokens", "48", "--steps", "4", "--json"])
+    inputs = chat_inputs(tokenizer, list(PINNED))
+    out = answer(model, tokenizer, inputs, DecodingConfig(max_new_tokens=48, remasking_strategy="speculative"))
+    assert out.texts == list(PINNED.values()) and out.tokens / out.row_forwards > 1  # some drafts accepted
+    source = answer(load("smollm2")[0], tokenizer, inputs, DecodingConfig(max_new_tokens=48))
+    assert out.rows == source.rows  # lossless: SmolLM2's own greedy answers, token for token
+    assert answer(model, tokenizer, inputs, DecodingConfig(max_new_tokens=48, steps=4)).texts == PINNED_STATIC
+    prompt = list(PINNED)[1]
+    main(["generate", "--model", "smollm2-dlm", "--prompt", prompt, "--max-new-tokens", "48", "--strategy",
+          "speculative", "--json"])
     assert json.loads(capsys.readouterr().out)["text"] == PINNED[prompt]
     lines = iter([prompt, "/quit"])
     monkeypatch.setattr("builtins.input", lambda text="": next(lines))
     main(["chat", "--model", "smollm2-dlm", "--max-new-tokens", "48", "--steps", "4"])
-    assert PINNED[prompt] in capsys.readouterr().out  # streamed block by block, the same answer
+    assert PINNED_STATIC[1] in capsys.readouterr().out  # streamed block by block, the same answer
 
 
 @needs_smollm2
 def test_the_server_answers_the_pinned_prompts_concurrently_and_refuses_images(cache):
-    """A text model behind the OpenAI API: its chat template, rows of different lengths decoded together."""
+    """A text model behind the OpenAI API: its chat template, rows of different lengths decoded together,
+    speculatively: SmolLM2's own answers."""
     from concurrent.futures import ThreadPoolExecutor
 
     import openai
@@ -189,7 +198,8 @@ def test_the_server_answers_the_pinned_prompts_concurrently_and_refuses_images(c
     from diffusionvl.serving.config import ServerConfig
     from diffusionvl.serving.local import serving
 
-    config = ServerConfig(model="smollm2-dlm", decoding=DecodingConfig(max_new_tokens=48, steps=4))
+    config = ServerConfig(model="smollm2-dlm", decoding=DecodingConfig(max_new_tokens=48,
+                                                                       remasking_strategy="speculative"))
     with serving(build(config)) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
 

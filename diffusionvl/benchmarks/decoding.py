@@ -14,7 +14,7 @@ The decoders (settings):
   attention, no cache, one token per step), one prompt at a time, so only at batch size 1;
 - `speculative`: drafts verified by the model's own causal mode (decoding/speculative.py), for a dVLM translated
   with causal context and logit shift. Its answers are checked token for token against that mode's greedy
-  decode (decoding.reference.reference_causal_decode, untimed).
+  decode (benchmarks/lossless.py: transformers' `generate` for a text model, else the no-cache reference; untimed).
 
 Every setting answers the same prompts (benchmarks/prompt_sets.py): `--samples` MiniVL test samples per task of
 `--tasks` (default: every task; the test split of seed `--seed`, tasks round-robin so batches mix prompt lengths),
@@ -53,6 +53,7 @@ import torch
 
 from ..decoding.config import DecodingConfig
 from ..errors import DiffusionVLError
+from .prompt_sets import check_tasks
 from .report import markdown, plot, pyplot
 
 SOURCES = {"minivl-dvlm": "minivl-ar", "smollm2-dlm": "smollm2"}  # a shipped model's AR source
@@ -84,12 +85,7 @@ class BenchConfig:
             raise DiffusionVLError(f"--batch-sizes must be positive integers, got {self.batch_sizes}.")
         if not all(0 <= t <= 1 for t in self.thresholds):
             raise DiffusionVLError(f"--thresholds must lie in [0, 1], got {self.thresholds}.")
-        from ..minivl.generator import TASKS
-
-        unknown = sorted(set(self.tasks or ()) - set(TASKS))
-        if unknown:
-            raise DiffusionVLError(f"--tasks: unknown MiniVL task(s) {unknown}; the tasks are {', '.join(TASKS)} "
-                                   "(e.g. --tasks minivl:caption).")
+        check_tasks(self.tasks)
 
 
 @dataclass
@@ -186,23 +182,6 @@ def measure(setting: Setting, models, processor, batches: list, device) -> dict:
             "peak_memory_mb": memory.peak_mb}
 
 
-def verifier_rows(model, batches: list, max_new_tokens: int) -> list[list[int]]:
-    """The causal mode's greedy answers (token rows) to the batches of batch size 1, untimed."""
-    from ..decoding.reference import reference_causal_decode
-    from ..inference import rows_of
-    from ..model import vision_inputs
-
-    device, rows = next(model.parameters()).device, []
-    for inputs in batches:
-        inputs = {key: value.to(device) for key, value in inputs.items()}
-        vision = vision_inputs(inputs.get("pixel_values"), inputs.get("image_grid_thw"))
-        ids = inputs["input_ids"]
-        with torch.no_grad():
-            out = reference_causal_decode(model, ids, torch.ones_like(ids, dtype=torch.bool), vision, max_new_tokens)
-        rows += rows_of(out.sequences, model.special_tokens)
-    return rows
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -247,7 +226,9 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
                            "described": described},
               "rows": rows, "headline": headline(rows, config.batch_sizes)}
     if speculative:
-        verified = verifier_rows(dvlm, batches[1], config.max_new_tokens)
+        from .lossless import reference_rows
+
+        verified = reference_rows(dvlm, processor, batches[1], config.max_new_tokens)
         result["headline"].update(speculative_headline(runs, config.batch_sizes, verified))
     return result
 

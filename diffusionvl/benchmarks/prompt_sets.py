@@ -26,6 +26,16 @@ class BenchPrompt:
     choices: tuple[str, ...] = ()
 
 
+def check_tasks(tasks: tuple[str, ...] | None) -> None:
+    """MiniVL task names, checked before any model loads."""
+    from ..minivl.generator import TASKS
+
+    unknown = sorted(set(tasks or ()) - set(TASKS))
+    if unknown:
+        raise DiffusionVLError(f"--tasks: unknown MiniVL task(s) {unknown}; the tasks are {', '.join(TASKS)} "
+                               "(e.g. --tasks minivl:caption).")
+
+
 def is_text_model(processor) -> bool:
     """A bare tokenizer: the model takes no images (chat_inputs renders its chat template itself)."""
     return not hasattr(processor, "image_processor")

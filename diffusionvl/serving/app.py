@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from importlib import resources
 
 from fastapi import Depends, FastAPI, Request
@@ -34,6 +35,10 @@ from .scheduler import Job, Scheduler
 
 def create_app(model, processor, config: ServerConfig, served_name: str) -> FastAPI:
     """The app serving `model` (a DiffusionVL, in eval mode) under `served_name`."""
+    from ..inference import has_causal_mode
+
+    if config.speculative_default and not has_causal_mode(model.config.context_attention, model.config.logit_shift):
+        config = replace(config, speculative_default=False)  # no causal mode to verify drafts with
     tokenizer = getattr(processor, "tokenizer", processor)
     # no token spells more characters than the longest vocabulary entry: a prompt of more characters than the
     # token limit times that (twice, for normalisers that merge characters) is refused before it is tokenized

@@ -2,6 +2,9 @@
 
     diffusionvl serve [--model minivl-dvlm] [--host 127.0.0.1] [--port 8000] [--strategy ...]
 
+Greedy requests are decoded speculatively where the model can (ServerConfig.speculative_default), unless
+--strategy names the server's strategy; sampled ones with --strategy's (default: low_confidence_static).
+
 Then: open http://127.0.0.1:8000/ for the web page, or use any OpenAI client with base_url .../v1.
 """
 
@@ -35,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-local-images", action="store_true", help="accept image_url values that are paths")
     parser.add_argument("--allow-remote-images", action="store_true", help="accept http(s) image URLs (fetched here)")
     add_decoding_arguments(parser)
+    parser.set_defaults(strategy=None)  # None: speculative for greedy requests where the model has a causal mode
 
 
 def server_config(args: argparse.Namespace):
@@ -50,7 +54,9 @@ def server_config(args: argparse.Namespace):
                         request_timeout=args.request_timeout, body_timeout=args.body_timeout,
                         allow_local_images=args.allow_local_images, allow_remote_images=args.allow_remote_images,
                         api_key=args.api_key, metrics_without_key=args.metrics_without_key,
-                        decoding=decoding_config(args))
+                        decoding=decoding_config(argparse.Namespace(**{
+                            **vars(args), "strategy": args.strategy or "low_confidence_static"})),
+                        speculative_default=args.strategy is None)
 
 
 def require_serving_packages() -> None:

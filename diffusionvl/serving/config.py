@@ -22,6 +22,10 @@ class ServerConfig:
     api_key: when set, /v1/* (and /metrics, unless metrics_without_key) need `Authorization: Bearer <api_key>`;
         /health and the page stay open (the page asks for the key).
     decoding: the settings a request gets for what it does not set (steps, strategy, threshold, sampling).
+    speculative_default: a greedy request that names no remasking_strategy is decoded speculatively where the model
+        can (causal context and logit shift: its drafts verified by its own causal mode, lossless and faster);
+        sampled requests, and every request to a model without a causal mode, get `decoding`'s strategy.
+        `diffusionvl serve --strategy` names the strategy and turns this off.
     """
 
     model: str = "minivl-dvlm"
@@ -42,6 +46,7 @@ class ServerConfig:
     api_key: str | None = None
     metrics_without_key: bool = False
     decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=256))
+    speculative_default: bool = True
 
     def __post_init__(self):
         for name in ("port", "max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_image_bytes",

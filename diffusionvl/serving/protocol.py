@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..decoding.config import DecodingConfig
+from ..decoding.config import SPECULATIVE, DecodingConfig
 from ..errors import DiffusionVLError
 from .config import ServerConfig
 
@@ -118,6 +118,8 @@ def _decoding(body: dict, server: ServerConfig, stop: tuple[str, ...]) -> Decodi
             DecodingConfig.from_options(server.decoding, **{key: value})
         except DiffusionVLError as error:
             raise APIError(400, str(error), names.get(key, key)) from None
+    if server.speculative_default and options["remasking_strategy"] is None and not options["temperature"]:
+        options["remasking_strategy"] = SPECULATIVE  # greedy: lossless, the causal mode's own answer
     return DecodingConfig.from_options(server.decoding, **options)
 
 

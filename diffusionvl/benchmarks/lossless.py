@@ -1,0 +1,137 @@
+"""`diffusionvl lossless`: speculative decoding checked token for token against its verifier's greedy decode, on
+many prompts, one at a time and in batches, with end-of-turn, the length limit and stop strings ending rows.
+
+    diffusionvl lossless [--model minivl-dvlm] [--samples 40] [--batch-sizes 1,8] [--stop-string " row"]
+                         [--max-new-tokens 64] [--json FILE]
+
+The prompts are the bench's (benchmarks/prompt_sets.py: MiniVL tasks round-robin, so a batch mixes prompt
+lengths; SmolLM2's held-out prompts for a text model; or `--tasks FILE.jsonl`). The reference is the verifier's
+greedy decode, made without the engine: for a text model transformers' `generate` of the causal mode
+(`inference.causal_model`: the wrapped base, for draft-only adapters the source itself) with its own KV cache; for
+a vision-language model the no-cache causal decode (decoding.reference.reference_causal_decode). It runs without
+stop strings and is cut here, by the definition rather than by the engine's rule: after the first end-of-turn,
+at `--max-new-tokens`, then after the shortest prefix whose text holds a stop string.
+
+Output: per batch size, the rows identical to the reference, and mean tokens per forward and per verification;
+how the reference rows ended (stop, length, stop_string), so a reader sees that every ending was exercised.
+With --json, one object: {"model", "prompts", "described", "stop_strings", "endings", "batches": [{batch_size,
+identical, tokens_per_forward, mean_accepted}], "lossless": bool}.
+"""
+
+import argparse
+import json
+import statistics
+
+import torch
+
+from ..decoding.config import DecodingConfig
+
+
+def reference_rows(model, processor, batches: list[dict], max_new_tokens: int) -> list[list[int]]:
+    """The verifier's greedy answers (token rows, end-of-turn kept) to batches of one prompt each, untimed."""
+    from ..decoding.reference import reference_causal_decode
+    from ..inference import answer, causal_model, rows_of
+    from ..model import vision_inputs
+    from .prompt_sets import is_text_model
+
+    if is_text_model(processor):
+        verifier, config = causal_model(model), DecodingConfig(max_new_tokens=max_new_tokens)
+        return [row for inputs in batches for row in answer(verifier, processor, inputs, config).rows]
+    device, rows = next(model.parameters()).device, []
+    for inputs in batches:
+        inputs = {key: value.to(device) for key, value in inputs.items()}
+        vision = vision_inputs(inputs.get("pixel_values"), inputs.get("image_grid_thw"))
+        ids = inputs["input_ids"]
+        with torch.no_grad():
+            out = reference_causal_decode(model, ids, torch.ones_like(ids, dtype=torch.bool), vision, max_new_tokens)
+        rows += rows_of(out.sequences, model.special_tokens)
+    return rows
+
+
+def cut_at_stop_strings(row: list[int], stops: tuple[str, ...], tokenizer) -> tuple[list[int], bool]:
+    """`row` cut after its shortest prefix whose decoded text holds one of `stops`; and whether it was cut."""
+    for end in range(1, len(row) + 1):
+        text = tokenizer.decode(row[:end])
+        if any(stop in text for stop in stops):
+            return row[:end], True
+    return row, False
+
+
+def ending(row: list[int], eot: int, stopped: bool) -> str:
+    return "stop_string" if stopped else "stop" if row and row[-1] == eot else "length"
+
+
+def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_new_tokens: int) -> dict:
+    """The result documented in the module docstring (without model and described)."""
+    from ..inference import answer
+    from .prompt_sets import batches_of
+
+    tokenizer = getattr(processor, "tokenizer", processor)
+    expected, endings = [], {"stop": 0, "length": 0, "stop_string": 0}
+    for row in reference_rows(model, processor, batches_of(prompts, processor, 1), max_new_tokens):
+        row, stopped = cut_at_stop_strings(row, stops, tokenizer) if stops else (row, False)
+        expected.append(row)
+        endings[ending(row, model.special_tokens.eot, stopped)] += 1
+    config = DecodingConfig(max_new_tokens=max_new_tokens, remasking_strategy="speculative", stop_strings=stops)
+    report = []
+    for size in batch_sizes:
+        rows, tokens, forwards, accepted = [], 0, 0, []
+        for inputs in batches_of(prompts, processor, size):
+            out = answer(model, processor, inputs, config)
+            rows, tokens, forwards, accepted = rows + out.rows, tokens + out.tokens, forwards + out.row_forwards, \
+                accepted + out.accepted
+        report.append({"batch_size": size, "identical": sum(a == b for a, b in zip(rows, expected)),
+                       "tokens_per_forward": tokens / max(forwards, 1),
+                       "mean_accepted": statistics.mean(accepted) if accepted else None})
+    return {"prompts": len(prompts), "stop_strings": list(stops), "endings": endings, "batches": report,
+            "lossless": all(b["identical"] == len(prompts) for b in report)}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"{result['model']}: speculative decoding against its verifier's greedy decode, {result['described']}, "
+             f"stop strings {result['stop_strings'] or 'none'}; the reference rows ended by "
+             + ", ".join(f"{name} {count}" for name, count in result["endings"].items()), "",
+             "| batch | identical | tokens/forward | tokens/verification |", "| ---: | ---: | ---: | ---: |"]
+    for b in result["batches"]:
+        accepted = "-" if b["mean_accepted"] is None else f"{b['mean_accepted']:.2f}"
+        lines.append(f"| {b['batch_size']} | {b['identical']}/{result['prompts']} | {b['tokens_per_forward']:.2f} "
+                     f"| {accepted} |")
+    lines += ["", "lossless: " + ("yes, every row" if result["lossless"] else "NO")]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from .decoding import _numbers
+
+    parser.add_argument("--model", default="minivl-dvlm", help="a causal-context translation (folder or name)")
+    parser.add_argument("--samples", type=int, default=40, help="MiniVL samples per task; SmolLM2 held-out prompts "
+                        "for a text model; the first lines of a --tasks file")
+    parser.add_argument("--tasks", help="minivl:a,b or a JSONL file of questions (as for bench)")
+    parser.add_argument("--batch-sizes", type=_numbers(int), default=(1, 8), help="e.g. 1,8")
+    parser.add_argument("--stop-string", dest="stop_strings", action="append", default=[],
+                        help="text that ends a row (repeatable)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the MiniVL or SmolLM2 test prompts")
+    parser.add_argument("--json", help="also write the result to this JSON file")
+
+
+def main(args: argparse.Namespace) -> None:
+    from ..decoding.speculative import check_self_verifier
+    from ..errors import DiffusionVLError
+    from ..inference import load
+    from .decoding import tasks_option
+    from .prompt_sets import check_tasks, prompt_set
+
+    if args.samples < 1 or args.max_new_tokens < 1 or not args.batch_sizes or min(args.batch_sizes) < 1:
+        raise DiffusionVLError("--samples, --max-new-tokens and every --batch-sizes value must be at least 1.")
+    tasks, task_file = tasks_option(args.tasks)
+    check_tasks(tasks)
+    model, processor = load(args.model)
+    check_self_verifier(model)
+    prompts, described = prompt_set(processor, args.samples, args.seed, tasks, task_file)
+    result = {"model": args.model, "described": described,
+              **check(model, processor, prompts, args.batch_sizes, tuple(args.stop_strings), args.max_new_tokens)}
+    print(markdown(result))
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(result, handle, indent=1)
