@@ -38,14 +38,16 @@ def kept(out: torch.Tensor, model) -> list[int]:
     return out[out != model.special_tokens.pad].tolist()
 
 
-@pytest.mark.parametrize("size", [2, 4, 8])
-def test_the_engine_equals_the_reference_and_both_write_the_causal_modes_greedy_decode(size):
+@pytest.mark.parametrize("size,copies", [(2, None), (4, None), (8, None), (4, 0), (8, 2)])
+def test_the_engine_equals_the_reference_and_both_write_the_causal_modes_greedy_decode(size, copies):
+    """Any number of noisy copies per verify forward (a redraft without a copy takes a forward of its own)."""
     model = wrap(block_size=size, seed=size, **CAUSAL)
+    options = dict(SPECULATIVE, speculative_copies=copies)
     for length in (1, 3, size, 2 * size + 1):
         ids = random_ids(length, seed=length)
-        fast = model.generate(ids[None], max_new_tokens=17, return_dict_in_generate=True, **SPECULATIVE)
+        fast = model.generate(ids[None], max_new_tokens=17, return_dict_in_generate=True, **options)
         slow = model.generate(ids[None], max_new_tokens=17, use_cache=False, return_dict_in_generate=True,
-                              **SPECULATIVE)
+                              **options)
         assert torch.equal(fast.sequences, slow.sequences) and fast.nfe == slow.nfe, length
         assert fast.block_steps == slow.block_steps
         assert kept(fast.sequences[0], model) == source_greedy(model, ids, 17), length
@@ -62,13 +64,15 @@ def test_on_a_trained_model_drafts_are_accepted_and_the_answer_is_the_sources(to
     assert sum(accepted) / len(accepted) > 1.5  # a verification keeps more than the correction alone
 
 
-def test_a_batch_of_mixed_lengths_equals_each_row_alone(toy_causal):
+@pytest.mark.parametrize("copies", [None, 1])
+def test_a_batch_of_mixed_lengths_equals_each_row_alone(toy_causal, copies):
     prompts = [toy_prompt(list(range(10, 10 + n))) for n in (2, 9, 4, 6, 7)]
     ids = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)
     valid = torch.nn.utils.rnn.pad_sequence([torch.ones_like(p) for p in prompts], batch_first=True)
-    batch = toy_causal.generate(ids, valid, max_new_tokens=20, return_dict_in_generate=True, **SPECULATIVE)
+    options = dict(SPECULATIVE, speculative_copies=copies)
+    batch = toy_causal.generate(ids, valid, max_new_tokens=20, return_dict_in_generate=True, **options)
     for row, prompt in enumerate(prompts):
-        alone = toy_causal.generate(prompt[None], max_new_tokens=20, return_dict_in_generate=True, **SPECULATIVE)
+        alone = toy_causal.generate(prompt[None], max_new_tokens=20, return_dict_in_generate=True, **options)
         assert kept(batch.sequences[row], toy_causal) == kept(alone.sequences[0], toy_causal), row
         assert batch.accepted[row] == alone.accepted[0], row  # the same drafts, verified the same way
 

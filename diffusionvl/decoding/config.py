@@ -29,6 +29,11 @@ class DecodingConfig:
     temperature, top_k, top_p: sampling; temperature 0 is greedy. Integers may be NumPy or torch scalars.
     stop_strings: text that ends a row once it appears in a committed block (needs `tokenizer=`).
     use_cache: False runs the reference decoder: no cache, everything recomputed each step.
+    speculative_copies: speculative decoding only: how many noisy copies of the block a verify forward carries
+        (copy c keeps the verified positions and c drafts after them, the rest masks), so that a first wrong draft
+        up to c places after the verified ones is redrafted inside the same forward; one further away is
+        redrafted by a forward of its own. None: B - 1, every place. Fewer copies make each verify forward
+        cheaper; the tokens are the same either way.
     commit: "fused" stores a finished block's K/V during the next block's first forward, and reads the prompt
         during the first block's first forward; "separate" spends a forward of its own on the prompt and on every
         finished block (for comparison; same tokens).
@@ -44,6 +49,7 @@ class DecodingConfig:
     stop_strings: tuple[str, ...] = field(default_factory=tuple)
     use_cache: bool = True
     commit: str = "fused"
+    speculative_copies: int | None = None
 
     def __post_init__(self):
         for name in ("max_new_tokens", "steps") + (("top_k",) if self.top_k is not None else ()):
@@ -59,6 +65,10 @@ class DecodingConfig:
             raise DiffusionVLError(f"confidence_threshold must lie in [0, 1], got {self.confidence_threshold!r}.")
         for name, value in (("temperature", temperature), ("top_p", top_p), ("confidence_threshold", threshold)):
             object.__setattr__(self, name, value)
+        if self.speculative_copies is not None and (isinstance(self.speculative_copies, bool) or not isinstance(
+                self.speculative_copies, int) or self.speculative_copies < 0):
+            raise DiffusionVLError(f"speculative_copies must be an integer >= 0 (None: one per block position), got "
+                                   f"{self.speculative_copies!r}.")
         if self.commit not in ("fused", "separate"):
             raise DiffusionVLError(f"commit must be 'fused' or 'separate', got {self.commit!r}.")
         if isinstance(self.stop_strings, str):

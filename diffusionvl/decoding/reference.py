@@ -9,7 +9,7 @@ from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
 from .rows import Row
 from .sampling import generator_on, propose, propose_masked
-from .speculative import check_self_verifier
+from .speculative import check_self_verifier, copies_of
 
 
 def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, generator=None, vision=None) -> Row:
@@ -51,6 +51,7 @@ def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=Non
     clean, the next one as masks), each with the redraft of the block's positions after a corrected one. The engine
     runs a verify step and its redraft in one forward, and so does the count here. Returns the row's record."""
     tokens, size = model.special_tokens, model.block_size
+    copies = copies_of(config, size)
     row = Row(0, config.max_new_tokens, StopStrings(config.stop_strings, tokenizer) if config.stop_strings else None)
     images = {} if vision is None else vision.as_kwargs()
 
@@ -73,9 +74,11 @@ def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=Non
             choice = [t if verified[i] else _greedy(logits[i], tokens) for i, t in enumerate(block)]
             first = next((i for i in range(size) if choice[i] != block[i]), size)
             decided = sum(1 for i in range(size) if i <= first and not verified[i])
-            if first <= size - 2:  # the redraft of the positions after the correction
+            if first <= size - 2 and first - sum(verified) < copies:  # the redraft after the correction, by its copy
                 redraft = run(sequence[:start] + block[:first] + [tokens.mask] * (size - first))[start:]
                 choice[first + 1 :] = [_greedy(redraft[i], tokens) for i in range(first + 1, size)]
+            elif first <= size - 2:  # no copy kept these positions: they are drafted again, by a forward of its own
+                choice[first + 1 :] = [tokens.mask] * (size - first - 1)
             block, verified = choice, [v or i <= first for i, v in enumerate(verified)]
             ends = [i for i in range(size) if block[i] == tokens.eot and answer[i] and verified[i]]
             if ends:  # decided: end-of-turn to the block's end

@@ -46,6 +46,12 @@ def check_self_verifier(model) -> None:
             "translate with --context-attention causal --logit-shift.")
 
 
+def copies_of(config, size: int) -> int:
+    """How many noisy copies of the block a verify forward carries at most: config.speculative_copies, by default
+    one per place the first wrong draft may sit (B - 1)."""
+    return size - 1 if config.speculative_copies is None else config.speculative_copies
+
+
 def greedy(decoder, states: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     """The greedy tokens (k, B) of `states` (k, B, H) where `where` (k, B) holds (0 elsewhere); the head runs there
     only."""
@@ -72,10 +78,11 @@ def speculate_block(decoder) -> None:
             taken += _draft(decoder, drafting, verified)
         rows = None if not bool(settled.any()) else (~settled).nonzero()[:, 0]
         part = slice(None) if rows is None else rows
-        first_copy = int(verified[part].sum(1).min())  # copies a = first_copy .. B-2 (below it, no row needs one)
-        hidden, cache = _verify_forward(decoder, rows, first_copy)
+        kept = verified[part].sum(1)  # (k,) copy c of a row keeps its first kept + c positions
+        copies = max(0, min(copies_of(decoder.config, size), size - 1 - int(kept.min())))
+        hidden, cache = _verify_forward(decoder, rows, kept, copies)
         taken += ~settled
-        block, now, decided, exact, bonus = _accept(decoder, hidden, rows, verified[part], answer[part], first_copy)
+        block, now, decided, exact, bonus = _accept(decoder, hidden, rows, verified[part], answer[part], kept, copies)
         index = torch.arange(len(batch)) if rows is None else rows.cpu()
         batch.block, verified = batch.block.index_put((~settled,), block), verified.index_put((~settled,), now)
         done = exact & now.all(1)  # the clean rows held the final block: their K/V, last state and masks count
@@ -121,33 +128,33 @@ def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor) -> torch.Ten
     return took
 
 
-def _verify_forward(decoder, rows: torch.Tensor | None, first_copy: int) -> tuple[torch.Tensor, BlockCache]:
-    """The forward of `rows` (None: all) carrying their block as clean rows, its noisy copies a = first_copy ..
-    B-2 and the next block as masks; returns its hidden states (k, Q, H) and the cache it wrote block k's K/V
-    into."""
+def _verify_forward(decoder, rows: torch.Tensor | None, kept: torch.Tensor,
+                    copies: int) -> tuple[torch.Tensor, BlockCache]:
+    """The forward of `rows` (None: all) carrying their block as clean rows, `copies` noisy copies of it (copy c of
+    a row keeps its first kept + c positions, kept (k,)) and the next block as masks; returns its hidden states
+    (k, Q, H) and the cache it wrote block k's K/V into."""
     batch, size, mask = decoder.batch, decoder.size, decoder.tokens.mask
     embed = decoder.model.get_input_embeddings()
-    block, rope = batch.block, decoder._block_rope()
-    fixed = torch.zeros_like(block, dtype=torch.bool) if batch.fixed is None else batch.fixed
-    if batch.fixed is not None:
-        rope = batch.first_rope
+    part = slice(None) if rows is None else rows
+    block, next_rope = batch.block[part], decoder._block_rope()[:, part] + size
+    rope = decoder._block_rope()[:, part] if batch.fixed is None else batch.first_rope[:, part]
 
     def inputs(ids: torch.Tensor) -> torch.Tensor:  # prompt tokens keep the prompt's embeddings (images)
-        return embed(ids) if batch.fixed is None else torch.where(fixed[..., None], batch.fixed_embeds, embed(ids))
+        if batch.fixed is None:
+            return embed(ids)
+        return torch.where(batch.fixed[part, :, None], batch.fixed_embeds[part], embed(ids))
 
     positions = torch.arange(size, device=block.device)
-    copies = [inputs(torch.where(positions < a, block, mask)) for a in range(first_copy, size - 1)]
-    embeds = torch.cat([inputs(block), *copies, embed(torch.full_like(block, mask))], dim=1)
-    ropes = torch.cat([rope] * (1 + len(copies)) + [decoder._block_rope() + size], dim=2)
-    if rows is not None:
-        embeds, ropes = embeds[rows], ropes[:, rows]
-    places = tuple(range(size)) * (1 + len(copies)) + tuple(range(size, 2 * size))  # the copies sit on block k
-    segments = tuple([0] * size + [c + 1 for c in range(len(copies)) for _ in range(size)] + [0] * size)
-    hidden = decoder._forward(embeds, ropes, rows, noisy=(len(copies) + 1) * size, layout=(places, segments))
+    noisy = [inputs(torch.where(positions < kept[:, None] + c, block, mask)) for c in range(copies)]
+    embeds = torch.cat([inputs(block), *noisy, embed(torch.full_like(block, mask))], dim=1)
+    ropes = torch.cat([rope] * (1 + copies) + [next_rope], dim=2)
+    places = tuple(range(size)) * (1 + copies) + tuple(range(size, 2 * size))  # the copies sit on block k
+    segments = tuple([0] * size + [c + 1 for c in range(copies) for _ in range(size)] + [0] * size)
+    hidden = decoder._forward(embeds, ropes, rows, noisy=(copies + 1) * size, layout=(places, segments))
     return hidden, decoder.cache if rows is None else decoder._selected[1]
 
 
-def _accept(decoder, hidden, rows, verified, answer, first_copy: int):
+def _accept(decoder, hidden, rows, verified, answer, kept: torch.Tensor, copies: int):
     """Verify the blocks (k, B) of `rows` from their forward's clean states: keep the drafts up to the first one
     that differs from the causal mode's greedy choice, put that choice there, and the redraft of its copy after it.
     After an end-of-turn at an answer position the block is decided: end-of-turn to its end. Returns the new
@@ -163,7 +170,7 @@ def _accept(decoder, hidden, rows, verified, answer, first_copy: int):
     first = torch.where(choice != block, positions, size).amin(1, keepdim=True)  # (k, 1): B when all agree
     now = verified | (positions <= first)
     decided = (now & ~verified).sum(1)
-    redraft = _redrafts(decoder, hidden, block, first[:, 0], first_copy)
+    redraft = _redrafts(decoder, hidden, block, first[:, 0], kept, copies)
     block = torch.where(now, choice, redraft)
     ended = (block == eot) & answer & now
     after = positions > torch.where(ended, positions, size).amin(1, keepdim=True)
@@ -171,20 +178,20 @@ def _accept(decoder, hidden, rows, verified, answer, first_copy: int):
     return block.masked_fill(after, eot), now | after, decided, exact, ~ended.any(1)
 
 
-def _redrafts(decoder, hidden, block, first: torch.Tensor, first_copy: int) -> torch.Tensor:
+def _redrafts(decoder, hidden, block, first: torch.Tensor, kept: torch.Tensor, copies: int) -> torch.Tensor:
     """(k, B): for each row, the greedy tokens of the noisy copy that kept the positions before `first` (its
     predicting states: the carry for position 0, then the copy's own); `block` where there is no such copy."""
-    size = decoder.size
-    copy = (first - first_copy).clamp(min=0)  # which copy (k,); used where first_copy <= first <= B - 2
-    has = (first >= first_copy) & (first <= size - 2)
+    size, positions = decoder.size, torch.arange(decoder.size, device=block.device)
+    copy = first - kept  # which copy (k,); there is one where 0 <= copy < copies and first <= B - 2
+    has = (copy < copies) & (first <= size - 2)
+    out = block.masked_fill((positions > first[:, None]) & ~has[:, None], decoder.tokens.mask)  # no copy: redraft
     if not bool(has.any()):
-        return block
+        return out
     start = (1 + copy[has]) * size  # the copy's first column
     columns = start[:, None] + torch.arange(size - 1, device=block.device)  # states of positions 0 .. B-2
     states = hidden[has][torch.arange(int(has.sum()))[:, None], columns]  # (h, B-1, H): predict positions 1 .. B-1
     states = torch.cat([states[:, :1], states], dim=1)  # position 0 is never redrafted (always kept)
     where = torch.arange(size, device=block.device) > first[has][:, None]
-    out = block.clone()
     out[has] = torch.where(where, greedy(decoder, states, where), block[has])
     return out
 
