@@ -120,18 +120,25 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|> {{ m['content'] }} <|im_en
                  "{% if add_generation_prompt %}<|im_start|>{% endif %}")
 
 
+def text_translation(folder):
+    """A tiny Llama with a chat template (folder/base), its causal translation (folder/causal) and a JSONL file of
+    six questions of 1-5 words (folder/questions.jsonl)."""
+    tokenizer = tiny_tokenizer(words=60)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tiny_causal_lm("llama", seed=3).save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
+    cli.main(["convert", str(folder / "base"), str(folder / "causal"), "--block-size", "4", "--logit-shift",
+              "--context-attention", "causal"])
+    questions = folder / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"question": " ".join(f"w{i + j}" for j in range(1 + i % 5)),
+                                             "answer": "w7"}) + "\n" for i in range(6)))
+    return questions
+
+
 def test_benchmark_of_a_text_model_answers_held_out_prompts_or_a_task_file(tmp_path, capsys):
     """A text model (a causal translation of a tiny Llama, its source the AR row): SmolLM2's held-out prompts
     scored against the AR's answers, or a JSONL file of questions; speculative answers equal the causal mode's."""
-    tokenizer = tiny_tokenizer(words=60)
-    tokenizer.chat_template = CHAT_TEMPLATE
-    tiny_causal_lm("llama", seed=3).save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    cli.main(["convert", str(tmp_path / "base"), str(tmp_path / "causal"), "--block-size", "4", "--logit-shift",
-              "--context-attention", "causal"])
-    questions = tmp_path / "questions.jsonl"
-    questions.write_text("".join(json.dumps({"question": " ".join(f"w{i + j}" for j in range(1 + i % 5)),
-                                             "answer": "w7"}) + "\n" for i in range(6)))
+    questions = text_translation(tmp_path)
     for tasks, prompts, described in (([], 4, "4 SmolLM2 held-out prompts"),
                                       (["--tasks", str(questions)], 5, f"5 questions of {questions}")):
         out = tmp_path / "bench.json"
@@ -147,6 +154,23 @@ def test_benchmark_of_a_text_model_answers_held_out_prompts_or_a_task_file(tmp_p
             assert rows[("AR", 1)]["accuracy"] == 100.0
     assert rows[("AR", 1)]["accuracy"] == 0.0  # an untrained model: no answer is "w7"
     assert "questions of" in capsys.readouterr().out
+
+
+def test_lossless_checks_speculative_answers_against_the_verifiers_own_generate(tmp_path, capsys):
+    """Single and batched (mixed prompt lengths), every ending exercised: end-of-turn or the length limit, and a
+    stop string (w5 is in some answers of this untrained model, not in all)."""
+    questions = text_translation(tmp_path)
+    out = tmp_path / "lossless.json"
+    cli.main(f"lossless --model {tmp_path / 'causal'} --tasks {questions} --batch-sizes 1,4 --stop-string w5 "
+             f"--max-new-tokens 12 --json {out}".split())
+    result = json.loads(out.read_text())
+    assert result["lossless"] is True and result["prompts"] == 6
+    assert [b["identical"] for b in result["batches"]] == [6, 6]
+    assert result["endings"]["stop_string"] >= 1 and result["endings"]["stop"] + result["endings"]["length"] >= 1
+    assert "lossless: yes, every row" in capsys.readouterr().out
+    assert "diffusionvl convert" in cli_error(capsys, "lossless", "--model", str(tmp_path / "base"))  # an AR model
+    cli.main(["convert", str(tmp_path / "base"), str(tmp_path / "block"), "--block-size", "4"])
+    assert "context_attention='causal'" in cli_error(capsys, "lossless", "--model", str(tmp_path / "block"))
 
 
 def test_benchmark_options_are_checked_before_any_model_loads(capsys):

@@ -187,10 +187,11 @@ def measure(setting: Setting, models, processor, batches: list, device) -> dict:
 
 def load_models(config: BenchConfig, source: str | None) -> tuple[dict, object]:
     from ..cli import torch_dtype
-    from ..inference import load, open_model
+    from ..inference import open_model, open_processor
 
     dtype = torch_dtype(config.dtype)
-    dvlm, processor = load(config.model, dtype=dtype, device=config.device)
+    processor = open_processor(config.model)
+    dvlm = open_model(config.model, dtype=dtype, device=config.device, autoregressive=False)
     models = {"dvlm": dvlm}
     if source is not None:
         models["ar"] = open_model(source, dtype=dtype, device=config.device)

@@ -118,7 +118,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> None:
     from ..decoding.speculative import check_self_verifier
     from ..errors import DiffusionVLError
-    from ..inference import load
+    from ..inference import open_model, open_processor
     from .decoding import tasks_option
     from .prompt_sets import check_tasks, prompt_set
 
@@ -126,7 +126,8 @@ def main(args: argparse.Namespace) -> None:
         raise DiffusionVLError("--samples, --max-new-tokens and every --batch-sizes value must be at least 1.")
     tasks, task_file = tasks_option(args.tasks)
     check_tasks(tasks)
-    model, processor = load(args.model)
+    processor = open_processor(args.model)
+    model = open_model(args.model, autoregressive=False)  # an AR checkpoint is refused with the way to convert it
     check_self_verifier(model)
     prompts, described = prompt_set(processor, args.samples, args.seed, tasks, task_file)
     result = {"model": args.model, "described": described,
