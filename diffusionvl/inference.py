@@ -77,6 +77,7 @@ def causal_model(model):
     if type(model.backbone) is not TextBackbone:
         raise DiffusionVLError("the causal mode of a vision-language model is not supported yet (its generate places "
                                "image and rope positions its own way); decode it with the block decoder instead.")
+    model.noisy_gate()  # draft-only adapters: off outside a noisy forward, so the base is the source itself
     base = model.model
     base.generation_config.suppress_tokens = list(model.special_tokens.never_generated)
     return base

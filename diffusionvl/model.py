@@ -146,17 +146,23 @@ class DiffusionVL(PreTrainedModel):
     def max_positions(self) -> int | None:
         return _max_positions(self.config.base_config)
 
-    def adapters_on(self, noisy: torch.Tensor):
-        """Context for one forward whose columns `noisy` ((Q,) bool) are the noisy stream: with draft-only adapters
-        (config.lora_scope="noisy") the LoRA deltas act there only, so every other column runs the base model
-        (modeling/lora.py). A no-op for every other model."""
+    def noisy_gate(self):
+        """The gate of draft-only adapters (config.lora_scope="noisy", modeling/lora.py), None for every other model.
+        Built at first use, since adapters may be added after __init__; from then on a forward outside `adapters_on`
+        runs the base model alone (inference.causal_model builds it before handing the base out)."""
         if self.config.lora_scope != "noisy" or not self.config.lora:
-            return nullcontext()
-        if getattr(self, "_noisy_gate", None) is None:  # built at first use: adapters may be added after __init__
+            return None
+        if getattr(self, "_noisy_gate", None) is None:
             from .modeling.lora import NoisyOnlyGate
 
             self._noisy_gate = NoisyOnlyGate(self.model)
-        return self._noisy_gate.on(noisy)
+        return self._noisy_gate
+
+    def adapters_on(self, noisy: torch.Tensor):
+        """Context for one forward whose columns `noisy` ((Q,) bool) are the noisy stream: with draft-only adapters
+        the LoRA deltas act there only, so every other column runs the base model. A no-op for every other model."""
+        gate = self.noisy_gate()
+        return nullcontext() if gate is None else gate.on(noisy)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

@@ -98,6 +98,7 @@ def test_training_moves_the_drafts_only_and_distils_from_its_own_clean_stream(mo
 
 
 def test_the_adapter_folder_keeps_them_unmerged_and_decodes_the_same(tmp_path):
+    from diffusionvl.inference import causal_model
     from diffusionvl.training.adapters import build, save_adapter
 
     tokenizer = tiny_tokenizer()
@@ -108,6 +109,8 @@ def test_the_adapter_folder_keeps_them_unmerged_and_decodes_the_same(tmp_path):
     rebuilt = build(tmp_path / "adapter").eval()
     assert rebuilt.config.lora_scope == "noisy" and rebuilt.config.lora
     ids = random_ids(1, 7, seed=6)
+    with torch.no_grad():  # before any forward of its own: the causal mode of a freshly loaded model is the source
+        assert torch.equal(causal_model(rebuilt)(input_ids=ids).logits, source(input_ids=ids).logits)
     expected = model.generate(ids, max_new_tokens=12, steps=2)
     assert torch.equal(rebuilt.generate(ids, max_new_tokens=12, steps=2), expected)
     rebuilt.save_pretrained(tmp_path / "full")
