@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from diffusionvl.decoding.config import DecodingConfig
 from diffusionvl.inference import answer, chat_inputs  # bound here: the reference never goes through the spy below
@@ -152,6 +153,32 @@ def test_until_cuts_each_answer_at_its_earliest_stop_string(adapter, docs, calls
     assert answers[0] != full[0] and calls[0][2].stop_strings == tuple(stops)  # decoding stops at them too
     single = adapter.generate_until(questions(adapter, [1], {"max_new_tokens": LONG, "until": ","}))
     assert single == [full[1].split(",")[0]]
+
+
+@needs_lmms
+def test_speculative_decoding_through_lmms_eval_answers_as_the_causal_mode(adapter, docs, calls):
+    """remasking_strategy=speculative in model_args: batched answers, cut at `until`, equal the causal mode's
+    greedy answers decoded one by one (minivl-dvlm has causal context); a sampled task is refused with the why."""
+    from diffusionvl.decoding.reference import reference_causal_decode
+    from diffusionvl.errors import DiffusionVLError
+    from diffusionvl.evaluation.lmms import DiffusionVLLmms
+    from diffusionvl.inference import rows_of, texts_of
+    from diffusionvl.model import vision_inputs
+
+    lm = DiffusionVLLmms(pretrained="minivl-dvlm", batch_size=3, device="cpu", max_new_tokens=LONG,
+                         remasking_strategy="speculative")
+    lm.task_dict = adapter.task_dict
+    answers = lm.generate_until(questions(lm, range(len(docs)), {"max_new_tokens": LONG, "until": " at "}))
+    expected = []
+    for doc in docs:
+        inputs = chat_inputs(lm.processor, [doc["question"]], [[doc["image"]]])
+        ids, vision = inputs["input_ids"], vision_inputs(inputs["pixel_values"], inputs["image_grid_thw"])
+        out = reference_causal_decode(lm.model, ids, torch.ones_like(ids, dtype=torch.bool), vision, LONG)
+        expected += texts_of(lm.processor.tokenizer, rows_of(out.sequences, lm.model.special_tokens))
+    assert answers == [text.split(" at ")[0].strip() for text in expected]
+    assert calls and all(c[2].speculative for c in calls) and any(" at " in text for text in expected)
+    with pytest.raises(DiffusionVLError, match="speculative decoding is greedy"):
+        lm.generate_until(questions(lm, [0], {"max_new_tokens": LONG, "temperature": 0.7, "do_sample": True}))
 
 
 @needs_lmms
