@@ -132,7 +132,7 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
         else:
             out = model.generate(**inputs, generation_config=config, return_dict_in_generate=True, streamer=streamer,
                                  tokenizer=tokenizer, generator=generator)
-            rows = rows_of(out.sequences, model.special_tokens)
+            rows = [row[:length] for row, length in zip(out.sequences.tolist(), out.lengths)]
             nfe, row_forwards, prefill = out.nfe, out.row_forwards, out.prefill_forwards
             accepted = [count for row in out.accepted for count in row]
     seconds = time.perf_counter() - start

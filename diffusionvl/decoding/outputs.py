@@ -14,7 +14,9 @@ class DecodingOutput:
     batch size). block_steps: per row, the denoising steps of each of its blocks. prefill_forwards: the row
     forwards that only read the prompt (its complete blocks), included in row_forwards. finish_reasons: per row,
     why it ended (rows.FINISH_REASONS); empty for the baselines, which do not say. accepted: speculative
-    decoding, per row the tokens each verification decided (`mean_accepted` averages them)."""
+    decoding, per row the tokens each verification decided (`mean_accepted` averages them). lengths: per row, its
+    new tokens before the pad (where pad and end-of-turn are one id, the pad alone cannot tell a row cut by a stop
+    string or the length limit from one that ended its turn)."""
 
     sequences: torch.Tensor
     nfe: int
@@ -24,6 +26,7 @@ class DecodingOutput:
     prefill_forwards: int = 0
     finish_reasons: list[str] = field(default_factory=list)
     accepted: list[list[int]] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
 
     @property
     def mean_accepted(self) -> float | None:
@@ -51,7 +54,7 @@ class DecodingOutput:
         row_forwards = int(row_forwards if row_forwards is not None else nfe)
         per_forward = sum(len(r) for r in rows) / max(row_forwards, 1)
         return cls(sequences, nfe, per_forward, block_steps if block_steps is not None else [[] for _ in rows],
-                   row_forwards, prefill_forwards)
+                   row_forwards, prefill_forwards, lengths=[len(r) for r in rows])
 
 
 class StopStrings:
