@@ -34,8 +34,8 @@ class DecodingConfig:
         up to c places after the verified ones is redrafted inside the same forward; one further away is
         redrafted by a forward of its own. None: B - 1, every place. The tokens are the same either way; fewer
         copies make each verify forward cheaper. Default 1: on MiniVL's scene task (block 8, 25 prompts, this
-        2-core CPU) 0 / 1 / 2 / every copy ran at 2.51 / 2.64 / 2.72 / 2.15x AR at batch 1 and 1.57 / 1.31 /
-        0.96x at batch 8 (1 copy: 1.31x).
+        2-core CPU) 0, 1, 2 and every copy ran at 2.51, 2.64, 2.72 and 2.15x AR's tokens/s at batch 1, and at
+        1.57, 1.31, 1.31 and 0.96x at batch 8.
     commit: "fused" stores a finished block's K/V during the next block's first forward, and reads the prompt
         during the first block's first forward; "separate" spends a forward of its own on the prompt and on every
         finished block (for comparison; same tokens).
