@@ -53,7 +53,7 @@ import torch
 
 from ..decoding.config import DecodingConfig
 from ..errors import DiffusionVLError
-from .prompt_sets import check_tasks
+from .prompt_sets import check_tasks, comma_separated, tasks_option
 from .report import markdown, plot, pyplot
 
 SOURCES = {"minivl-dvlm": "minivl-ar", "smollm2-dlm": "smollm2"}  # a shipped model's AR source
@@ -298,27 +298,6 @@ def headline(rows: list[dict], batch_sizes) -> dict:
 # ---------------------------------------------------------------- output
 
 
-def _numbers(kind):
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(kind(x) for x in text.split(",") if x.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
-    return parse
-
-
-def tasks_option(text: str | None) -> tuple[tuple[str, ...] | None, str | None]:
-    """`--tasks`: (MiniVL task names, None) for `minivl:a,b` (the prefix names the benchmark), or (None, FILE) for
-    a JSONL file of questions."""
-    from ..evaluation.tasks import is_task_file
-
-    if text is None:
-        return None, None
-    if is_task_file(text):
-        return None, text
-    return tuple(name.strip() for name in text.removeprefix("minivl:").split(",") if name.strip()) or None, None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = BenchConfig()
     parser.add_argument("--model", default=d.model, help="a DiffusionVL checkpoint folder or shipped name "
@@ -327,8 +306,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "for smollm2-dlm, else none)")
     parser.add_argument("--samples", type=int, default=d.samples, help="MiniVL test samples per task; SmolLM2 "
                         "held-out prompts for a text model; the first lines of a --tasks file")
-    parser.add_argument("--batch-sizes", type=_numbers(int), default=d.batch_sizes, help="e.g. 1,8")
-    parser.add_argument("--thresholds", type=_numbers(float), default=d.thresholds,
+    parser.add_argument("--batch-sizes", type=comma_separated(int), default=d.batch_sizes, help="e.g. 1,8")
+    parser.add_argument("--thresholds", type=comma_separated(float), default=d.thresholds,
                         help="thresholds of the dynamic and threshold policies")
     parser.add_argument("--repeats", type=int, default=d.repeats, help="timed passes; times are their median")
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens, help="answer length limit")

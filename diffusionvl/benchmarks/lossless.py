@@ -101,13 +101,13 @@ def markdown(result: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .decoding import _numbers
+    from .prompt_sets import comma_separated
 
     parser.add_argument("--model", default="minivl-dvlm", help="a causal-context translation (folder or name)")
     parser.add_argument("--samples", type=int, default=40, help="MiniVL samples per task; SmolLM2 held-out prompts "
                         "for a text model; the first lines of a --tasks file")
     parser.add_argument("--tasks", help="minivl:a,b or a JSONL file of questions (as for bench)")
-    parser.add_argument("--batch-sizes", type=_numbers(int), default=(1, 8), help="e.g. 1,8")
+    parser.add_argument("--batch-sizes", type=comma_separated(int), default=(1, 8), help="e.g. 1,8")
     parser.add_argument("--stop-string", dest="stop_strings", action="append", default=[],
                         help="text that ends a row (repeatable)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="answer length limit")
@@ -119,8 +119,7 @@ def main(args: argparse.Namespace) -> None:
     from ..decoding.speculative import check_self_verifier
     from ..errors import DiffusionVLError
     from ..inference import open_model, open_processor
-    from .decoding import tasks_option
-    from .prompt_sets import check_tasks, prompt_set
+    from .prompt_sets import check_tasks, prompt_set, tasks_option
 
     if args.samples < 1 or args.max_new_tokens < 1 or not args.batch_sizes or min(args.batch_sizes) < 1:
         raise DiffusionVLError("--samples, --max-new-tokens and every --batch-sizes value must be at least 1.")

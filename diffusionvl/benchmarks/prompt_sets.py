@@ -9,6 +9,7 @@
   each line's metric; with `samples`, its first `samples` lines.
 """
 
+import argparse
 from dataclasses import dataclass
 
 from ..errors import DiffusionVLError
@@ -87,3 +88,25 @@ def scores(prompts: list[BenchPrompt], texts: list[str], ar_texts: list[str] | N
     values = [score(p.metric, text, p.truth if p.truth is not None else ar, p.choices)
               for p, text, ar in zip(prompts, texts, ar_texts or texts)]
     return 100 * sum(values) / len(values)
+
+
+def comma_separated(kind):
+    """An argparse type: comma-separated values of `kind`, e.g. --batch-sizes 1,8."""
+    def parse(text: str) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",") if x.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got {text!r}") from None
+    return parse
+
+
+def tasks_option(text: str | None) -> tuple[tuple[str, ...] | None, str | None]:
+    """`--tasks`: (MiniVL task names, None) for `minivl:a,b` (the prefix names the benchmark), or (None, FILE) for
+    a JSONL file of questions."""
+    from ..evaluation.tasks import is_task_file
+
+    if text is None:
+        return None, None
+    if is_task_file(text):
+        return None, text
+    return tuple(name.strip() for name in text.removeprefix("minivl:").split(",") if name.strip()) or None, None
