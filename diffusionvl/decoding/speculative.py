@@ -6,14 +6,15 @@ It needs a causal-context translation with logit shift: its clean stream is then
 with draft-only adapters, the source itself). One forward carries every part of a step (B = block size, the
 current block k holds v verified tokens, then drafts):
 
-    [ block k, clean | block k, noisy, tokens < a kept, the rest masks: a = v .. B-2 | block k + 1, masks ]
-      causal rows:     | one copy per place the first wrong draft may sit; the copies   | noisy: attends to the
-      the state before | do not see each other (masks.py segments)                      | clean rows of block k
-      each row verifies|                                                                |
+    [ block k, clean | block k, noisy: copy c keeps tokens < v + c, the rest masks | block k + 1, masks ]
+      causal rows:     | c = 0 .. speculative_copies - 1 (config.py); the copies do  | noisy: attends to the
+      the state before | not see each other (masks.py segments)                     | clean rows of block k
+      each row verifies|                                                            |
 
 - The clean rows verify: the first draft that differs from the causal mode's choice (at position a) is replaced
-  by that choice, and the copy "a" holds the redraft of the positions after it, made with the accepted tokens
-  kept, the way a first block holding prompt tokens is decoded. No forward is spent on redrafting.
+  by that choice. Where a copy keeps exactly the positions before a, it holds the redraft of the positions after
+  it, made with the accepted tokens kept, the way a first block holding prompt tokens is decoded, and no forward
+  is spent on redrafting; otherwise those positions become masks again and are drafted by a forward of their own.
 - When every draft is accepted, the masks of block k + 1 are its draft, whose first token comes from the last
   clean state: it is the causal mode's own next token (the "bonus"), verified as it is drafted. Block k's K/V are
   committed from this forward. When the last position was corrected, the clean rows held a wrong token there:
@@ -180,7 +181,8 @@ def _accept(decoder, hidden, rows, verified, answer, kept: torch.Tensor, copies:
 
 def _redrafts(decoder, hidden, block, first: torch.Tensor, kept: torch.Tensor, copies: int) -> torch.Tensor:
     """(k, B): for each row, the greedy tokens of the noisy copy that kept the positions before `first` (its
-    predicting states: the carry for position 0, then the copy's own); `block` where there is no such copy."""
+    predicting states: the carry for position 0, then the copy's own); where there is no such copy, `block` up to
+    `first` and masks after it, to be drafted again."""
     size, positions = decoder.size, torch.arange(decoder.size, device=block.device)
     copy = first - kept  # which copy (k,); there is one where 0 <= copy < copies and first <= B - 2
     has = (copy < copies) & (first <= size - 2)
@@ -191,7 +193,7 @@ def _redrafts(decoder, hidden, block, first: torch.Tensor, kept: torch.Tensor, c
     columns = start[:, None] + torch.arange(size - 1, device=block.device)  # states of positions 0 .. B-2
     states = hidden[has][torch.arange(int(has.sum()))[:, None], columns]  # (h, B-1, H): predict positions 1 .. B-1
     states = torch.cat([states[:, :1], states], dim=1)  # position 0 is never redrafted (always kept)
-    where = torch.arange(size, device=block.device) > first[has][:, None]
+    where = positions > first[has][:, None]
     out[has] = torch.where(where, greedy(decoder, states, where), block[has])
     return out
 
