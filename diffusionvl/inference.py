@@ -132,23 +132,12 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
         else:
             out = model.generate(**inputs, generation_config=config, return_dict_in_generate=True, streamer=streamer,
                                  tokenizer=tokenizer, generator=generator)
-            rows = [row[:length] for row, length in zip(out.sequences.tolist(), out.lengths)]
+            rows = out.rows
             nfe, row_forwards, prefill = out.nfe, out.row_forwards, out.prefill_forwards
             accepted = [count for row in out.accepted for count in row]
     seconds = time.perf_counter() - start
     return Answers(texts_of(tokenizer, rows), rows, int(nfe), int(row_forwards), seconds, int(prefill),
                    accepted if not is_autoregressive(model) else [])
-
-
-def rows_of(sequences: torch.Tensor, tokens) -> list[list[int]]:
-    """Each row's new tokens of a decoder's (N, T) output: up to its first end-of-turn, included, and without the
-    pad after it (when pad and end-of-turn are one id, as in SmolLM2, the end-of-turn stays). `tokens`: the
-    model's special tokens."""
-    rows = []
-    for row in sequences.tolist():
-        end = row.index(tokens.eot) if tokens.eot in row else len(row)
-        rows.append([token for token in row[:end] if token != tokens.pad] + row[end : end + 1])
-    return rows
 
 
 def texts_of(tokenizer, rows: list[list[int]]) -> list[str]:

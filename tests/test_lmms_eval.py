@@ -162,7 +162,7 @@ def test_speculative_decoding_through_lmms_eval_answers_as_the_causal_mode(adapt
     from diffusionvl.decoding.reference import reference_causal_decode
     from diffusionvl.errors import DiffusionVLError
     from diffusionvl.evaluation.lmms import DiffusionVLLmms
-    from diffusionvl.inference import rows_of, texts_of
+    from diffusionvl.inference import texts_of
     from diffusionvl.model import vision_inputs
 
     lm = DiffusionVLLmms(pretrained="minivl-dvlm", batch_size=3, device="cpu", max_new_tokens=LONG,
@@ -174,7 +174,7 @@ def test_speculative_decoding_through_lmms_eval_answers_as_the_causal_mode(adapt
         inputs = chat_inputs(lm.processor, [doc["question"]], [[doc["image"]]])
         ids, vision = inputs["input_ids"], vision_inputs(inputs["pixel_values"], inputs["image_grid_thw"])
         out = reference_causal_decode(lm.model, ids, torch.ones_like(ids, dtype=torch.bool), vision, LONG)
-        expected += texts_of(lm.processor.tokenizer, rows_of(out.sequences, lm.model.special_tokens))
+        expected += texts_of(lm.processor.tokenizer, out.rows)
     assert answers == [text.split(" at ")[0].strip() for text in expected]
     assert calls and all(c[2].speculative for c in calls) and any(" at " in text for text in expected)
     with pytest.raises(DiffusionVLError, match="speculative decoding is greedy"):

@@ -149,7 +149,7 @@ class PeakMemory:
 def decode(setting: Setting, models: dict, processor, inputs: dict):
     """(texts, new tokens, nfe, row forwards, token rows, tokens per verification) of one batch."""
     from ..decoding.baselines import full_sequence_generate
-    from ..inference import answer, rows_of, texts_of
+    from ..inference import answer, texts_of
     from ..model import vision_inputs
 
     if setting.kind == "llada":
@@ -160,7 +160,7 @@ def decode(setting: Setting, models: dict, processor, inputs: dict):
         ids = inputs["input_ids"]  # batch size 1: no padding
         size, length = model.block_size, setting.config.max_new_tokens
         out = full_sequence_generate(model, ids, length, size, steps=length, vision=vision)
-        rows = rows_of(out.sequences, model.special_tokens)
+        rows = out.rows
         return texts_of(processor.tokenizer, rows), sum(map(len, rows)), out.nfe, out.nfe, rows, []
     out = answer(models["ar" if setting.kind == "ar" else "dvlm"], processor, inputs, setting.config)
     return out.texts, out.tokens, out.nfe, out.row_forwards, out.rows, out.accepted
@@ -202,6 +202,7 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     """The result documented in the module docstring: {"settings", "rows", "headline"}."""
     from tqdm.auto import tqdm
 
+    from ..inference import has_causal_mode
     from .prompt_sets import batches_of, prompt_set
 
     source = config.source if config.source is not None else SOURCES.get(config.model)
@@ -210,7 +211,7 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     batches = {n: batches_of(prompts, processor, n) for n in {*config.batch_sizes, 1}}
     device = next(models["dvlm"].parameters()).device
     dvlm = models["dvlm"]
-    speculative = dvlm.config.context_attention == "causal" and dvlm.config.logit_shift
+    speculative = has_causal_mode(dvlm.config.context_attention, dvlm.config.logit_shift)
     table = settings(dvlm.block_size, config, "ar" in models, speculative)
     plan = [(s, n) for s in table for n in config.batch_sizes if s.kind != "llada" or n == 1]
     for setting, n in plan:  # warm-up: the first batch of each

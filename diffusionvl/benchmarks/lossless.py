@@ -30,7 +30,7 @@ from ..decoding.config import DecodingConfig
 def reference_rows(model, processor, batches: list[dict], max_new_tokens: int) -> list[list[int]]:
     """The verifier's greedy answers (token rows, end-of-turn kept) to batches of one prompt each, untimed."""
     from ..decoding.reference import reference_causal_decode
-    from ..inference import answer, causal_model, rows_of
+    from ..inference import answer, causal_model
     from ..model import vision_inputs
     from .prompt_sets import is_text_model
 
@@ -44,7 +44,7 @@ def reference_rows(model, processor, batches: list[dict], max_new_tokens: int) -
         ids = inputs["input_ids"]
         with torch.no_grad():
             out = reference_causal_decode(model, ids, torch.ones_like(ids, dtype=torch.bool), vision, max_new_tokens)
-        rows += rows_of(out.sequences, model.special_tokens)
+        rows += out.rows
     return rows
 
 

@@ -29,6 +29,11 @@ class DecodingOutput:
     lengths: list[int] = field(default_factory=list)
 
     @property
+    def rows(self) -> list[list[int]]:
+        """Each row's new tokens, end-of-turn included, without the pad after them."""
+        return [row[:length] for row, length in zip(self.sequences.tolist(), self.lengths)]
+
+    @property
     def mean_accepted(self) -> float | None:
         """Tokens per verification (accepted drafts and the correction), over every row; None if none ran."""
         counts = [count for row in self.accepted for count in row]
