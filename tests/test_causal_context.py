@@ -157,11 +157,12 @@ def test_a_model_without_a_causal_mode_is_refused(options):
 
 @pytest.mark.parametrize("pad", [EOT_ID, 0])
 def test_an_answer_row_keeps_its_end_of_turn_whether_or_not_pad_is_that_id(pad):
-    """`inference.rows_of`: a row ends at its first end-of-turn, kept, as an AR answer's row does (SmolLM2's pad
-    is its end-of-turn; MiniVL's is a token of its own)."""
-    from diffusionvl.inference import rows_of
-    from diffusionvl.modeling.tokens import SpecialTokens
+    """`DecodingOutput.rows`: a row ends at its first end-of-turn, kept, as an AR answer's row does (SmolLM2's pad
+    is its end-of-turn; MiniVL's is a token of its own), and a row cut without one (a stop string, the length
+    limit) gains none from the pad after it."""
+    from diffusionvl.decoding.outputs import DecodingOutput
 
-    tokens = SpecialTokens(MASK_ID, EOT_ID, pad, MASK_ID + 1)
-    sequences = torch.tensor([[5, 6, EOT_ID, pad, pad], [7, 8, 9, 10, 11], [EOT_ID, pad, pad, pad, pad]])
-    assert rows_of(sequences, tokens) == [[5, 6, EOT_ID], [7, 8, 9, 10, 11], [EOT_ID]]
+    rows = [[5, 6, EOT_ID], [7, 8, 9, 10, 11], [EOT_ID], [7, 8]]
+    out = DecodingOutput.from_rows(rows, 1, pad, "cpu")
+    assert out.sequences[3].tolist() == [7, 8, pad, pad, pad]
+    assert out.rows == [[5, 6, EOT_ID], [7, 8, 9, 10, 11], [EOT_ID], [7, 8]]
