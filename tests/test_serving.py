@@ -132,6 +132,25 @@ def test_trace_streams_every_denoising_step(client):
     assert [step["block"] for step in steps] == sorted(step["block"] for step in steps) and steps[-1]["block"] >= 1
 
 
+def test_a_speculative_trace_tells_drafts_accepted_and_the_verifiers_own_tokens(client):
+    """The default (speculative) decode of a scene: each block is shown as drafted, then after each verification;
+    masks and prompt tokens have no verdict, and the blocks as last shown spell the answer."""
+    sample = generate("scene", "test", 3, 1, 112)[0]
+    chunks = list(client.chat.completions.create(model=MODEL, messages=image_message(sample), stream=True,
+                                                 stream_options={"include_usage": True}, extra_body={"trace": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    steps = [c.model_extra["diffusion"] for c in chunks if "diffusion" in (c.model_extra or {})]
+    kinds = [kind for step in steps for kind in step["verdict"]]
+    assert set(kinds) <= {None, "draft", "accepted", "corrected"} and kinds.count("accepted") > len(steps)
+    for step in steps:
+        assert all((kind is None) == (hidden or prompt)
+                   for kind, hidden, prompt in zip(step["verdict"], step["masked"], step["prompt"]))
+    last = {step["block"]: step for step in steps}
+    shown = "".join(token for number in sorted(last) for token, prompt in zip(last[number]["tokens"],
+                                                                             last[number]["prompt"]) if not prompt)
+    assert shown.startswith(text) and len(text.split()) > 5
+
+
 def test_stop_strings_end_the_answer_and_are_not_returned(client):
     sample = generate("caption", "test", 3, 1, 112)[0]
     full = ask(client, image_message(sample))

@@ -110,3 +110,35 @@ def test_sampling_and_models_without_a_causal_mode_are_refused():
     for options in (dict(logit_shift=True), dict(context_attention="causal")):
         with pytest.raises(DiffusionVLError, match="verifies drafts with the model's own causal mode"):
             wrap(**options).generate(random_ids(1, 4), max_new_tokens=4, **SPECULATIVE)
+
+
+def test_the_observer_sees_drafts_accepted_as_shown_and_the_verifiers_own_tokens(toy_causal):
+    """Each verify forward shows the block with a verdict per position: an accepted position holds the draft shown
+    the forward before; a verified position never changes again; the blocks shown last are the answer."""
+    from diffusionvl.decoding.engine import BlockDecoder
+    from diffusionvl.decoding.prompts import build_prompts
+    from diffusionvl.decoding.speculative import ACCEPTED, CORRECTED, DRAFT
+
+    frames = []
+    prompt = toy_prompt(list(range(10, 19)))
+    decoder = BlockDecoder(toy_causal, DecodingConfig(max_new_tokens=24, **SPECULATIVE), observer=lambda rows, step,
+                           block, masked, verdict: frames.append((len(rows[0].block_steps), block[0].tolist(),
+                                                                  masked[0].tolist(), verdict[0].tolist())))
+    with torch.no_grad():
+        decoder.admit(build_prompts(toy_causal, prompt[None], torch.ones_like(prompt)[None], None))
+        out = decoder.run()
+    counts, last = {DRAFT: 0, ACCEPTED: 0, CORRECTED: 0}, {}
+    for (number, block, masked, verdict), before in zip(frames, [None] + frames[:-1]):
+        for position, (token, hidden, kind) in enumerate(zip(block, masked, verdict)):
+            assert not hidden or kind == DRAFT
+            if before is not None and before[0] == number and before[3][position] != DRAFT:
+                assert kind == before[3][position] and token == before[1][position]  # verified: final
+            elif kind == ACCEPTED and before is not None and before[0] == number:
+                counts[kind] += 1
+                assert token == before[1][position] and not before[2][position]  # the draft shown before
+            elif kind == CORRECTED:
+                counts[kind] += 1
+        last[number] = block
+    shown = [token for number in sorted(last) for token in last[number]][len(prompt) % 4:]
+    answer = kept(out.sequences[0], toy_causal)
+    assert shown[: len(answer)] == answer and len(answer) > 4 and counts[ACCEPTED] > 0 and counts[CORRECTED] > 0

@@ -29,9 +29,10 @@ from .speculative import check_self_verifier, speculate_block
 class BlockDecoder:
     """A running decode: the cache and the active rows.
 
-    Rows are numbered in admission order (0, 1, ...). `observer(rows, step, block, masked)`, when given, sees
-    every denoising step: the records of the rows in the block, the step's index within the block, the block's
-    tokens (n, B) and which are still masks (n, B).
+    Rows are numbered in admission order (0, 1, ...). `observer(rows, step, block, masked, verdict=None)`, when
+    given, sees every denoising step: the records of the rows in the block, the step's index within the block, the
+    block's tokens (n, B) and which are still masks (n, B); a speculative step adds each position's verdict (n, B)
+    (speculative.VERDICTS: a draft not checked yet, an accepted draft, the verifier's own token).
     """
 
     def __init__(self, model, config: DecodingConfig, tokenizer=None, generator=None, observer=None):

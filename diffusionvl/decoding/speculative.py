@@ -24,6 +24,11 @@ Rows of a batch accept different lengths: a row whose block is done waits for th
 the batch keeps one column layout (rows.Batch); the rows still at work run as a subset. A block that holds masks
 (a first block, a row that just joined) is drafted by one denoising forward first.
 
+An observer (engine.BlockDecoder) sees a block as drafted by the forward before it (step -1), then after each of
+its forwards: its tokens, which are masks, and a verdict per position (VERDICTS): a draft not checked yet, a
+draft the verifier accepted, or the verifier's own token (a corrected draft, a block's first token, the
+end-of-turn settling after an answer's end).
+
 Only greedy decoding is lossless this way: sampling would need the draft's distribution in the acceptance rule,
 so temperature > 0 is refused (config.py).
 """
@@ -33,6 +38,10 @@ import torch
 from ..errors import DiffusionVLError
 from .kv_cache import BlockCache
 from .sampling import propose_masked
+
+
+DRAFT, ACCEPTED, CORRECTED = 0, 1, 2  # a position's verdict (the observer's `verdict`, the server's trace)
+VERDICTS = ("draft", "accepted", "corrected")
 
 
 def check_self_verifier(model) -> None:
@@ -66,25 +75,32 @@ def speculate_block(decoder) -> None:
     k + 1 and `batch.draft` its draft."""
     batch, size, mask = decoder.batch, decoder.size, decoder.tokens.mask
     # verified: prompt tokens, and a first position that holds a token (the bonus of the last block)
-    verified = torch.zeros_like(batch.block, dtype=torch.bool) if batch.fixed is None else batch.fixed.clone()
+    fixed = torch.zeros_like(batch.block, dtype=torch.bool) if batch.fixed is None else batch.fixed
+    verified = fixed.clone()
     verified[:, 0] |= batch.block[:, 0] != mask
-    answer = torch.ones_like(verified) if batch.fixed is None else ~batch.fixed
+    verdict = torch.full_like(batch.block, DRAFT)
+    verdict[:, 0] = torch.where(verified[:, 0] & ~fixed[:, 0], CORRECTED, DRAFT)  # the bonus: the verifier's own
+    answer = ~fixed
     next_draft, next_carry = torch.full_like(batch.block, mask), None
     taken = torch.zeros(len(batch), dtype=torch.long, device=batch.block.device)
     settled = torch.zeros(len(batch), dtype=torch.bool, device=batch.block.device)  # block k final, and its K/V,
     decoder._selected = None  # carry and next draft; the committed cache changed since the last block
+    if decoder.observer is not None and bool(((batch.block != mask) & ~fixed)[:, 1:].any()):
+        decoder.observer(batch.rows, -1, batch.block, batch.block == mask, verdict)  # the draft, before any forward
     while not bool(settled.all()):
         drafting = ((batch.block == mask) & ~verified).any(1)
         if bool(drafting.any()) or decoder.pending is not None:
-            taken += _draft(decoder, drafting, verified)
+            taken += _draft(decoder, drafting, verified, verdict)
         rows = None if not bool(settled.any()) else (~settled).nonzero()[:, 0]
         part = slice(None) if rows is None else rows
         kept = verified[part].sum(1)  # (k,) copy c of a row keeps its first kept + c positions
         copies = max(0, min(copies_of(decoder.config, size), size - 1 - int(kept.min())))
         hidden, cache = _verify_forward(decoder, rows, kept, copies)
         taken += ~settled
-        block, now, decided, exact, bonus = _accept(decoder, hidden, rows, verified[part], answer[part], kept, copies)
+        block, now, decided, exact, bonus, kind = _accept(decoder, hidden, rows, verified[part], answer[part], kept,
+                                                          copies)
         index = torch.arange(len(batch)) if rows is None else rows.cpu()
+        verdict = verdict.index_put((~settled,), torch.where(now & ~verified[part], kind, verdict[part]))
         batch.block, verified = batch.block.index_put((~settled,), block), verified.index_put((~settled,), now)
         done = exact & now.all(1)  # the clean rows held the final block: their K/V, last state and masks count
         for row, count, extra in zip(index.tolist(), decided.tolist(), (done & bonus).tolist()):
@@ -100,14 +116,14 @@ def speculate_block(decoder) -> None:
                 decoder.cache.write_rows(finished, cache, done.nonzero()[:, 0], decoder.cache.get_seq_length(), size)
             settled[finished] = True
         if decoder.observer is not None:
-            decoder.observer(batch.rows, int(taken.max()) - 1, batch.block, ~verified)
+            decoder.observer(batch.rows, int(taken.max()) - 1, batch.block, batch.block == mask, verdict)
     decoder.cache.commit(size)
     batch.carry, batch.draft = next_carry, next_draft
     for row, steps in zip(batch.rows, taken.tolist()):
         row.block_steps.append(steps)
 
 
-def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor) -> torch.Tensor:
+def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor, verdict: torch.Tensor) -> torch.Tensor:
     """One denoising forward of the rows whose block holds masks (all rows when prompt columns ride along, to be
     cached): every mask gets the head's greedy token at once. Returns which rows took part (n,)."""
     batch, size = decoder.batch, decoder.size
@@ -126,6 +142,7 @@ def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor) -> torch.Ten
     token = greedy(decoder, decoder._predicting_states(hidden, rows), still)
     batch.block = batch.block.index_put((took,), torch.where(still, token, batch.block[part]))
     verified[took, 0] |= still[:, 0]  # a first position drafted from the clean state before it is its choice
+    verdict[took, 0] = torch.where(still[:, 0], CORRECTED, verdict[took, 0])
     return took
 
 
@@ -176,7 +193,8 @@ def _accept(decoder, hidden, rows, verified, answer, kept: torch.Tensor, copies:
     ended = (block == eot) & answer & now
     after = positions > torch.where(ended, positions, size).amin(1, keepdim=True)
     exact = (first[:, 0] == size) | ended.any(1)
-    return block.masked_fill(after, eot), now | after, decided, exact, ~ended.any(1)
+    kind = torch.where((positions < first) & ~after, ACCEPTED, CORRECTED)
+    return block.masked_fill(after, eot), now | after, decided, exact, ~ended.any(1), kind
 
 
 def _redrafts(decoder, hidden, block, first: torch.Tensor, kept: torch.Tensor, copies: int) -> torch.Tensor:

@@ -5,7 +5,10 @@ Streaming sends one chunk per committed block. With the extra field `trace: true
 block's text, a chunk per denoising step, what the web page draws:
     {"choices": [], "diffusion": {"block": 2, "step": 0, "tokens": [...], "masked": [...], "prompt": [...]}}
 the row's block number and the step within it, then the block's B positions: token text (null while masked),
-which are masks, and which hold the prompt's own last tokens (a first block).
+which are masks, and which hold the prompt's own last tokens (a first block). A speculative decode (a draft
+verified by the causal mode, decoding/speculative.py) adds "verdict": per position "draft" (not checked yet),
+"accepted" (the verifier agreed), "corrected" (the verifier's own token: a replaced draft or a block's first
+token), or null for masks and prompt tokens.
 """
 
 import asyncio
@@ -215,8 +218,11 @@ class Reply:
     def step(self, trace: dict) -> str:
         tokens = [None if hidden else self.tokenizer.decode([token]) for token, hidden in zip(trace["ids"],
                                                                                                  trace["masked"])]
-        return self.chunk(None, diffusion={"block": trace["block"], "step": trace["step"], "tokens": tokens,
-                                           "masked": trace["masked"], "prompt": trace["prompt"]})
+        diffusion = {"block": trace["block"], "step": trace["step"], "tokens": tokens, "masked": trace["masked"],
+                     "prompt": trace["prompt"]}
+        if "verdict" in trace:
+            diffusion["verdict"] = trace["verdict"]
+        return self.chunk(None, diffusion=diffusion)
 
 
 async def stream(reply: Reply, job: Job, events: asyncio.Queue, request: ChatRequest, metrics: Metrics):

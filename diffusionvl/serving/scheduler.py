@@ -18,6 +18,7 @@ from ..decoding.config import DecodingConfig
 from ..decoding.engine import BlockDecoder
 from ..decoding.prompts import build_prompts
 from ..decoding.rows import Row
+from ..decoding.speculative import VERDICTS
 from ..modeling.backbones import VisionInputs
 from .protocol import APIError
 
@@ -25,8 +26,8 @@ from .protocol import APIError
 @dataclass
 class Job:
     """One request in flight. `send(kind, payload)` is called from the engine thread: ("step", {block, step,
-    ids, masked, prompt}) with trace (the row's block number, the step in it, the block's ids, which are masks,
-    which hold prompt tokens), ("tokens", new ids), ("done", finish reason), ("error", APIError)."""
+    ids, masked, prompt[, verdict]}) with trace (the row's block number, the step in it, the block's ids, which are
+    masks, which hold prompt tokens; a speculative step adds each position's verdict, speculative.VERDICTS), ("tokens", new ids), ("done", finish reason), ("error", APIError)."""
 
     ids: torch.Tensor  # (1, L)
     vision: object
@@ -56,15 +57,20 @@ class Group:
         self.decoder = BlockDecoder(model, job.config, tokenizer, generator, observer=self.observe)
         self.jobs: dict[int, Job] = {}
 
-    def observe(self, rows: list[Row], step: int, block: torch.Tensor, masked: torch.Tensor) -> None:
+    def observe(self, rows: list[Row], step: int, block: torch.Tensor, masked: torch.Tensor,
+                verdict: torch.Tensor | None = None) -> None:
         prompt = self.decoder.batch.fixed  # (n, B): positions of a first block that hold the prompt's last tokens
         for index, row in enumerate(rows):
             job = self.jobs.get(row.id)
             if job is not None and job.trace:
                 fixed = [False] * block.shape[1] if prompt is None else prompt[index].tolist()
                 number = len(row.block_steps)  # blocks this row finished before this one
-                job.send("step", dict(block=number, step=step, ids=block[index].tolist(),
-                                      masked=masked[index].tolist(), prompt=fixed))
+                step_trace = dict(block=number, step=step, ids=block[index].tolist(), masked=masked[index].tolist(),
+                                  prompt=fixed)
+                if verdict is not None:
+                    step_trace["verdict"] = [None if hidden or own else VERDICTS[kind] for kind, hidden, own
+                                             in zip(verdict[index].tolist(), step_trace["masked"], fixed)]
+                job.send("step", step_trace)
 
 
 class Scheduler:
