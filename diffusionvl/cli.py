@@ -119,6 +119,8 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
                         help="unmasking policy, or speculative: drafts verified by the model's causal mode (lossless; "
                         "causal-context models)")
     parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the dynamic policies")
+    parser.add_argument("--speculative-copies", type=copies_option, default=1, metavar="N|all",
+                        help="speculative: noisy copies of the block per verify forward (DecodingConfig)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy")
     parser.add_argument("--top-k", type=int, help="sample from the k most likely tokens")
     parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens reaching this probability")
@@ -130,7 +132,17 @@ def decoding_config(args: argparse.Namespace):
 
     return DecodingConfig(max_new_tokens=args.max_new_tokens, steps=args.steps, remasking_strategy=args.strategy,
                           confidence_threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p)
+                          top_p=args.top_p, speculative_copies=args.speculative_copies)
+
+
+def copies_option(text: str) -> int | None:
+    """`--speculative-copies`: a count, or `all` (None: one copy per block position)."""
+    if text == "all":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {text!r}") from None
 
 
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """The command line, the baselines and a smoke run of the benchmark."""
 
+import argparse
 import json
 
 import pytest
@@ -34,6 +35,16 @@ def test_cli_errors_name_the_problem(saved, tmp_path, capsys):
     assert "not found" in cli_error(capsys, "generate", tmp_path / "nowhere", "--prompt", "w1")
     assert "prompt is empty" in cli_error(capsys, "generate", path, "--prompt", "  ")
     assert "steps must be a positive integer" in cli_error(capsys, "generate", path, "--prompt", "w1", "--steps", "0")
+    assert "expected an integer or 'all'" in cli_error(capsys, "generate", path, "--prompt", "w1",
+                                                       "--speculative-copies", "two")
+
+
+def test_the_decoding_flags_give_speculative_copies_as_a_count_or_all():
+    parser = argparse.ArgumentParser()
+    cli.add_decoding_arguments(parser)
+    for argv, copies in (([], 1), (["--speculative-copies", "3"], 3), (["--speculative-copies", "all"], None)):
+        config = cli.decoding_config(parser.parse_args(["--strategy", "speculative", *argv]))
+        assert config.speculative and config.speculative_copies == copies
 
 
 def test_the_ar_baseline_decodes_a_padded_batch_greedily_with_its_cache():
@@ -103,12 +114,16 @@ def test_benchmark_of_a_causal_translation_adds_speculative_decoding_checked_aga
     out = tmp_path / "bench.json"
     cli.main(f"bench --model {tmp_path / 'causal'} --source minivl-ar --samples 2 --repeats 2 --batch-sizes 1,2 "
              f"--thresholds 0.9 --max-new-tokens 16 --no-llada --tasks minivl:caption,count --device cpu "
-             f"--json {out}".split())
+             f"--speculative-copies 0,all --json {out}".split())
     result = json.loads(out.read_text())
     rows = {(r["setting"], r["batch_size"]): r for r in result["rows"]}
     assert result["settings"]["prompts"] == 4 and result["settings"]["tasks"] == ["caption", "count"]
-    assert rows[("speculative", 1)]["accuracy"] == rows[("AR", 1)]["accuracy"] == rows[("speculative", 2)]["accuracy"]
+    for name in ("speculative/c0", "speculative/all"):  # a row per number of copies, the same answers
+        assert rows[(name, 1)]["accuracy"] == rows[("AR", 1)]["accuracy"] == rows[(name, 2)]["accuracy"]
+    assert rows[("speculative/c0", 1)]["nfe"] >= rows[("speculative/all", 1)]["nfe"]  # redrafts cost forwards
     headline = result["headline"]
+    best = rows[(headline["speculative_setting"], 1)]
+    assert headline["speculative_tokens_per_forward"] == best["tokens_per_forward"]
     assert headline["speculative_identical_to_verifier"] is True
     assert headline["speculative_mean_accepted"] >= 1 and headline["speculative_tokens_per_forward"] > 0
     low, high = headline["speculative_vs_ar_spread"]
@@ -176,7 +191,9 @@ def test_lossless_checks_speculative_answers_against_the_verifiers_own_generate(
 def test_benchmark_options_are_checked_before_any_model_loads(capsys):
     for argv, message in (("--batch-sizes 0", "--batch-sizes must be positive"), ("--thresholds 1.5", "lie in"),
                           ("--samples 0", "--samples must be at least 1"), ("--batch-sizes x", "comma-separated"),
-                          ("--tasks minivl:poems", "unknown MiniVL task(s) ['poems']")):
+                          ("--tasks minivl:poems", "unknown MiniVL task(s) ['poems']"),
+                          ("--speculative-copies x", "expected an integer or 'all'"),
+                          ("--speculative-copies -1", "speculative_copies must be an integer >= 0")):
         assert message in cli_error(capsys, "bench", *argv.split())
 
 

@@ -36,10 +36,12 @@ Headline keys (`headline`), the numbers a reader compares:
 - `dynamic_vs_ar_tokens_per_s`, `dynamic_vs_llada_tokens_per_s`: its tokens/s over AR's and LLaDA-V's, batch 1;
 - `dynamic_accuracy_drop_vs_static`: static's accuracy minus its accuracy, in points;
 - `batch8_vs_batch1_tokens_per_s`: its tokens/s at batch 8 over batch 1 (null without batch size 8);
-- with a speculative row: `speculative_vs_ar_tokens_per_s` (batch 1, the median passes' ratio) and
-  `speculative_vs_ar_spread` (the min and max of the per-pass ratios, passes interleaved),
-  `speculative_tokens_per_forward`, `speculative_mean_accepted` (tokens per verification) and
-  `speculative_identical_to_verifier` (every batch size's answers equal the causal mode's, token for token).
+- with speculative rows (one per `--speculative-copies` value), for the best of them at batch 1
+  (`speculative_setting`: the fastest against the AR): `speculative_vs_ar_tokens_per_s` (the median passes'
+  ratio) and `speculative_vs_ar_spread` (the min and max of the per-pass ratios, passes interleaved),
+  `speculative_tokens_per_forward`, `speculative_mean_accepted` (tokens per verification); and
+  `speculative_identical_to_verifier` (every speculative row's answers, at every batch size, equal the causal
+  mode's, token for token).
 """
 
 import argparse
@@ -76,6 +78,7 @@ class BenchConfig:
     dtype: str = "auto"
     tasks: tuple[str, ...] | None = None  # MiniVL task names; None: every task
     task_file: str | None = None  # a JSONL file of questions instead (evaluation.tasks)
+    speculative_copies: tuple[int | None, ...] = (1,)  # a speculative row per value (DecodingConfig; None: all)
 
     def __post_init__(self):
         for name in ("samples", "repeats", "max_new_tokens"):
@@ -86,6 +89,10 @@ class BenchConfig:
         if not all(0 <= t <= 1 for t in self.thresholds):
             raise DiffusionVLError(f"--thresholds must lie in [0, 1], got {self.thresholds}.")
         check_tasks(self.tasks)
+        if not self.speculative_copies:
+            raise DiffusionVLError("--speculative-copies needs at least one value, e.g. 1 or 0,1,2,all.")
+        for copies in self.speculative_copies:
+            DecodingConfig(remasking_strategy="speculative", speculative_copies=copies)  # its own check
 
 
 @dataclass
@@ -106,10 +113,19 @@ def settings(block_size: int, config: BenchConfig, with_ar: bool, speculative: b
             steps=block_size, remasking_strategy=strategy, confidence_threshold=t, **common))
             for t in config.thresholds]
     if speculative:
-        out += [Setting("speculative", "block", DecodingConfig(remasking_strategy="speculative", **common))]
+        out += [Setting(speculative_name(copies, config.speculative_copies), "block", DecodingConfig(
+            remasking_strategy="speculative", speculative_copies=copies, **common))
+            for copies in config.speculative_copies]
     if config.llada:
         out += [Setting("LLaDA-V", "llada", DecodingConfig(steps=block_size, **common))]
     return out
+
+
+def speculative_name(copies: int | None, every: tuple) -> str:
+    """`speculative` when the run has one speculative row, else `speculative/c<copies>` (`speculative/all`)."""
+    if len(every) == 1:
+        return "speculative"
+    return "speculative/all" if copies is None else f"speculative/c{copies}"
 
 
 class PeakMemory:
@@ -231,20 +247,27 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
         from .lossless import reference_rows
 
         verified = reference_rows(dvlm, processor, batches[1], config.max_new_tokens)
-        result["headline"].update(speculative_headline(runs, config.batch_sizes, verified))
+        result["headline"].update(speculative_headline(runs, config, verified))
     return result
 
 
-def speculative_headline(runs: dict, batch_sizes, verified: list[list[int]]) -> dict:
-    """The speculative keys of the headline (module docstring) from the timed passes of every setting."""
-    one = min(batch_sizes)
-    passes = runs[("speculative", one)]
+def speculative_headline(runs: dict, config: BenchConfig, verified: list[list[int]]) -> dict:
+    """The speculative keys of the headline (module docstring) for the best speculative setting at the smallest
+    batch size (the fastest against the AR, else the most tokens per forward); identical means every setting's."""
+    one = min(config.batch_sizes)
+    names = [speculative_name(copies, config.speculative_copies) for copies in config.speculative_copies]
+    keys = {name: _speculative_keys(runs[(name, one)], runs.get(("AR", one))) for name in names}
+    best = max(names, key=lambda name: (keys[name].get("speculative_vs_ar_tokens_per_s", 0),
+                                        keys[name]["speculative_tokens_per_forward"]))
+    identical = all(runs[(name, n)][0]["rows"] == verified for name in names for n in config.batch_sizes)
+    return {"speculative_setting": best, **keys[best], "speculative_identical_to_verifier": identical}
+
+
+def _speculative_keys(passes: list[dict], ar: list[dict] | None) -> dict:
     out = {"speculative_tokens_per_forward": passes[0]["tokens"] / max(passes[0]["row_forwards"], 1),
-           "speculative_mean_accepted": statistics.mean(passes[0]["accepted"]) if passes[0]["accepted"] else None,
-           "speculative_identical_to_verifier": all(runs[("speculative", n)][0]["rows"] == verified
-                                                    for n in batch_sizes)}
-    if ("AR", one) in runs:
-        ratios = [(s["tokens"] / s["seconds"]) / (a["tokens"] / a["seconds"]) for s, a in zip(passes, runs[("AR", one)])]
+           "speculative_mean_accepted": statistics.mean(passes[0]["accepted"]) if passes[0]["accepted"] else None}
+    if ar is not None:
+        ratios = [(s["tokens"] / s["seconds"]) / (a["tokens"] / a["seconds"]) for s, a in zip(passes, ar)]
         out["speculative_vs_ar_tokens_per_s"] = statistics.median(ratios)
         out["speculative_vs_ar_spread"] = [min(ratios), max(ratios)]
     return out
@@ -300,6 +323,8 @@ def headline(rows: list[dict], batch_sizes) -> dict:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..cli import copies_option
+
     d = BenchConfig()
     parser.add_argument("--model", default=d.model, help="a DiffusionVL checkpoint folder or shipped name "
                         "(minivl-dvlm, smollm2-dlm)")
@@ -315,6 +340,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=d.seed, help="seed of the MiniVL test samples")
     parser.add_argument("--tasks", help="MiniVL tasks to answer, e.g. minivl:caption,scene (default: every "
                         "task), or a JSONL file of questions (as for `diffusionvl eval --tasks`)")
+    parser.add_argument("--speculative-copies", type=comma_separated(copies_option), default=d.speculative_copies,
+                        metavar="N,...", help="a speculative row per value: noisy copies per verify forward, e.g. "
+                        "0,1,2,all (a causal-context model)")
     parser.add_argument("--no-llada", dest="llada", action="store_false", help="skip LLaDA-V-style decoding")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
@@ -338,7 +366,8 @@ def main(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     tasks, task_file = tasks_option(args.tasks)
     config = BenchConfig(args.model, args.source, args.samples, args.batch_sizes, args.thresholds, args.repeats,
-                         args.max_new_tokens, args.seed, args.llada, device, args.dtype, tasks, task_file)
+                         args.max_new_tokens, args.seed, args.llada, device, args.dtype, tasks, task_file,
+                         args.speculative_copies)
     if args.plot:
         pyplot()  # a missing matplotlib fails now, not after the run
     result = run(config)

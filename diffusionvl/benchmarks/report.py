@@ -36,7 +36,7 @@ def markdown(result: dict) -> str:
         vs_ar = "" if spread is None else (f"{_ratio(h['speculative_vs_ar_tokens_per_s'])} AR's tokens/s (passes "
                                            f"{spread[0]:.2f}-{spread[1]:.2f}), ")
         accepted = h["speculative_mean_accepted"]
-        lines += ["", (f"speculative: {vs_ar}{h['speculative_tokens_per_forward']:.2f} tokens/forward, "
+        lines += ["", (f"{h['speculative_setting']}: {vs_ar}{h['speculative_tokens_per_forward']:.2f} tokens/forward, "
                        f"{'-' if accepted is None else f'{accepted:.2f}'} tokens per verification; identical to the "
                        f"causal mode's greedy answers: {'yes' if h['speculative_identical_to_verifier'] else 'NO'}")]
     return "\n".join(lines)
