@@ -21,13 +21,14 @@ identical, tokens_per_forward, mean_accepted}], "lossless": bool}.
 import argparse
 import json
 import statistics
+from collections.abc import Iterable
 
 import torch
 
 from ..decoding.config import DecodingConfig
 
 
-def reference_rows(model, processor, batches: list[dict], max_new_tokens: int) -> list[list[int]]:
+def reference_rows(model, processor, batches: Iterable[dict], max_new_tokens: int) -> list[list[int]]:
     """The verifier's greedy answers (token rows, end-of-turn kept) to batches of one prompt each, untimed."""
     from ..decoding.reference import reference_causal_decode
     from ..inference import answer, causal_model
@@ -61,14 +62,21 @@ def ending(row: list[int], eot: int, stopped: bool) -> str:
     return "stop_string" if stopped else "stop" if row and row[-1] == eot else "length"
 
 
-def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_new_tokens: int) -> dict:
+def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_new_tokens: int,
+          progress: bool = True) -> dict:
     """The result documented in the module docstring (without model and described)."""
+    from tqdm.auto import tqdm
+
     from ..inference import answer
     from .prompt_sets import batches_of
 
+    def bar(batches: list, what: str):
+        return tqdm(batches, desc=what, disable=not progress or None)
+
     tokenizer = getattr(processor, "tokenizer", processor)
     expected, endings = [], {"stop": 0, "length": 0, "stop_string": 0}
-    for row in reference_rows(model, processor, batches_of(prompts, processor, 1), max_new_tokens):
+    reference = bar(batches_of(prompts, processor, 1), "the verifier's greedy decode")
+    for row in reference_rows(model, processor, reference, max_new_tokens):
         row, stopped = cut_at_stop_strings(row, stops, tokenizer) if stops else (row, False)
         expected.append(row)
         endings[ending(row, model.special_tokens.eot, stopped)] += 1
@@ -76,7 +84,7 @@ def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_ne
     report = []
     for size in batch_sizes:
         rows, tokens, forwards, accepted = [], 0, 0, []
-        for inputs in batches_of(prompts, processor, size):
+        for inputs in bar(batches_of(prompts, processor, size), f"speculative, batch {size}"):
             out = answer(model, processor, inputs, config)
             rows, tokens, forwards, accepted = rows + out.rows, tokens + out.tokens, forwards + out.row_forwards, \
                 accepted + out.accepted
