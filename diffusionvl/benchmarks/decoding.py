@@ -233,8 +233,11 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     for setting, n in plan:  # warm-up: the first batch of each
         measure(setting, models, processor, batches[n][:1], device)
     runs = {(s.name, n): [] for s, n in plan}
+    # within a pass, each batch size's AR runs right before the speculative rows: their ratio is taken pass by
+    # pass, and this machine's speed drifts over the minutes a pass of every setting takes
+    order = sorted(plan, key=lambda item: (item[1], item[0].kind != "ar", not item[0].name.startswith("speculative")))
     for _ in tqdm(range(config.repeats), desc="timed passes", disable=not progress or None):
-        for setting, n in plan:
+        for setting, n in order:
             runs[(setting.name, n)].append(measure(setting, models, processor, batches[n], device))
     ar_texts = runs[("AR", config.batch_sizes[0])][0]["texts"] if "ar" in models else None
     rows = [summarise(setting, n, runs[(setting.name, n)], prompts, ar_texts) for setting, n in plan]
