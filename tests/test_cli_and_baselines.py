@@ -97,7 +97,7 @@ def test_benchmark_runs_every_decoder_on_the_shipped_model_and_writes_json_and_p
     assert set(headline) == {"best_dynamic", "dynamic_vs_ar_tokens_per_s", "dynamic_vs_llada_tokens_per_s",
                              "dynamic_accuracy_drop_vs_static", "batch8_vs_batch1_tokens_per_s",
                              "speculative_vs_ar_tokens_per_s", "speculative_vs_ar_spread",
-                             "speculative_tokens_per_forward", "speculative_mean_accepted",
+                             "speculative_setting", "speculative_tokens_per_forward", "speculative_mean_accepted",
                              "speculative_identical_to_verifier"}
     assert headline["speculative_identical_to_verifier"] is True
     assert headline["batch8_vs_batch1_tokens_per_s"] is None  # no batch size 8 in this run
