@@ -321,6 +321,7 @@ class DiffusionVL(PreTrainedModel):
         tokenizer=None,
         generator: torch.Generator | None = None,
         return_dict_in_generate: bool = False,
+        verifier=None,
         **options,
     ):
         """Block decoding (SPEC §3). `options` are `DecodingConfig` fields (max_new_tokens or gen_length, steps,
@@ -329,8 +330,13 @@ class DiffusionVL(PreTrainedModel):
 
         Returns the new tokens (N, T), pad after each row's end, or a `DecodingOutput` with
         `return_dict_in_generate=True`. `streamer` (e.g. `TextIteratorStreamer`) gets one chunk per block.
+        `verifier`: with remasking_strategy="speculative", an autoregressive model (e.g. this model's source) that
+        checks the drafts instead of this model's own causal mode: the answer is its greedy answer (as_verifier).
         """
         from .decoding.engine import generate
+
+        if verifier is not None:
+            verifier = self.as_verifier(verifier)
 
         vision = vision_inputs(
             options.pop("pixel_values", None), options.pop("image_grid_thw", None),
@@ -338,8 +344,26 @@ class DiffusionVL(PreTrainedModel):
         )
         config = DecodingConfig.from_options(generation_config, **options)
         ids = input_ids if input_ids is not None else inputs
-        out = generate(self, ids, attention_mask, config, streamer, tokenizer, generator, vision)
+        out = generate(self, ids, attention_mask, config, streamer, tokenizer, generator, vision, verifier)
         return out if return_dict_in_generate else out.sequences
+
+    def as_verifier(self, model) -> "DiffusionVL":
+        """`model`, an autoregressive model sharing this model's tokenizer, as a verifier of this model's
+        speculative drafts: wrapped as an untrained causal translation with logit shift and this model's block size
+        and special tokens, so its clean stream is `model` itself (its own weights, no copy) and the engine's cache,
+        masks and positions serve it. A DiffusionVL is returned as it is (it must have a causal mode). The wrapper
+        is kept for the next call with the same model."""
+        if isinstance(model, DiffusionVL):
+            return model
+        kept = self.__dict__.get("_verifier")  # (model, wrapper); not a submodule, so never saved with this model
+        if kept is not None and kept[0] is model:
+            return kept[1]
+        tokens = self.special_tokens
+        wrapper = DiffusionVL.from_autoregressive(model, block_size=self.block_size, mask_token_id=tokens.mask,
+                                                  eot_token_id=tokens.eot, pad_token_id=tokens.pad, logit_shift=True,
+                                                  context_attention="causal").eval()
+        self.__dict__["_verifier"] = (model, wrapper)
+        return wrapper
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

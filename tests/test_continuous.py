@@ -26,15 +26,18 @@ def prompts_of(model, *rows: torch.Tensor, vision=None):
 
 
 @torch.no_grad()
-def staggered(model, config, waves: list[tuple[int, list[torch.Tensor]]], limits=None) -> dict[int, list[int]]:
+def staggered(model, config, waves: list[tuple[int, list[torch.Tensor]]], limits=None,
+              verifier=None) -> dict[int, list[int]]:
     """Run a decode where wave k's prompts are admitted before block `start_k`; returns each row's tokens."""
-    decoder = BlockDecoder(model, config)
+    decoder = BlockDecoder(model, config, verifier=verifier)
     outputs, block = {}, 0
     waves = sorted(waves, key=lambda wave: wave[0])
     while waves or len(decoder.batch):
         while waves and waves[0][0] <= block:
             _, rows = waves.pop(0)
-            decoder.admit(prompts_of(model, *rows), max_new_tokens=limits and [limits.pop(0) for _ in rows])
+            checked = None if verifier is None else prompts_of(verifier, *rows)
+            decoder.admit(prompts_of(model, *rows), max_new_tokens=limits and [limits.pop(0) for _ in rows],
+                          checked=checked)
         if len(decoder.batch):
             for row, _ in decoder.step():
                 if row.finished:
@@ -43,9 +46,9 @@ def staggered(model, config, waves: list[tuple[int, list[torch.Tensor]]], limits
     return outputs
 
 
-def alone(model, prompt: torch.Tensor, config: DecodingConfig, max_new_tokens=None) -> list[int]:
+def alone(model, prompt: torch.Tensor, config: DecodingConfig, max_new_tokens=None, verifier=None) -> list[int]:
     options = {} if max_new_tokens is None else dict(max_new_tokens=max_new_tokens)
-    out = model.generate(prompt[None], generation_config=config, **options)[0]
+    out = model.generate(prompt[None], generation_config=config, verifier=verifier, **options)[0]
     return out[out != model.special_tokens.pad].tolist()
 
 

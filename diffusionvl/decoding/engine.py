@@ -14,6 +14,7 @@ Each row's state is one record (rows.Row); the active rows' tensors are one batc
 
 import torch
 
+from ..errors import DiffusionVLError
 from ..modeling.masks import block_causal_mask
 from .config import DecodingConfig
 from .kv_cache import BlockCache
@@ -23,7 +24,7 @@ from .prompts import Prompt, build_prompts, check_inputs, prompt_layout
 from .reference import reference_decode
 from .rows import Batch, Row
 from .sampling import generator_on, propose_masked
-from .speculative import check_self_verifier, speculate_block
+from .speculative import check_self_verifier, check_verifier, speculate_block
 
 
 class BlockDecoder:
@@ -35,7 +36,7 @@ class BlockDecoder:
     (speculative.VERDICTS: a draft not checked yet, an accepted draft, the verifier's own token).
     """
 
-    def __init__(self, model, config: DecodingConfig, tokenizer=None, generator=None, observer=None):
+    def __init__(self, model, config: DecodingConfig, tokenizer=None, generator=None, observer=None, verifier=None):
         device = model.get_input_embeddings().weight.device
         self.model, self.config, self.tokenizer = model, config, tokenizer
         self.generator = generator_on(device, generator)  # sampling's, on the model's device
@@ -44,7 +45,12 @@ class BlockDecoder:
         self.size = model.block_size
         self.steps = min(config.steps, self.size)
         self.speculative = config.speculative  # draft and verify (speculative.py) instead of an unmasking policy
-        if self.speculative:
+        # a separate verifier runs as a decoder of its own, in step with this one: the same rows, columns and
+        # blocks, its own cache (speculative.py)
+        self.verifier = None if verifier is None else BlockDecoder(verifier, config, tokenizer)
+        if self.verifier is not None:
+            check_verifier(model, verifier, config)
+        elif self.speculative:
             check_self_verifier(model)
         self.policy = None if self.speculative else config.policy
         self.layers = self.backbone.decoder.config.num_hidden_layers
@@ -62,10 +68,11 @@ class BlockDecoder:
     # --- rows joining and leaving -------------------------------------------------------------------------------
 
     def admit(self, prompts: list[Prompt], max_new_tokens: list[int] | None = None,
-              stop_strings: list[tuple[str, ...]] | None = None) -> list[Row]:
+              stop_strings: list[tuple[str, ...]] | None = None, checked: list[Prompt] | None = None) -> list[Row]:
         """Add rows before the next block; returns their records. Per row: its length limit and stop strings
         (default: the config's). An empty decode lays the prompts out as one batch; a running one prefills them
-        (their blocks before the shared pending columns) with a forward of their own, and they join the next block."""
+        (their blocks before the shared pending columns) with a forward of their own, and they join the next block.
+        `checked`: the same prompts embedded by the separate verifier (its own image features), when there is one."""
         limits = max_new_tokens or [self.config.max_new_tokens] * len(prompts)
         stops = stop_strings or [self.config.stop_strings] * len(prompts)
         rows = [Row(self.next_id + index, limit, StopStrings(strings, self.tokenizer) if strings else None)
@@ -73,12 +80,26 @@ class BlockDecoder:
         self.next_id += len(rows)
         full_blocks = self.column // self.size if len(self.batch) else 0
         layout = prompt_layout(prompts, self.size, self.tokens.mask, self.tokens.pad, full_blocks)
+        if self.verifier is not None:
+            self._admit_verifier(checked, rows, limits, stops)
         if len(self.batch):
             self._join(layout, rows, max(limits))
         else:
             self._start(layout, rows, max(limits))
         self._mask = None
         return rows
+
+    def _admit_verifier(self, checked: list[Prompt] | None, rows: list[Row], limits, stops) -> None:
+        """The separate verifier admits the same rows; its prefill forwards count among this decode's."""
+        if checked is None or len(checked) != len(rows):
+            raise DiffusionVLError("a decode with a separate verifier admits each prompt twice: embedded by the "
+                                   "drafting model and by the verifier (checked=build_prompts(verifier, ...)).")
+        shadow = self.verifier
+        forwards, prefilled = shadow.nfe, shadow.prefill_forwards
+        for row, twin in zip(rows, shadow.admit(checked, limits, stops)):
+            row.forwards += twin.forwards
+        self.nfe += shadow.nfe - forwards
+        self.prefill_forwards += shadow.prefill_forwards - prefilled
 
     def _opened(self, rows: list[Row], layout, start: int) -> Batch:
         """The rows of `layout` with their first generation block (columns from `start`) open."""
@@ -159,6 +180,8 @@ class BlockDecoder:
         for row in self.batch.rows:
             if row.id == row_id:
                 row.cancel_requested = True
+        if self.verifier is not None:
+            self.verifier.cancel(row_id)
 
     # --- one block --------------------------------------------------------------------------------------------
 
@@ -289,6 +312,9 @@ class BlockDecoder:
         fused, during the next block's first forward; separate, with a forward of its own now. Returns, per row of
         the block, (its record, its new tokens); a row whose record says finished has left the decode."""
         batch = self.batch
+        if self.verifier is not None:  # it ends the same rows by the same rule, and follows to the next block
+            self.verifier.batch.block, self.verifier.batch.draft = batch.block, batch.draft
+            self.verifier.commit_block()
         starts = batch.fixed.sum(1).tolist() if batch.fixed is not None else [0] * len(batch)
         updates = [(row, row.extend(tokens[start:], self.tokens.eot))
                    for row, tokens, start in zip(batch.rows, batch.block.tolist(), starts)]
@@ -349,8 +375,9 @@ class BlockDecoder:
 
 
 def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=None, tokenizer=None, generator=None,
-             vision=None):
-    """Decode a batch of prompts. `config.use_cache=False` runs the reference decoder instead."""
+             vision=None, verifier=None):
+    """Decode a batch of prompts. `config.use_cache=False` runs the reference decoder instead. `verifier`: a
+    separate verifier of speculative drafts (DiffusionVL.as_verifier), else the model's own causal mode."""
     ids, valid = check_inputs(model, input_ids, attention_mask, config, streamer)
     was_training = model.training
     if was_training:  # .eval() walks every module (milliseconds on a small model): only when it changes something
@@ -358,12 +385,14 @@ def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=
     try:
         with torch.no_grad():
             prompts = build_prompts(model, ids, valid, vision)  # also for the reference: same image errors, first
+            if verifier is not None:
+                check_verifier(model, verifier, config)
             if not config.use_cache:
-                return reference_decode(model, ids, valid, vision, config, tokenizer, generator)
+                return reference_decode(model, ids, valid, vision, config, tokenizer, generator, verifier)
             if streamer is not None:
                 streamer.put(prompts[0].ids.cpu())  # transformers' streamers expect the prompt first (skip_prompt)
-            decoder = BlockDecoder(model, config, tokenizer, generator)
-            decoder.admit(prompts)
+            decoder = BlockDecoder(model, config, tokenizer, generator, verifier=verifier)
+            decoder.admit(prompts, checked=None if verifier is None else build_prompts(verifier, ids, valid, vision))
             return decoder.run(streamer)
     finally:
         if was_training:

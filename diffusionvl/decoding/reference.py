@@ -45,18 +45,21 @@ def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, ge
     return row
 
 
-def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=None, vision=None) -> Row:
+def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=None, vision=None,
+                              verifier=None) -> Row:
     """Speculative decoding of one prompt (speculative.py), each model call over the whole sequence: a draft (the
     block denoised, every mask filled greedily at once) where the block holds masks; then verify steps (the block
     clean, the next one as masks), each with the redraft of the block's positions after a corrected one. The engine
-    runs a verify step and its redraft in one forward, and so does the count here. Returns the row's record."""
+    runs a verify step and its redraft in one forward, and so does the count here. A separate `verifier` reads
+    the block's clean rows in a forward of its own (counted), and it alone decides every checked token, a first
+    block's first position included. Returns the row's record."""
     tokens, size = model.special_tokens, model.block_size
     copies = copies_of(config, size)
     row = Row(0, config.max_new_tokens, StopStrings(config.stop_strings, tokenizer) if config.stop_strings else None)
     images = {} if vision is None else vision.as_kwargs()
 
-    def run(ids: list[int]) -> torch.Tensor:  # logits (L, V) with the last block noisy
-        return model(input_ids=torch.tensor([ids], device=prompt.device), denoising=True, **images).logits[0]
+    def run(ids: list[int], by=model) -> torch.Tensor:  # logits (L, V) with the last block noisy
+        return by(input_ids=torch.tensor([ids], device=prompt.device), denoising=True, **images).logits[0]
 
     sequence = prompt.tolist()
     start = len(sequence) // size * size
@@ -68,10 +71,14 @@ def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=Non
         while not settled:
             if any(t == tokens.mask and not v for t, v in zip(block, verified)):
                 logits, used = run(sequence[:start] + block), used + 1
-                verified[0] = verified[0] or block[0] == tokens.mask  # drafted from the clean state before it
+                if verifier is None:  # drafted from the clean state before it: the causal mode's own choice
+                    verified[0] = verified[0] or block[0] == tokens.mask
                 block = [_greedy(logits[start + i], tokens) if t == tokens.mask else t for i, t in enumerate(block)]
             logits, used = run(sequence[:start] + block + [tokens.mask] * size)[start:], used + 1
-            choice = [t if verified[i] else _greedy(logits[i], tokens) for i, t in enumerate(block)]
+            checks = logits
+            if verifier is not None:  # its clean rows: the masks after them are never read
+                checks, used = run(sequence[:start] + block + [tokens.mask] * size, verifier)[start:], used + 1
+            choice = [t if verified[i] else _greedy(checks[i], tokens) for i, t in enumerate(block)]
             first = next((i for i in range(size) if choice[i] != block[i]), size)
             decided = sum(1 for i in range(size) if i <= first and not verified[i])
             if first <= size - 2 and first - sum(verified) < copies:  # the redraft after the correction, by its copy
@@ -90,7 +97,7 @@ def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=Non
         row.block_steps.append(used)
         row.extend([t for t, new in zip(block, answer) if new], tokens.eot)
         sequence, start, answer = sequence[:start] + block, start + size, [True] * size
-        block = [_greedy(logits[size + i], tokens) for i in range(size)]  # the last verify step's masks
+        block = [_greedy((checks if i == 0 else logits)[size + i], tokens) for i in range(size)]  # the bonus, drafts
     return row
 
 
@@ -119,14 +126,16 @@ def _greedy(logits: torch.Tensor, tokens) -> int:
     return int(propose(logits.clone(), tokens.never_generated, 0.0)[0])
 
 
-def reference_decode(model, ids, valid, vision, config, tokenizer=None, generator=None) -> DecodingOutput:
+def reference_decode(model, ids, valid, vision, config, tokenizer=None, generator=None,
+                     verifier=None) -> DecodingOutput:
     """Decode every row alone: its unpadded prompt and its own images. ids, valid: (N, L), as prompts.check_inputs
-    returns them."""
+    returns them. `verifier`: a separate verifier of speculative drafts (speculative.check_verifier)."""
     images = model.backbone.split_rows(ids, vision)
     generator = generator_on(ids.device, generator)
     if config.speculative:
-        check_self_verifier(model)
-        rows = [reference_speculative_row(model, row[keep], config, tokenizer, image)
+        if verifier is None:
+            check_self_verifier(model)
+        rows = [reference_speculative_row(model, row[keep], config, tokenizer, image, verifier)
                 for row, keep, image in zip(ids, valid, images)]
     else:
         rows = [reference_decode_row(model, row[keep], config, tokenizer, generator, image)

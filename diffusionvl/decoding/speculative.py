@@ -56,6 +56,26 @@ def check_self_verifier(model) -> None:
             "translate with --context-attention causal --logit-shift.")
 
 
+def check_verifier(model, verifier, config) -> None:
+    """A separate verifier (`DiffusionVL.as_verifier`: an AR model wrapped as an untrained causal translation with
+    logit shift, so its clean stream is that model) checks the drafts of `model`, a translation with logit shift
+    (its drafts continue from the state before each block), in blocks of the same size, with the same tokens."""
+    if not config.speculative:
+        raise DiffusionVLError("a verifier checks speculative drafts; decode with remasking_strategy='speculative' "
+                               f"(got {config.remasking_strategy!r}), or leave the verifier out.")
+    if not model.config.logit_shift:
+        raise DiffusionVLError("drafting for a separate verifier needs a translation with logit_shift (position i - 1 "
+                               "predicts token i); this one has none. Decode it with its own policies instead.")
+    check_self_verifier(verifier)
+    mine, theirs = model.special_tokens, verifier.special_tokens
+    if verifier.block_size != model.block_size or (mine.mask, mine.eot, mine.pad) != (theirs.mask, theirs.eot,
+                                                                                      theirs.pad):
+        raise DiffusionVLError(
+            f"the verifier does not line up with the model: block size {verifier.block_size} vs {model.block_size}, "
+            f"(mask, end-of-turn, pad) {(theirs.mask, theirs.eot, theirs.pad)} vs {(mine.mask, mine.eot, mine.pad)}; "
+            "wrap it with model.as_verifier(ar_model), which takes the model's own, and use the tokenizer they share.")
+
+
 def copies_of(config, size: int) -> int:
     """How many noisy copies of the block a verify forward carries at most: config.speculative_copies, by default
     one per place the first wrong draft may sit (B - 1)."""
@@ -71,20 +91,20 @@ def greedy(decoder, states: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
 
 def speculate_block(decoder) -> None:
     """Finish the current block of every row (decoding.engine.BlockDecoder): draft where it holds masks, then
-    verify until every row's block is final. Leaves block k's K/V committed, `batch.carry` the state before block
-    k + 1 and `batch.draft` its draft."""
-    batch, size, mask = decoder.batch, decoder.size, decoder.tokens.mask
+    verify until every row's block is final. Leaves block k's K/V committed (the verifier's too), `batch.carry`
+    the state before block k + 1 and `batch.draft` its draft."""
+    batch, size, mask, shadow = decoder.batch, decoder.size, decoder.tokens.mask, decoder.verifier
     # verified: prompt tokens, and a first position that holds a token (the bonus of the last block)
     fixed = torch.zeros_like(batch.block, dtype=torch.bool) if batch.fixed is None else batch.fixed
     verified = fixed.clone()
     verified[:, 0] |= batch.block[:, 0] != mask
     verdict = torch.full_like(batch.block, DRAFT)
     verdict[:, 0] = torch.where(verified[:, 0] & ~fixed[:, 0], CORRECTED, DRAFT)  # the bonus: the verifier's own
-    answer = ~fixed
-    next_draft, next_carry = torch.full_like(batch.block, mask), None
+    answer, following = ~fixed, _Next(torch.full_like(batch.block, mask))
     taken = torch.zeros(len(batch), dtype=torch.long, device=batch.block.device)
-    settled = torch.zeros(len(batch), dtype=torch.bool, device=batch.block.device)  # block k final, and its K/V,
-    decoder._selected = None  # carry and next draft; the committed cache changed since the last block
+    settled = torch.zeros(len(batch), dtype=torch.bool, device=batch.block.device)  # block k final, K/V and all
+    for owner in (decoder, shadow) if shadow is not None else (decoder,):
+        owner._selected = None  # the committed cache changed since the last block
     if decoder.observer is not None and bool(((batch.block != mask) & ~fixed)[:, 1:].any()):
         decoder.observer(batch.rows, -1, batch.block, batch.block == mask, verdict)  # the draft, before any forward
     while not bool(settled.all()):
@@ -96,9 +116,10 @@ def speculate_block(decoder) -> None:
         kept = verified[part].sum(1)  # (k,) copy c of a row keeps its first kept + c positions
         copies = max(0, min(copies_of(decoder.config, size), size - 1 - int(kept.min())))
         hidden, cache = _verify_forward(decoder, rows, kept, copies)
-        taken += ~settled
-        block, now, decided, exact, bonus, kind = _accept(decoder, hidden, rows, verified[part], answer[part], kept,
-                                                          copies)
+        states = _verifier_states(decoder, hidden, rows)
+        taken += (~settled) * (1 if shadow is None else 2)  # forwards: a separate verifier's count too
+        block, now, decided, exact, bonus, kind = _accept(decoder, states, hidden, rows, verified[part],
+                                                          answer[part], kept, copies)
         index = torch.arange(len(batch)) if rows is None else rows.cpu()
         verdict = verdict.index_put((~settled,), torch.where(now & ~verified[part], kind, verdict[part]))
         batch.block, verified = batch.block.index_put((~settled,), block), verified.index_put((~settled,), now)
@@ -107,20 +128,71 @@ def speculate_block(decoder) -> None:
             if count or extra:  # the next block's first token (the bonus) is decided by this forward too
                 batch.rows[row].accepted.append(count + extra)
         if bool(done.any()):
-            finished = index[done]
-            next_draft[finished] = greedy(decoder, _next_states(hidden[done], size), torch.ones_like(block[done],
-                                                                                                     dtype=torch.bool))
-            next_carry = batch.carry.clone() if next_carry is None else next_carry
-            next_carry[finished] = hidden[done, size - 1]
-            if rows is not None:  # a subset forward wrote into a copy of the cache: bring their K/V home
-                decoder.cache.write_rows(finished, cache, done.nonzero()[:, 0], decoder.cache.get_seq_length(), size)
-            settled[finished] = True
+            following.settle(decoder, index[done], done, rows is not None, hidden, states, cache)
+            settled[index[done]] = True
         if decoder.observer is not None:
             decoder.observer(batch.rows, int(taken.max()) - 1, batch.block, batch.block == mask, verdict)
-    decoder.cache.commit(size)
-    batch.carry, batch.draft = next_carry, next_draft
+    following.commit(decoder)
     for row, steps in zip(batch.rows, taken.tolist()):
         row.block_steps.append(steps)
+
+
+class _Next:
+    """What the rows whose block is final leave for block k + 1: its draft (n, B), the state before it (the
+    drafter's carry, and the verifier's), and their K/V of block k, brought home from a subset's cache copy."""
+
+    def __init__(self, draft: torch.Tensor):
+        self.draft, self.carry, self.check = draft, None, None
+
+    def settle(self, decoder, finished, done, subset: bool, hidden, states, cache) -> None:
+        size, shadow = decoder.size, decoder.verifier
+        bonus = greedy(_checking(decoder), states[done, size:], torch.ones_like(done[done, None]))
+        drafts = greedy(decoder, hidden[done, -size:-1], torch.ones_like(hidden[done, -size:-1, 0], dtype=torch.bool))
+        self.draft[finished] = torch.cat([bonus, drafts], dim=1)  # the bonus, then the masks of block k + 1
+        self.carry = decoder.batch.carry.clone() if self.carry is None else self.carry
+        self.carry[finished] = hidden[done, size - 1]
+        if shadow is not None:
+            self.check = shadow.batch.carry.clone() if self.check is None else self.check
+            self.check[finished] = states[done, size]
+        if subset:  # a subset forward wrote into a copy of the cache: bring their K/V home
+            for owner, copy in ((decoder, cache),) + (((shadow, shadow._selected[1]),) if shadow is not None else ()):
+                owner.cache.write_rows(finished, copy, done.nonzero()[:, 0], owner.cache.get_seq_length(), size)
+
+    def commit(self, decoder) -> None:
+        decoder.cache.commit(decoder.size)
+        decoder.batch.carry, decoder.batch.draft = self.carry, self.draft
+        if decoder.verifier is not None:
+            decoder.verifier.cache.commit(decoder.size)
+            decoder.verifier.batch.carry = self.check
+
+
+def _checking(decoder):
+    """The decoder whose head reads the verifying states: the separate verifier's, else the model's own."""
+    return decoder if decoder.verifier is None else decoder.verifier
+
+
+def _verifier_states(decoder, hidden: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """(k, B + 1, H): the clean states that predict block k's positions and the token after it: the state before
+    the block, then the block's. With no separate verifier they are the drafter's own (its verify forward's clean
+    rows); else the verifier's, from a causal forward of its own over the block (after its pending prompt
+    columns, cached by it), counted in the decode's forwards."""
+    size, shadow = decoder.size, decoder.verifier
+    part = slice(None) if rows is None else rows
+    if shadow is None:
+        return torch.cat([decoder.batch.carry[part][:, None], hidden[:, :size]], dim=1)
+    shadow.batch.block = decoder.batch.block
+    ridden = 0 if shadow.pending is None else shadow.pending[0].shape[1]  # only at a block's first forward: all rows
+    states = shadow._forward(*shadow._step_inputs(rows), rows)
+    shadow.cache.commit(ridden)
+    shadow.pending = None
+    if ridden:  # the column before the block was just read
+        shadow.batch.carry = states[:, -size - 1]
+    elif shadow.batch.carry is None:  # no prefill: position 0 holds a prompt token, never checked
+        shadow.batch.carry = states[:, -size]
+    decoder.nfe += 1
+    for index in range(len(decoder.batch)) if rows is None else rows.tolist():
+        decoder.batch.rows[index].forwards += 1
+    return torch.cat([shadow.batch.carry[part][:, None], states[:, -size:]], dim=1)
 
 
 def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor, verdict: torch.Tensor) -> torch.Tensor:
@@ -141,8 +213,9 @@ def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor, verdict: tor
     still = (batch.block[part] == decoder.tokens.mask) & ~verified[part]
     token = greedy(decoder, decoder._predicting_states(hidden, rows), still)
     batch.block = batch.block.index_put((took,), torch.where(still, token, batch.block[part]))
-    verified[took, 0] |= still[:, 0]  # a first position drafted from the clean state before it is its choice
-    verdict[took, 0] = torch.where(still[:, 0], CORRECTED, verdict[took, 0])
+    if decoder.verifier is None:  # a first position drafted from the clean state before it is the causal mode's
+        verified[took, 0] |= still[:, 0]
+        verdict[took, 0] = torch.where(still[:, 0], CORRECTED, verdict[took, 0])
     return took
 
 
@@ -172,17 +245,16 @@ def _verify_forward(decoder, rows: torch.Tensor | None, kept: torch.Tensor,
     return hidden, decoder.cache if rows is None else decoder._selected[1]
 
 
-def _accept(decoder, hidden, rows, verified, answer, kept: torch.Tensor, copies: int):
-    """Verify the blocks (k, B) of `rows` from their forward's clean states: keep the drafts up to the first one
-    that differs from the causal mode's greedy choice, put that choice there, and the redraft of its copy after it.
+def _accept(decoder, states, hidden, rows, verified, answer, kept: torch.Tensor, copies: int):
+    """Verify the blocks (k, B) of `rows` from the verifier's states (k, B + 1, H): keep the drafts up to the first
+    one that differs from the verifier's greedy choice, put that choice there, and the redraft of its copy after it.
     After an end-of-turn at an answer position the block is decided: end-of-turn to its end. Returns the new
     (block, verified); per row the tokens this verification decided (accepted drafts and the correction) and
     whether its clean rows held the final block (nothing corrected, or the answer ended: such a row needs no K/V),
     and whether the row goes on after the block (its next block's first token is then decided here too)."""
     size, eot = decoder.size, decoder.tokens.eot
     block = decoder.batch.block if rows is None else decoder.batch.block[rows]
-    carry = decoder.batch.carry if rows is None else decoder.batch.carry[rows]
-    choice = greedy(decoder, torch.cat([carry[:, None], hidden[:, : size - 1]], dim=1), ~verified)
+    choice = greedy(_checking(decoder), states[:, :size], ~verified)
     choice = torch.where(verified, block, choice)
     positions = torch.arange(size, device=block.device)
     first = torch.where(choice != block, positions, size).amin(1, keepdim=True)  # (k, 1): B when all agree
@@ -214,9 +286,3 @@ def _redrafts(decoder, hidden, block, first: torch.Tensor, kept: torch.Tensor, c
     where = positions > first[has][:, None]
     out[has] = torch.where(where, greedy(decoder, states, where), block[has])
     return out
-
-
-def _next_states(hidden: torch.Tensor, size: int) -> torch.Tensor:
-    """The states (k, B, H) that predict the next block from its masks (the last columns): the last clean row's,
-    then the masks' own."""
-    return torch.cat([hidden[:, size - 1 : size], hidden[:, -size:-1]], dim=1)
