@@ -111,8 +111,10 @@ def end_of_turn(tokenizer) -> int:
     return eot
 
 
-def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None, generator=None) -> Answers:
-    """Greedy (or sampled, per `config`) answers to one batch of processor outputs (left-padded)."""
+def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None, generator=None,
+           verifier=None) -> Answers:
+    """Greedy (or sampled, per `config`) answers to one batch of processor outputs (left-padded). `verifier`: an
+    autoregressive model that checks speculative drafts (DiffusionVL.generate)."""
     tokenizer = getattr(processor, "tokenizer", processor)
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in inputs.items()}
@@ -131,7 +133,7 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
             row_forwards, prefill = sum(len(row) for row in rows), 0  # a row takes part until its end-of-turn
         else:
             out = model.generate(**inputs, generation_config=config, return_dict_in_generate=True, streamer=streamer,
-                                 tokenizer=tokenizer, generator=generator)
+                                 tokenizer=tokenizer, generator=generator, verifier=verifier)
             rows = out.rows
             nfe, row_forwards, prefill = out.nfe, out.row_forwards, out.prefill_forwards
             accepted = [count for row in out.accepted for count in row]

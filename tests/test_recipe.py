@@ -6,6 +6,7 @@ import re
 import shutil
 
 import pytest
+from conftest import cli_error
 
 from diffusionvl.cli import main
 from diffusionvl.minivl.recipe import RecipeConfig, run
@@ -103,10 +104,17 @@ def test_demo_answers_side_by_side_and_saves_the_images(study, tmp_path, capsys)
     assert captured.out.count("truth: ") == 2 and captured.out.count("  dVLM ") == 2
     assert captured.out.count("  AR ") == 2 and "Q: Describe the image." in captured.out
     assert captured.out.count("tokens/forward") == 6  # each answer, and one summary line per model
-    assert "dVLM decoding: speculative" in captured.out  # the quick study translates with a causal mode
+    assert "dVLM decoding: speculative, drafts checked by" in captured.out  # by default, by the AR it loaded
     assert "/2 right" in captured.out.splitlines()[-2]
-    assert re.fullmatch(r"the dVLM's answer equals the AR's on [0-2]/2 samples", captured.out.splitlines()[-1])
+    assert captured.out.splitlines()[-1] == "the dVLM's answer equals the AR's on 2/2 samples"  # lossless
     assert len(list((tmp_path / "images").glob("*.png"))) == 2
+    main(["demo", "--dvlm", str(out / "minivl-dvlm"), "--ar", str(out / "minivl-ar"), "--samples", "1",
+          "--verifier", "self"])
+    captured = capsys.readouterr()
+    assert "dVLM decoding: speculative, drafts checked by its own causal mode" in captured.out
+    assert re.fullmatch(r"the dVLM's answer equals the AR's on [01]/1 samples", captured.out.splitlines()[-1])
+    assert "--verifier ar checks the drafts with the AR source" in cli_error(
+        capsys, "demo", "--dvlm", str(out / "minivl-dvlm"), "--ar", "none", "--verifier", "ar")
 
 
 def test_chat_takes_turns_images_and_commands(study, monkeypatch, capsys):

@@ -3,10 +3,12 @@ AR source, side by side, with the truth, NFE, tokens per forward and speed of ea
 
     diffusionvl demo [--samples 4] [--seed 0] [--save DIR] [--dvlm minivl-dvlm] [--ar minivl-ar]
 
-Runs offline on the models inside the package. The dVLM decodes speculatively where it can (a causal-context
-translation with logit shift: its drafts verified by its own causal mode, decoding/speculative.py), else with the
-dynamic policy (a step commits every token above the threshold); `--strategy` picks another. The AR source decodes
-greedily with its KV cache. The totals line counts how many of the dVLM's answers equal the AR's, word for word.
+Runs offline on the models inside the package. The dVLM decodes speculatively where it can
+(decoding/speculative.py): its drafts are checked by the AR source (`--verifier ar`, the default when the AR is
+loaded: the answers are then the AR's own, token for token) or by the dVLM's own causal mode (`--verifier self`, a
+causal-context translation with logit shift); else with the dynamic policy (a step commits every token above the
+threshold). `--strategy` picks another. The AR source decodes greedily with its KV cache. The totals line counts
+how many of the dVLM's answers equal the AR's, word for word, and the speed of each.
 """
 
 import argparse
@@ -25,8 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["low_confidence_static", "low_confidence_dynamic", "threshold", "speculative"],
                         help="the dVLM's unmasking policy (default: speculative where the model has a causal mode, "
                         f"else {FALLBACK_STRATEGY})")
+    parser.add_argument("--verifier", choices=["ar", "self"], help="who checks speculative drafts: the AR source "
+                        "(default when it is loaded) or the dVLM's own causal mode")
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="confidence threshold")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per block (at most the block size)")
+
+
+def _decoding(args, models: dict):
+    """The dVLM's strategy, and the AR model that checks its speculative drafts (None: its own causal mode)."""
+    from ..errors import DiffusionVLError
+    from ..inference import has_causal_mode
+
+    dvlm, ar = models["dVLM"][0].config, models.get("AR", (None,))[0]
+    if args.verifier == "ar" and ar is None:
+        raise DiffusionVLError("--verifier ar checks the drafts with the AR source, and --ar is 'none'; name the "
+                               "AR model (--ar minivl-ar) or use --verifier self.")
+    checker = args.verifier or ("ar" if ar is not None else "self")
+    speculates = dvlm.logit_shift and (checker == "ar" or has_causal_mode(dvlm.context_attention, dvlm.logit_shift))
+    strategy = args.strategy or ("speculative" if speculates else FALLBACK_STRATEGY)
+    return strategy, ar if strategy == "speculative" and checker == "ar" else None
 
 
 def _line(out, right: bool) -> str:
@@ -43,7 +62,7 @@ def main(args: argparse.Namespace) -> None:
     from ..decoding.config import DecodingConfig
     from ..errors import DiffusionVLError
     from ..evaluation.metrics import exact_match
-    from ..inference import answer, chat_inputs, has_causal_mode, load
+    from ..inference import answer, chat_inputs, load
     from .generator import TASKS, sample
     from .models import image_size_of
 
@@ -52,10 +71,10 @@ def main(args: argparse.Namespace) -> None:
     models = {"dVLM": load(args.dvlm)}
     if args.ar != "none":
         models["AR"] = load(args.ar)
-    dvlm = models["dVLM"][0].config
-    strategy = args.strategy or ("speculative" if has_causal_mode(dvlm.context_attention, dvlm.logit_shift)
-                                 else FALLBACK_STRATEGY)
-    print(f"dVLM decoding: {strategy}")
+    strategy, verifier = _decoding(args, models)
+    print(f"dVLM decoding: {strategy}" + (
+        "" if strategy != "speculative" else f", drafts checked by {args.ar}" if verifier is not None else
+        ", drafts checked by its own causal mode"))
     config = DecodingConfig(max_new_tokens=64, steps=args.steps, remasking_strategy=strategy,
                             confidence_threshold=args.threshold)
     size = image_size_of(models["dVLM"][1])
@@ -63,8 +82,10 @@ def main(args: argparse.Namespace) -> None:
     if args.save:
         Path(args.save).mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    for model, processor in models.values():  # warm-up, so the first answer's speed is not the first call's
-        answer(model, processor, chat_inputs(processor, [samples[0].question], [[samples[0].image]]), config)
+    checks = {"dVLM": verifier}  # the AR decodes alone
+    for name, (model, processor) in models.items():  # warm-up, so the first answer's speed is not the first call's
+        answer(model, processor, chat_inputs(processor, [samples[0].question], [[samples[0].image]]), config,
+               verifier=checks.get(name))
     totals = {name: [0, 0, 0.0, 0] for name in models}  # tokens, row forwards, seconds, right
     same = 0  # samples where the dVLM's answer equals the AR's
     for index, s in enumerate(samples, 1):
@@ -78,7 +99,8 @@ def main(args: argparse.Namespace) -> None:
         for name, (model, processor) in models.items():
             print(f"  {name:<5} ", end="", flush=True)
             streamer = TextStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-            out = answer(model, processor, chat_inputs(processor, [s.question], [[s.image]]), config, streamer)
+            out = answer(model, processor, chat_inputs(processor, [s.question], [[s.image]]), config, streamer,
+                         verifier=checks.get(name))
             right = bool(exact_match(out.texts[0], s.answer))  # scored as `diffusionvl eval` scores it
             texts[name] = out.texts[0]
             print(_line(out, right))
