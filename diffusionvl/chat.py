@@ -17,12 +17,13 @@ HELP = "commands: /image PATH (attach to the next message), /reset, /quit"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from .cli import add_decoding_arguments
+    from .cli import add_decoding_arguments, add_verifier_argument
 
     parser.add_argument("--model", default=None, help="a checkpoint folder, or a model name: minivl-dvlm "
                         "(default), minivl-ar, smollm2-dlm, smollm2")
     parser.add_argument("--autoregressive", action="store_true", help="accept an untranslated AR checkpoint")
     add_decoding_arguments(parser)
+    add_verifier_argument(parser)
 
 
 def _history() -> None:
@@ -88,8 +89,9 @@ def check_room(model, processor, config) -> None:
         raise DiffusionVLError(f"--max-new-tokens {config.max_new_tokens} leaves no room for a message: {error}")
 
 
-def turn(model, processor, conversation: Conversation, line: str, config) -> None:
-    """Answer one message, streamed. A bad message (too long, say) or Ctrl-C ends this turn only."""
+def turn(model, processor, conversation: Conversation, line: str, config, verifier=None) -> None:
+    """Answer one message, streamed. A bad message (too long, say) or Ctrl-C ends this turn only. `verifier`:
+    the model that checks speculative drafts (--verifier)."""
     from transformers import TextStreamer
 
     from .inference import answer
@@ -99,7 +101,7 @@ def turn(model, processor, conversation: Conversation, line: str, config) -> Non
         inputs = conversation.inputs(line)
         print("model> ", end="", flush=True)
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        out = answer(model, processor, inputs, config, streamer)
+        out = answer(model, processor, inputs, config, streamer, verifier=verifier)
     except (ValueError, OSError) as error:
         print(f"\nerror: {error}", file=sys.stderr)
         conversation.retract()
@@ -115,7 +117,7 @@ def turn(model, processor, conversation: Conversation, line: str, config) -> Non
 
 def main(args: argparse.Namespace) -> None:
     from .checkpoints.folders import DEFAULT_MODEL
-    from .cli import decoding_config
+    from .cli import decoding_config, open_verifier
     from .errors import DiffusionVLError
     from .inference import open_model, open_processor
 
@@ -123,6 +125,7 @@ def main(args: argparse.Namespace) -> None:
     path = args.model or DEFAULT_MODEL
     processor = open_processor(path)
     model = open_model(path, autoregressive=args.autoregressive)
+    verifier = open_verifier(args)
     tokenizer = getattr(processor, "tokenizer", processor)
     if processor is tokenizer and getattr(tokenizer, "chat_template", None) is None:
         raise DiffusionVLError(f"{path} has no chat template; use `diffusionvl generate --raw` instead.")
@@ -153,4 +156,4 @@ def main(args: argparse.Namespace) -> None:
         if line.startswith("/"):
             print(f"unknown command {line.split()[0]}; {HELP}", file=sys.stderr)
             continue
-        turn(model, processor, conversation, line, config)
+        turn(model, processor, conversation, line, config, verifier)

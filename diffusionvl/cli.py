@@ -86,10 +86,11 @@ def generate(args: argparse.Namespace) -> None:
     processor = open_processor(path)
     inputs = prompt_inputs(processor, args.prompt, args.image or [], chat=not args.raw)
     model = open_model(path, dtype=torch_dtype(args.dtype), device=device, autoregressive=args.autoregressive)
+    verifier = open_verifier(args, torch_dtype(args.dtype), device)
     tokenizer = getattr(processor, "tokenizer", processor)
     generator = torch.Generator(device).manual_seed(args.seed) if args.seed is not None else None
     streamer = None if args.json else TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    out = answer(model, processor, inputs, config, streamer=streamer, generator=generator)
+    out = answer(model, processor, inputs, config, streamer=streamer, generator=generator, verifier=verifier)
     if args.json:
         print(json.dumps({"model": str(path), "text": out.texts[0], "tokens": out.tokens, "nfe": out.nfe,
                           "tokens_per_forward": round(out.tokens_per_forward, 4), "seconds": round(out.seconds, 4),
@@ -114,10 +115,10 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     """The decoding flags `generate`, `chat` and `eval` share (DecodingConfig's fields)."""
     parser.add_argument("--max-new-tokens", type=int, default=128, help="the answer's length limit")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps per block")
-    parser.add_argument("--strategy", default="low_confidence_static",
-                        choices=["low_confidence_static", "low_confidence_dynamic", "threshold", "speculative"],
-                        help="unmasking policy, or speculative: drafts verified by the model's causal mode (lossless; "
-                        "causal-context models)")
+    parser.add_argument("--strategy", choices=["low_confidence_static", "low_confidence_dynamic", "threshold",
+                                               "speculative"],
+                        help="unmasking policy, or speculative: drafts verified by the model's causal mode or by "
+                        "--verifier (lossless) (default: low_confidence_static; speculative with --verifier)")
     parser.add_argument("--threshold", type=float, default=0.9, help="confidence threshold of the dynamic policies")
     parser.add_argument("--speculative-copies", type=copies_option, default=1, metavar="N|all",
                         help="speculative: noisy copies of the block per verify forward (DecodingConfig)")
@@ -126,11 +127,33 @@ def add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, help="sample from the smallest set of tokens reaching this probability")
 
 
+def add_verifier_argument(parser: argparse.ArgumentParser) -> None:
+    """`--verifier`, for the commands that decode with a loaded model (generate, chat, eval, serve)."""
+    parser.add_argument("--verifier", help="an autoregressive model sharing the tokenizer (e.g. minivl-ar, smollm2) "
+                        "that checks speculative drafts, so the answers are its own greedy answers (default: the "
+                        "model's own causal mode); implies --strategy speculative")
+
+
+def open_verifier(args: argparse.Namespace, dtype=None, device=None):
+    """The --verifier model (in eval mode), or None."""
+    if not getattr(args, "verifier", None):
+        return None
+    from .inference import open_model
+
+    return open_model(args.verifier, dtype=dtype, device=device)
+
+
 def decoding_config(args: argparse.Namespace):
     """The DecodingConfig of the decoding flags; bad values fail here, before any weight is read."""
     from .decoding.config import DecodingConfig
+    from .errors import DiffusionVLError
 
-    return DecodingConfig(max_new_tokens=args.max_new_tokens, steps=args.steps, remasking_strategy=args.strategy,
+    verifier = getattr(args, "verifier", None)
+    strategy = args.strategy or ("speculative" if verifier else "low_confidence_static")
+    if verifier and strategy != "speculative":
+        raise DiffusionVLError(f"--verifier {verifier} checks speculative drafts, and --strategy is {strategy}; drop "
+                               "one of them.")
+    return DecodingConfig(max_new_tokens=args.max_new_tokens, steps=args.steps, remasking_strategy=strategy,
                           confidence_threshold=args.threshold, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, speculative_copies=args.speculative_copies)
 
@@ -152,6 +175,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--prompt", required=True, help="the user's message; <image> marks where an image goes")
     gen.add_argument("--image", action="append", help="an image file (repeat for several); needs a VLM checkpoint")
     add_decoding_arguments(gen)
+    add_verifier_argument(gen)
     gen.add_argument("--seed", type=int, help="seed of the sampling (with --temperature > 0)")
     gen.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     gen.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",

@@ -116,6 +116,9 @@ def answer(model, processor, inputs: dict, config: DecodingConfig, streamer=None
     """Greedy (or sampled, per `config`) answers to one batch of processor outputs (left-padded). `verifier`: an
     autoregressive model that checks speculative drafts (DiffusionVL.generate)."""
     tokenizer = getattr(processor, "tokenizer", processor)
+    if verifier is not None and is_autoregressive(model):
+        raise DiffusionVLError("a verifier checks a block-diffusion model's speculative drafts, and this model is "
+                               "autoregressive; decode it alone, or pass the translation as the model.")
     device = next(model.parameters()).device
     inputs = {key: value.to(device) for key, value in inputs.items()}
     start = time.perf_counter()

@@ -36,6 +36,19 @@ def test_the_rule_lets_clean_tokens_attend_causally_and_the_noisy_block_bidirect
     assert inference.int().tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]]
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_verify_forward_keeps_its_noisy_copies_apart_under_either_context(causal):
+    """A speculative verify forward after two cached tokens (block 0): block 1 as clean rows (places 2, 3), a
+    noisy copy of it (segment 1, same places) and block 2 as masks (places 4, 5). The copy sees the cache and
+    itself, not block 1's clean rows; the masks see the cache and the clean rows, not the copy."""
+    places = torch.tensor([[0, 1, 2, 3, 2, 3, 4, 5]])
+    valid = torch.ones_like(places, dtype=torch.bool)
+    mask = block_causal_mask(places[:, 2:], valid[:, 2:], places, valid, 2, torch.float32, causal_context=causal,
+                             noisy=4, segments=torch.tensor([0, 0, 1, 1, 0, 0]))[0, 0] == 0
+    clean = [[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0, 0, 0]] if causal else [[1, 1, 1, 1, 0, 0, 0, 0]] * 2
+    assert mask.int().tolist() == clean + [[1, 1, 0, 0, 1, 1, 0, 0]] * 2 + [[1, 1, 1, 1, 0, 0, 1, 1]] * 2
+
+
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_an_untrained_causal_translation_with_logit_shift_is_its_source(family):
     """Clean-stream logits equal the source's, shifted by one (index i holds the prediction of token i)."""

@@ -74,15 +74,21 @@ def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=Non
                 if verifier is None:  # drafted from the clean state before it: the causal mode's own choice
                     verified[0] = verified[0] or block[0] == tokens.mask
                 block = [_greedy(logits[start + i], tokens) if t == tokens.mask else t for i, t in enumerate(block)]
-            logits, used = run(sequence[:start] + block + [tokens.mask] * size)[start:], used + 1
-            checks = logits
-            if verifier is not None:  # its clean rows: the masks after them are never read
-                checks, used = run(sequence[:start] + block + [tokens.mask] * size, verifier)[start:], used + 1
+            masks = [tokens.mask] * size
+            if verifier is None:  # one forward: the clean rows verify, a copy redrafts, the masks draft what follows
+                logits = checks = run(sequence[:start] + block + masks)[start:]
+                kept, used = sum(verified), used + 1
+            else:  # the verifier's clean rows first (its masks are never read); the drafter's forward on what it
+                checks, used = run(sequence[:start] + block + masks, verifier)[start:], used + 1  # decided
             choice = [t if verified[i] else _greedy(checks[i], tokens) for i, t in enumerate(block)]
             first = next((i for i in range(size) if choice[i] != block[i]), size)
             decided = sum(1 for i in range(size) if i <= first and not verified[i])
-            if first <= size - 2 and first - sum(verified) < copies:  # the redraft after the correction, by its copy
-                redraft = run(sequence[:start] + block[:first] + [tokens.mask] * (size - first))[start:]
+            ended = any(choice[i] == tokens.eot and answer[i] and (verified[i] or i <= first) for i in range(size))
+            if verifier is not None and not ended:  # its copy keeps the correction too
+                logits, used = run(sequence[:start] + choice[: first + 1] + block[first + 1 :] + masks)[start:], used + 1
+                kept = first + 1
+            if first <= size - 2 and not ended and first - kept + (verifier is not None) < copies:  # redrafted by
+                redraft = run(sequence[:start] + choice[:kept] + [tokens.mask] * (size - kept))[start:]  # its copy
                 choice[first + 1 :] = [_greedy(redraft[i], tokens) for i in range(first + 1, size)]
             elif first <= size - 2:  # no copy kept these positions: they are drafted again, by a forward of its own
                 choice[first + 1 :] = [tokens.mask] * (size - first - 1)
@@ -97,7 +103,8 @@ def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=Non
         row.block_steps.append(used)
         row.extend([t for t, new in zip(block, answer) if new], tokens.eot)
         sequence, start, answer = sequence[:start] + block, start + size, [True] * size
-        block = [_greedy((checks if i == 0 else logits)[size + i], tokens) for i in range(size)]  # the bonus, drafts
+        if not row.finished:  # the bonus (the verifier's), then the drafter's masks
+            block = [_greedy((checks if i == 0 else logits)[size + i], tokens) for i in range(size)]
     return row
 
 

@@ -113,13 +113,10 @@ def speculate_block(decoder) -> None:
             taken += _draft(decoder, drafting, verified, verdict)
         rows = None if not bool(settled.any()) else (~settled).nonzero()[:, 0]
         part = slice(None) if rows is None else rows
-        kept = verified[part].sum(1)  # (k,) copy c of a row keeps its first kept + c positions
-        copies = max(0, min(copies_of(decoder.config, size), size - 1 - int(kept.min())))
-        hidden, cache = _verify_forward(decoder, rows, kept, copies)
-        states = _verifier_states(decoder, hidden, rows)
-        taken += (~settled) * (1 if shadow is None else 2)  # forwards: a separate verifier's count too
-        block, now, decided, exact, bonus, kind = _accept(decoder, states, hidden, rows, verified[part],
-                                                          answer[part], kept, copies)
+        check = _check_self if shadow is None else _check_separately
+        forwards, hidden, states, cache, result = check(decoder, rows, verified[part], answer[part])
+        block, now, decided, exact, bonus, kind = result
+        taken += (~settled) * forwards
         index = torch.arange(len(batch)) if rows is None else rows.cpu()
         verdict = verdict.index_put((~settled,), torch.where(now & ~verified[part], kind, verdict[part]))
         batch.block, verified = batch.block.index_put((~settled,), block), verified.index_put((~settled,), now)
@@ -145,17 +142,23 @@ class _Next:
         self.draft, self.carry, self.check = draft, None, None
 
     def settle(self, decoder, finished, done, subset: bool, hidden, states, cache) -> None:
+        """Rows `finished` (n,), `done` among those of the forward, are final. `hidden` is None when the drafter
+        did not run (every answer ended: nothing of it is needed)."""
         size, shadow = decoder.size, decoder.verifier
-        bonus = greedy(_checking(decoder), states[done, size:], torch.ones_like(done[done, None]))
-        drafts = greedy(decoder, hidden[done, -size:-1], torch.ones_like(hidden[done, -size:-1, 0], dtype=torch.bool))
-        self.draft[finished] = torch.cat([bonus, drafts], dim=1)  # the bonus, then the masks of block k + 1
         self.carry = decoder.batch.carry.clone() if self.carry is None else self.carry
-        self.carry[finished] = hidden[done, size - 1]
+        if hidden is not None:
+            bonus = greedy(_checking(decoder), states[done, size:], torch.ones_like(done[done, None]))
+            drafts = greedy(decoder, hidden[done, -size:-1], torch.ones_like(hidden[done, -size:-1, 0],
+                                                                              dtype=torch.bool))
+            self.draft[finished] = torch.cat([bonus, drafts], dim=1)  # the bonus, then the masks of block k + 1
+            self.carry[finished] = hidden[done, size - 1]
         if shadow is not None:
             self.check = shadow.batch.carry.clone() if self.check is None else self.check
             self.check[finished] = states[done, size]
         if subset:  # a subset forward wrote into a copy of the cache: bring their K/V home
-            for owner, copy in ((decoder, cache),) + (((shadow, shadow._selected[1]),) if shadow is not None else ()):
+            copies = ((decoder, cache),) if hidden is not None else ()
+            copies += ((shadow, shadow._selected[1]),) if shadow is not None else ()
+            for owner, copy in copies:
                 owner.cache.write_rows(finished, copy, done.nonzero()[:, 0], owner.cache.get_seq_length(), size)
 
     def commit(self, decoder) -> None:
@@ -219,15 +222,15 @@ def _draft(decoder, drafting: torch.Tensor, verified: torch.Tensor, verdict: tor
     return took
 
 
-def _verify_forward(decoder, rows: torch.Tensor | None, kept: torch.Tensor,
+def _verify_forward(decoder, rows: torch.Tensor | None, block: torch.Tensor, kept: torch.Tensor,
                     copies: int) -> tuple[torch.Tensor, BlockCache]:
-    """The forward of `rows` (None: all) carrying their block as clean rows, `copies` noisy copies of it (copy c of
-    a row keeps its first kept + c positions, kept (k,)) and the next block as masks; returns its hidden states
-    (k, Q, H) and the cache it wrote block k's K/V into."""
+    """The forward of `rows` (None: all) carrying their block (k, B) as clean rows, `copies` noisy copies of it
+    (copy c of a row keeps its first kept + c positions, kept (k,)) and the next block as masks; returns its hidden
+    states (k, Q, H) and the cache it wrote block k's K/V into."""
     batch, size, mask = decoder.batch, decoder.size, decoder.tokens.mask
     embed = decoder.model.get_input_embeddings()
     part = slice(None) if rows is None else rows
-    block, next_rope = batch.block[part], decoder._block_rope()[:, part] + size
+    next_rope = decoder._block_rope()[:, part] + size
     rope = decoder._block_rope()[:, part] if batch.fixed is None else batch.first_rope[:, part]
 
     def inputs(ids: torch.Tensor) -> torch.Tensor:  # prompt tokens keep the prompt's embeddings (images)
@@ -245,37 +248,71 @@ def _verify_forward(decoder, rows: torch.Tensor | None, kept: torch.Tensor,
     return hidden, decoder.cache if rows is None else decoder._selected[1]
 
 
-def _accept(decoder, states, hidden, rows, verified, answer, kept: torch.Tensor, copies: int):
-    """Verify the blocks (k, B) of `rows` from the verifier's states (k, B + 1, H): keep the drafts up to the first
-    one that differs from the verifier's greedy choice, put that choice there, and the redraft of its copy after it.
-    After an end-of-turn at an answer position the block is decided: end-of-turn to its end. Returns the new
-    (block, verified); per row the tokens this verification decided (accepted drafts and the correction) and
-    whether its clean rows held the final block (nothing corrected, or the answer ended: such a row needs no K/V),
-    and whether the row goes on after the block (its next block's first token is then decided here too)."""
+def _check_self(decoder, rows, verified: torch.Tensor, answer: torch.Tensor):
+    """One verification by the model's own causal mode: the drafter's forward carries the block as clean rows
+    (their states verify it), its noisy copies (copy c keeps the verified positions and c drafts after them) and
+    the next block's masks. Returns (forwards, hidden, verifier states, cache, _decide's result)."""
+    size = decoder.size
+    block = decoder.batch.block if rows is None else decoder.batch.block[rows]
+    kept = verified.sum(1)  # (k,) verified positions are a prefix
+    copies = max(0, min(copies_of(decoder.config, size), size - 1 - int(kept.min())))
+    hidden, cache = _verify_forward(decoder, rows, block, kept, copies)
+    states = _verifier_states(decoder, hidden, rows)
+    choice, first, now = _verdict(decoder, states, block, verified)
+    redraft = _redrafts(decoder, hidden, block, first, first - kept, copies)  # the copy that kept exactly < first
+    return 1, hidden, states, cache, _decide(decoder, choice, redraft, first, now, verified, answer)
+
+
+def _check_separately(decoder, rows, verified: torch.Tensor, answer: torch.Tensor):
+    """One verification by a separate verifier: its forward first; then, unless every row's answer ended, the
+    drafter's forward with the block as corrected (clean rows), one copy keeping exactly the decided positions
+    (the correction included) whose masks redraft the rest, and the next block's masks. Returns as _check_self."""
     size, eot = decoder.size, decoder.tokens.eot
     block = decoder.batch.block if rows is None else decoder.batch.block[rows]
-    choice = greedy(_checking(decoder), states[:, :size], ~verified)
-    choice = torch.where(verified, block, choice)
+    states = _verifier_states(decoder, None, rows)
+    choice, first, now = _verdict(decoder, states, block, verified)
+    if bool(((choice == eot) & answer & now).any(1).all()):  # decided: nothing left to draft or to cache
+        return 1, None, states, None, _decide(decoder, choice, block, first, now, verified, answer)
+    corrected = torch.where(now, choice, block)
+    redo = first <= size - 2  # (k,) rows with drafts after the correction: they are drafted again, by one copy
+    copies = int(bool(redo.any())) * min(1, copies_of(decoder.config, size))  # (speculative_copies=0: none)
+    hidden, cache = _verify_forward(decoder, rows, corrected, torch.where(redo, first + 1, size), copies)
+    redraft = _redrafts(decoder, hidden, corrected, first, torch.zeros_like(first), copies)
+    return 2, hidden, states, cache, _decide(decoder, choice, redraft, first, now, verified, answer)
+
+
+def _verdict(decoder, states: torch.Tensor, block: torch.Tensor, verified: torch.Tensor):
+    """The verifier's greedy choice (k, B) at the unverified positions of `block` (from its states (k, B + 1, H)),
+    the first position (k,) where it differs from the draft (B when all agree), and the positions decided now."""
+    size = decoder.size
+    choice = torch.where(verified, block, greedy(_checking(decoder), states[:, :size], ~verified))
     positions = torch.arange(size, device=block.device)
-    first = torch.where(choice != block, positions, size).amin(1, keepdim=True)  # (k, 1): B when all agree
-    now = verified | (positions <= first)
-    decided = (now & ~verified).sum(1)
-    redraft = _redrafts(decoder, hidden, block, first[:, 0], kept, copies)
+    first = torch.where(choice != block, positions, size).amin(1)
+    return choice, first, verified | (positions <= first[:, None])
+
+
+def _decide(decoder, choice, redraft, first: torch.Tensor, now, verified, answer):
+    """The blocks (k, B) after a verification: the choice where decided, the redraft after it; after an
+    end-of-turn at an answer position, end-of-turn to the block's end. Returns (block, verified); per row the
+    tokens this verification decided (accepted drafts and the correction), whether the clean rows held the final
+    block (nothing corrected, or the answer ended: such a row needs no K/V) and whether the row goes on after the
+    block (its next block's first token is then decided too); and the verdict of each decided position."""
+    size, eot = decoder.size, decoder.tokens.eot
+    positions = torch.arange(size, device=choice.device)
     block = torch.where(now, choice, redraft)
     ended = (block == eot) & answer & now
     after = positions > torch.where(ended, positions, size).amin(1, keepdim=True)
-    exact = (first[:, 0] == size) | ended.any(1)
-    kind = torch.where((positions < first) & ~after, ACCEPTED, CORRECTED)
-    return block.masked_fill(after, eot), now | after, decided, exact, ~ended.any(1), kind
+    exact = (first == size) | ended.any(1)
+    kind = torch.where((positions < first[:, None]) & ~after, ACCEPTED, CORRECTED)
+    return block.masked_fill(after, eot), now | after, (now & ~verified).sum(1), exact, ~ended.any(1), kind
 
 
-def _redrafts(decoder, hidden, block, first: torch.Tensor, kept: torch.Tensor, copies: int) -> torch.Tensor:
-    """(k, B): for each row, the greedy tokens of the noisy copy that kept the positions before `first` (its
-    predicting states: the carry for position 0, then the copy's own); where there is no such copy, `block` up to
-    `first` and masks after it, to be drafted again."""
+def _redrafts(decoder, hidden, block, first: torch.Tensor, copy: torch.Tensor, copies: int) -> torch.Tensor:
+    """(k, B): for each row, the greedy tokens after `first` of its noisy copy number `copy` (k,) (its predicting
+    states: the copy's own); where there is no such copy, `block` up to `first` and masks after it, to be drafted
+    again."""
     size, positions = decoder.size, torch.arange(decoder.size, device=block.device)
-    copy = first - kept  # which copy (k,); there is one where 0 <= copy < copies and first <= B - 2
-    has = (copy < copies) & (first <= size - 2)
+    has = (copy < copies) & (first <= size - 2)  # a copy exists where 0 <= copy < copies
     out = block.masked_fill((positions > first[:, None]) & ~has[:, None], decoder.tokens.mask)  # no copy: redraft
     if not bool(has.any()):
         return out

@@ -66,13 +66,15 @@ def block_causal_mask(
     positions are per-row absolute positions (N, Q) / (N, K); keys may include cached tokens and end with the
     queries. With `causal_context` the last `noisy` query columns are the block being denoised (bidirectional
     inside it, every earlier clean token before it) and every other column is clean, attending token-causally.
-    Without it the two are the same pattern, so `noisy` changes nothing. `segments` (Q,): noisy query columns
-    with different ids do not see each other (cached keys are segment 0); causal context only.
+    Without it the two are the same pattern, so `noisy` changes nothing, unless `segments` (Q,) are given: noisy
+    query columns with different ids do not see each other (cached keys are segment 0), and then the two streams
+    are kept apart under either context (a speculative verify forward: noisy copies of a block sit on the places
+    of its clean rows).
     """
     q_block, k_block = q_positions // block_size, k_positions // block_size
     q_stream = torch.full_like(q_block, CLEAN)
     k_stream = torch.full_like(k_block, CLEAN)
-    if not causal_context:
+    if not causal_context and segments is None:
         return to_attention_mask(block_diffusion_rule(q_block, q_stream, k_block, k_stream, k_valid), q_valid, dtype)
     if noisy:
         q_stream[:, -noisy:], k_stream[:, -noisy:] = NOISY, NOISY
@@ -80,8 +82,8 @@ def block_causal_mask(
     if segments is not None:
         q_segment = segments[None].expand_as(q_block)
         k_segment = torch.cat([segments.new_zeros(k_block.shape[1] - len(segments)), segments])[None].expand_as(k_block)
-    allowed = block_diffusion_rule(q_block, q_stream, k_block, k_stream, k_valid, q_positions, k_positions,
-                                   q_segment, k_segment)
+    token_causal = (q_positions, k_positions) if causal_context else (None, None)  # else clean sees its block
+    allowed = block_diffusion_rule(q_block, q_stream, k_block, k_stream, k_valid, *token_causal, q_segment, k_segment)
     return to_attention_mask(allowed, q_valid, dtype)
 
 
