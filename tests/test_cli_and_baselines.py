@@ -114,12 +114,14 @@ def test_benchmark_of_a_causal_translation_adds_speculative_decoding_checked_aga
     out = tmp_path / "bench.json"
     cli.main(f"bench --model {tmp_path / 'causal'} --source minivl-ar --samples 2 --repeats 2 --batch-sizes 1,2 "
              f"--thresholds 0.9 --max-new-tokens 16 --no-llada --tasks minivl:caption,count --device cpu "
-             f"--speculative-copies 0,all --json {out}".split())
+             f"--speculative-copies 0,all --verifier minivl-ar --json {out}".split())
     result = json.loads(out.read_text())
     rows = {(r["setting"], r["batch_size"]): r for r in result["rows"]}
     assert result["settings"]["prompts"] == 4 and result["settings"]["tasks"] == ["caption", "count"]
-    for name in ("speculative/c0", "speculative/all"):  # a row per number of copies, the same answers
-        assert rows[(name, 1)]["accuracy"] == rows[("AR", 1)]["accuracy"] == rows[(name, 2)]["accuracy"]
+    for name in ("speculative/c0", "speculative/all", "speculative/c0 by minivl-ar", "speculative/all by minivl-ar"):
+        assert rows[(name, 1)]["accuracy"] == rows[("AR", 1)]["accuracy"] == rows[(name, 2)]["accuracy"], name
+    by_ar = rows[("speculative/c0 by minivl-ar", 1)]
+    assert by_ar["nfe"] > rows[("speculative/c0", 1)]["nfe"]  # the separate verifier's forwards count too
     assert rows[("speculative/c0", 1)]["nfe"] >= rows[("speculative/all", 1)]["nfe"]  # redrafts cost forwards
     headline = result["headline"]
     best = rows[(headline["speculative_setting"], 1)]
@@ -183,6 +185,12 @@ def test_lossless_checks_speculative_answers_against_the_verifiers_own_generate(
     assert [b["identical"] for b in result["batches"]] == [6, 6]
     assert result["endings"]["stop_string"] >= 1 and result["endings"]["stop"] + result["endings"]["length"] >= 1
     assert "lossless: yes, every row" in capsys.readouterr().out
+    cli.main(["convert", str(tmp_path / "base"), str(tmp_path / "drafter"), "--block-size", "4", "--logit-shift"])
+    cli.main(f"lossless --model {tmp_path / 'drafter'} --verifier {tmp_path / 'base'} --tasks {questions} "
+             f"--batch-sizes 1,4 --stop-string w5 --max-new-tokens 12 --json {out}".split())
+    result = json.loads(out.read_text())  # a block-causal drafter, its drafts checked by its source's generate
+    assert result["lossless"] is True and [b["identical"] for b in result["batches"]] == [6, 6]
+    assert result["verifier"] == str(tmp_path / "base")
     assert "diffusionvl convert" in cli_error(capsys, "lossless", "--model", str(tmp_path / "base"))  # an AR model
     cli.main(["convert", str(tmp_path / "base"), str(tmp_path / "block"), "--block-size", "4"])
     assert "context_attention='causal'" in cli_error(capsys, "lossless", "--model", str(tmp_path / "block"))

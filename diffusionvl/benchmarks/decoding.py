@@ -50,6 +50,7 @@ import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -79,6 +80,7 @@ class BenchConfig:
     tasks: tuple[str, ...] | None = None  # MiniVL task names; None: every task
     task_file: str | None = None  # a JSONL file of questions instead (evaluation.tasks)
     speculative_copies: tuple[int | None, ...] = (1,)  # a speculative row per value (DecodingConfig; None: all)
+    verifier: str | None = None  # an AR model checking the drafts too: speculative rows `... by NAME`
 
     def __post_init__(self):
         for name in ("samples", "repeats", "max_new_tokens"):
@@ -100,9 +102,11 @@ class Setting:
     name: str
     kind: str  # "ar", "block" or "llada"
     config: DecodingConfig
+    verified_by: str | None = None  # speculative: the separate verifier's name (None: the model's causal mode)
 
 
 def settings(block_size: int, config: BenchConfig, with_ar: bool, speculative: bool = False) -> list[Setting]:
+    """The rows of the table. `speculative`: the model verifies its own drafts (it has a causal mode)."""
     common = {"max_new_tokens": config.max_new_tokens}
     out = [Setting("AR", "ar", DecodingConfig(**common))] if with_ar else []
     out += [Setting("static", "block", DecodingConfig(steps=block_size, **common))]
@@ -112,20 +116,20 @@ def settings(block_size: int, config: BenchConfig, with_ar: bool, speculative: b
         out += [Setting(f"{short}@{t:g}", "block", DecodingConfig(
             steps=block_size, remasking_strategy=strategy, confidence_threshold=t, **common))
             for t in config.thresholds]
-    if speculative:
-        out += [Setting(speculative_name(copies, config.speculative_copies), "block", DecodingConfig(
-            remasking_strategy="speculative", speculative_copies=copies, **common))
+    for checker in ([None] if speculative else []) + ([config.verifier] if config.verifier else []):
+        out += [Setting(speculative_name(copies, config.speculative_copies, checker), "block", DecodingConfig(
+            remasking_strategy="speculative", speculative_copies=copies, **common), checker)
             for copies in config.speculative_copies]
     if config.llada:
         out += [Setting("LLaDA-V", "llada", DecodingConfig(steps=block_size, **common))]
     return out
 
 
-def speculative_name(copies: int | None, every: tuple) -> str:
-    """`speculative` when the run has one speculative row, else `speculative/c<copies>` (`speculative/all`)."""
-    if len(every) == 1:
-        return "speculative"
-    return "speculative/all" if copies is None else f"speculative/c{copies}"
+def speculative_name(copies: int | None, every: tuple, checker: str | None = None) -> str:
+    """`speculative` when the run has one number of copies, else `speculative/c<copies>` (`speculative/all`);
+    ` by NAME` when a separate verifier checks the drafts."""
+    name = "speculative" if len(every) == 1 else "speculative/all" if copies is None else f"speculative/c{copies}"
+    return name if checker is None else f"{name} by {Path(checker).name}"
 
 
 class PeakMemory:
@@ -178,7 +182,8 @@ def decode(setting: Setting, models: dict, processor, inputs: dict):
         out = full_sequence_generate(model, ids, length, size, steps=length, vision=vision)
         rows = out.rows
         return texts_of(processor.tokenizer, rows), sum(map(len, rows)), out.nfe, out.nfe, rows, []
-    out = answer(models["ar" if setting.kind == "ar" else "dvlm"], processor, inputs, setting.config)
+    out = answer(models["ar" if setting.kind == "ar" else "dvlm"], processor, inputs, setting.config,
+                 verifier=models["verifier"] if setting.verified_by else None)
     return out.texts, out.tokens, out.nfe, out.row_forwards, out.rows, out.accepted
 
 
@@ -211,6 +216,10 @@ def load_models(config: BenchConfig, source: str | None) -> tuple[dict, object]:
     models = {"dvlm": dvlm}
     if source is not None:
         models["ar"] = open_model(source, dtype=dtype, device=config.device)
+    if config.verifier is not None:  # the source itself when named again: one copy in memory
+        models["verifier"] = models["ar"] if config.verifier == source else open_model(
+            config.verifier, dtype=dtype, device=config.device)
+        dvlm.as_verifier(models["verifier"])  # wrapped before any timing (its attention kernel is set once)
     return models, processor
 
 
@@ -229,6 +238,7 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     dvlm = models["dvlm"]
     speculative = has_causal_mode(dvlm.config.context_attention, dvlm.config.logit_shift)
     table = settings(dvlm.block_size, config, "ar" in models, speculative)
+    checked = [s for s in table if s.config.speculative]
     plan = [(s, n) for s in table for n in config.batch_sizes if s.kind != "llada" or n == 1]
     for setting, n in plan:  # warm-up: the first batch of each
         measure(setting, models, processor, batches[n][:1], device)
@@ -246,23 +256,26 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
                            "threads": torch.get_num_threads(), "block_size": dvlm.block_size, "prompts": len(prompts),
                            "described": described},
               "rows": rows, "headline": headline(rows, config.batch_sizes)}
-    if speculative:
+    if checked:
         from .lossless import reference_rows
 
-        verified = reference_rows(dvlm, processor, batches[1], config.max_new_tokens)
-        result["headline"].update(speculative_headline(runs, config, verified))
+        verified = {checker: reference_rows(dvlm, processor, batches[1], config.max_new_tokens,
+                                            models["verifier"] if checker else None)
+                    for checker in {s.verified_by for s in checked}}
+        result["headline"].update(speculative_headline(runs, config, checked, verified))
     return result
 
 
-def speculative_headline(runs: dict, config: BenchConfig, verified: list[list[int]]) -> dict:
+def speculative_headline(runs: dict, config: BenchConfig, checked: list[Setting], verified: dict) -> dict:
     """The speculative keys of the headline (module docstring) for the best speculative setting at the smallest
-    batch size (the fastest against the AR, else the most tokens per forward); identical means every setting's."""
+    batch size (the fastest against the AR, else the most tokens per forward); identical means every setting's
+    answers equal its verifier's greedy answers (`verified`, by verifier name; None: the causal mode)."""
     one = min(config.batch_sizes)
-    names = [speculative_name(copies, config.speculative_copies) for copies in config.speculative_copies]
-    keys = {name: _speculative_keys(runs[(name, one)], runs.get(("AR", one))) for name in names}
-    best = max(names, key=lambda name: (keys[name].get("speculative_vs_ar_tokens_per_s", 0),
-                                        keys[name]["speculative_tokens_per_forward"]))
-    identical = all(runs[(name, n)][0]["rows"] == verified for name in names for n in config.batch_sizes)
+    keys = {s.name: _speculative_keys(runs[(s.name, one)], runs.get(("AR", one))) for s in checked}
+    best = max(keys, key=lambda name: (keys[name].get("speculative_vs_ar_tokens_per_s", 0),
+                                       keys[name]["speculative_tokens_per_forward"]))
+    identical = all(runs[(s.name, n)][0]["rows"] == verified[s.verified_by] for s in checked
+                    for n in config.batch_sizes)
     return {"speculative_setting": best, **keys[best], "speculative_identical_to_verifier": identical}
 
 
@@ -346,6 +359,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speculative-copies", type=comma_separated(copies_option), default=d.speculative_copies,
                         metavar="N,...", help="a speculative row per value: noisy copies per verify forward, e.g. "
                         "0,1,2,all (a causal-context model)")
+    parser.add_argument("--verifier", help="an AR model (e.g. the --source) that checks speculative drafts too: rows "
+                        "`speculative by NAME`, their answers checked against its greedy answers")
     parser.add_argument("--no-llada", dest="llada", action="store_false", help="skip LLaDA-V-style decoding")
     parser.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default=d.dtype,
@@ -370,7 +385,7 @@ def main(args: argparse.Namespace) -> None:
     tasks, task_file = tasks_option(args.tasks)
     config = BenchConfig(args.model, args.source, args.samples, args.batch_sizes, args.thresholds, args.repeats,
                          args.max_new_tokens, args.seed, args.llada, device, args.dtype, tasks, task_file,
-                         args.speculative_copies)
+                         args.speculative_copies, args.verifier)
     if args.plot:
         pyplot()  # a missing matplotlib fails now, not after the run
     result = run(config)

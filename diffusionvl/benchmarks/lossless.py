@@ -1,20 +1,22 @@
 """`diffusionvl lossless`: speculative decoding checked token for token against its verifier's greedy decode, on
 many prompts, one at a time and in batches, with end-of-turn, the length limit and stop strings ending rows.
 
-    diffusionvl lossless [--model minivl-dvlm] [--samples 40] [--batch-sizes 1,8] [--stop-string " row"]
-                         [--max-new-tokens 64] [--json FILE]
+    diffusionvl lossless [--model minivl-dvlm] [--verifier minivl-ar] [--samples 40] [--batch-sizes 1,8]
+                         [--stop-string " row"] [--max-new-tokens 64] [--json FILE]
 
 The prompts are the bench's (benchmarks/prompt_sets.py: MiniVL tasks round-robin, so a batch mixes prompt
 lengths; SmolLM2's held-out prompts for a text model; or `--tasks FILE.jsonl`). The reference is the verifier's
-greedy decode, made without the engine: for a text model transformers' `generate` of the causal mode
-(`inference.causal_model`: the wrapped base, for draft-only adapters the source itself) with its own KV cache; for
-a vision-language model the no-cache causal decode (decoding.reference.reference_causal_decode). It runs without
+greedy decode, made without the engine: with `--verifier`, transformers' `generate` of that AR model; else, for a
+text model, `generate` of the causal mode (`inference.causal_model`: the wrapped base, for draft-only adapters the
+source itself) with its own KV cache, and for a vision-language model the no-cache causal decode
+(decoding.reference.reference_causal_decode). Either never writes the mask (nor a pad of its own), as the engine
+never does. It runs without
 stop strings and is cut here, by the definition rather than by the engine's rule: after the first end-of-turn,
 at `--max-new-tokens`, then after the shortest prefix whose text holds a stop string.
 
 Output: per batch size, the rows identical to the reference, and mean tokens per forward and per verification;
 how the reference rows ended (stop, length, stop_string), so a reader sees that every ending was exercised.
-With --json, one object: {"model", "prompts", "described", "stop_strings", "endings", "batches": [{batch_size,
+With --json, one object: {"model", "verifier", "prompts", "described", "stop_strings", "endings", "batches": [{batch_size,
 identical, tokens_per_forward, mean_accepted}], "lossless": bool}.
 """
 
@@ -28,13 +30,18 @@ import torch
 from ..decoding.config import DecodingConfig
 
 
-def reference_rows(model, processor, batches: Iterable[dict], max_new_tokens: int) -> list[list[int]]:
-    """The verifier's greedy answers (token rows, end-of-turn kept) to batches of one prompt each, untimed."""
+def reference_rows(model, processor, batches: Iterable[dict], max_new_tokens: int,
+                   verifier=None) -> list[list[int]]:
+    """The verifier's greedy answers (token rows, end-of-turn kept) to batches of one prompt each, untimed: the
+    separate `verifier`'s (an AR model), else `model`'s causal mode."""
     from ..decoding.reference import reference_causal_decode
     from ..inference import answer, causal_model
     from ..model import vision_inputs
     from .prompt_sets import is_text_model
 
+    if verifier is not None:
+        return [row for inputs in batches for row in generate_rows(verifier, model.special_tokens, inputs,
+                                                                  max_new_tokens)]
     if is_text_model(processor):
         verifier, config = causal_model(model), DecodingConfig(max_new_tokens=max_new_tokens)
         return [row for inputs in batches for row in answer(verifier, processor, inputs, config).rows]
@@ -47,6 +54,18 @@ def reference_rows(model, processor, batches: Iterable[dict], max_new_tokens: in
             out = reference_causal_decode(model, ids, torch.ones_like(ids, dtype=torch.bool), vision, max_new_tokens)
         rows += out.rows
     return rows
+
+
+def generate_rows(ar, tokens, inputs: dict, max_new_tokens: int) -> list[list[int]]:
+    """Transformers' greedy `generate` of an AR model (its own KV cache), never writing `tokens.never_generated`;
+    rows cut after the first end-of-turn."""
+    device = next(ar.parameters()).device
+    inputs = {key: value.to(device) for key, value in inputs.items()}
+    with torch.no_grad():
+        out = ar.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=tokens.eot,
+                          pad_token_id=tokens.pad, suppress_tokens=list(tokens.never_generated))
+    rows = out[:, inputs["input_ids"].shape[1]:].tolist()
+    return [row[: row.index(tokens.eot) + 1] if tokens.eot in row else row for row in rows]
 
 
 def cut_at_stop_strings(row: list[int], stops: tuple[str, ...], tokenizer) -> tuple[list[int], bool]:
@@ -63,7 +82,7 @@ def ending(row: list[int], eot: int, stopped: bool) -> str:
 
 
 def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_new_tokens: int,
-          progress: bool = True) -> dict:
+          progress: bool = True, verifier=None) -> dict:
     """The result documented in the module docstring (without model and described)."""
     from tqdm.auto import tqdm
 
@@ -76,7 +95,7 @@ def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_ne
     tokenizer = getattr(processor, "tokenizer", processor)
     expected, endings = [], {"stop": 0, "length": 0, "stop_string": 0}
     reference = bar(batches_of(prompts, processor, 1), "the verifier's greedy decode")
-    for row in reference_rows(model, processor, reference, max_new_tokens):
+    for row in reference_rows(model, processor, reference, max_new_tokens, verifier):
         row, stopped = cut_at_stop_strings(row, stops, tokenizer) if stops else (row, False)
         expected.append(row)
         endings[ending(row, model.special_tokens.eot, stopped)] += 1
@@ -85,7 +104,7 @@ def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_ne
     for size in batch_sizes:
         rows, tokens, forwards, accepted = [], 0, 0, []
         for inputs in bar(batches_of(prompts, processor, size), f"speculative, batch {size}"):
-            out = answer(model, processor, inputs, config)
+            out = answer(model, processor, inputs, config, verifier=verifier)
             rows, tokens, forwards, accepted = rows + out.rows, tokens + out.tokens, forwards + out.row_forwards, \
                 accepted + out.accepted
         report.append({"batch_size": size, "identical": sum(a == b for a, b in zip(rows, expected)),
@@ -96,7 +115,8 @@ def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_ne
 
 
 def markdown(result: dict) -> str:
-    lines = [f"{result['model']}: speculative decoding against its verifier's greedy decode, {result['described']}, "
+    lines = [f"{result['model']}: speculative decoding against its verifier's ({result['verifier']}) greedy decode, "
+             f"{result['described']}, "
              f"stop strings {result['stop_strings'] or 'none'}; the reference rows ended by "
              + ", ".join(f"{name} {count}" for name, count in result["endings"].items()), "",
              "| batch | identical | tokens/forward | tokens/verification |", "| ---: | ---: | ---: | ---: |"]
@@ -111,7 +131,10 @@ def markdown(result: dict) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from .prompt_sets import comma_separated
 
-    parser.add_argument("--model", default="minivl-dvlm", help="a causal-context translation (folder or name)")
+    parser.add_argument("--model", default="minivl-dvlm", help="a causal-context translation (folder or name), "
+                        "or with --verifier any translation with logit shift")
+    parser.add_argument("--verifier", help="an AR model sharing the tokenizer (e.g. minivl-ar) that checks the "
+                        "drafts (default: the model's own causal mode)")
     parser.add_argument("--samples", type=int, default=40, help="MiniVL samples per task; SmolLM2 held-out prompts "
                         "for a text model; the first lines of a --tasks file")
     parser.add_argument("--tasks", help="minivl:a,b or a JSONL file of questions (as for bench)")
@@ -124,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from ..decoding.speculative import check_self_verifier
+    from ..decoding.speculative import check_self_verifier, check_verifier
     from ..errors import DiffusionVLError
     from ..inference import open_model, open_processor
     from .prompt_sets import check_tasks, prompt_set, tasks_option
@@ -135,10 +158,15 @@ def main(args: argparse.Namespace) -> None:
     check_tasks(tasks)
     processor = open_processor(args.model)
     model = open_model(args.model, autoregressive=False)  # an AR checkpoint is refused with the way to convert it
-    check_self_verifier(model)
+    verifier = None if args.verifier is None else open_model(args.verifier)
+    if verifier is None:
+        check_self_verifier(model)
+    else:
+        check_verifier(model, model.as_verifier(verifier), DecodingConfig(remasking_strategy="speculative"))
     prompts, described = prompt_set(processor, args.samples, args.seed, tasks, task_file)
-    result = {"model": args.model, "described": described,
-              **check(model, processor, prompts, args.batch_sizes, tuple(args.stop_strings), args.max_new_tokens)}
+    result = {"model": args.model, "verifier": args.verifier or "its causal mode", "described": described,
+              **check(model, processor, prompts, args.batch_sizes, tuple(args.stop_strings), args.max_new_tokens,
+                      verifier=verifier)}
     print(markdown(result))
     if args.json:
         with open(args.json, "w") as handle:
