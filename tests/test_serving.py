@@ -81,6 +81,27 @@ def test_an_image_question_gets_the_answer_the_python_api_gives(client):
             reply.usage.completion_tokens / reply.usage.nfe, abs=1e-4)
 
 
+def test_with_a_separate_verifier_greedy_answers_are_the_verifiers_own(client):
+    """`serve --verifier minivl-ar`: the dVLM drafts, minivl-ar checks; concurrent answers are minivl-ar's greedy
+    answers (its transformers generate), token for token, where the dVLM's own causal mode differs on some."""
+    from diffusionvl.benchmarks.lossless import generate_rows
+    from diffusionvl.inference import chat_inputs, load, texts_of
+
+    dvlm, processor = load(MODEL)
+    ar, _ = load("minivl-ar")
+    samples = generate("scene", "test", 4, 8, 112)  # the seventh: minivl-dvlm's causal mode answers otherwise
+    with serving(build(ServerConfig(decoding=DECODING, max_batch=8, verifier="minivl-ar"))) as base:
+        checked = openai.OpenAI(base_url=f"{base}/v1", api_key="none", max_retries=0)
+        with ThreadPoolExecutor(len(samples)) as pool:
+            replies = list(pool.map(lambda sample: checked.chat.completions.create(
+                model=MODEL, messages=image_message(sample)), samples))
+    own = [client.chat.completions.create(model=MODEL, messages=image_message(sample)) for sample in samples]
+    expected = [texts_of(processor.tokenizer, generate_rows(ar, dvlm.special_tokens, chat_inputs(
+        processor, [sample.question], [[sample.image]]), 32))[0] for sample in samples]
+    assert [reply.choices[0].message.content for reply in replies] == expected
+    assert [reply.choices[0].message.content for reply in own] != expected  # the control: its own causal mode
+
+
 def test_plain_text_and_max_tokens(client):
     reply = client.chat.completions.create(model=MODEL, messages=[{"role": "system", "content": "Be brief."},
                                                                    {"role": "user", "content": "Describe the image."}],
@@ -461,3 +482,6 @@ def test_serve_decodes_speculatively_unless_a_strategy_is_named():
     assert plain.speculative_default and plain.decoding.remasking_strategy == "low_confidence_static"  # for sampling
     named = server_config(parser.parse_args(["--strategy", "threshold"]))
     assert not named.speculative_default and named.decoding.remasking_strategy == "threshold"
+    checked = server_config(parser.parse_args(["--verifier", "minivl-ar"]))  # sampled requests keep a policy
+    assert checked.verifier == "minivl-ar" and checked.speculative_default
+    assert checked.decoding.remasking_strategy == "low_confidence_static" and plain.verifier is None

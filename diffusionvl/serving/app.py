@@ -36,18 +36,21 @@ from .protocol import APIError, ChatRequest, TextDelta, parse_request
 from .scheduler import Job, Scheduler
 
 
-def create_app(model, processor, config: ServerConfig, served_name: str) -> FastAPI:
-    """The app serving `model` (a DiffusionVL, in eval mode) under `served_name`."""
+def create_app(model, processor, config: ServerConfig, served_name: str, verifier=None) -> FastAPI:
+    """The app serving `model` (a DiffusionVL, in eval mode) under `served_name`; `verifier`: the model that checks
+    its speculative drafts (model.as_verifier of config.verifier), else its own causal mode."""
     from ..inference import has_causal_mode
 
-    if config.speculative_default and not has_causal_mode(model.config.context_attention, model.config.logit_shift):
-        config = replace(config, speculative_default=False)  # no causal mode to verify drafts with
+    shift = model.config.logit_shift
+    if config.speculative_default and not (has_causal_mode(model.config.context_attention, shift)
+                                           or (verifier is not None and shift)):
+        config = replace(config, speculative_default=False)  # nothing to verify drafts with
     tokenizer = getattr(processor, "tokenizer", processor)
     # no token spells more characters than the longest vocabulary entry: a prompt of more characters than the
     # token limit times that (twice, for normalisers that merge characters) is refused before it is tokenized
     max_prompt_chars = 2 * config.max_prompt_tokens * max(map(len, tokenizer.get_vocab()))
     metrics = Metrics()
-    scheduler = Scheduler(model, tokenizer, config.max_batch, config.max_queue, metrics)
+    scheduler = Scheduler(model, tokenizer, config.max_batch, config.max_queue, metrics, verifier)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..cli import add_decoding_arguments
+    from ..cli import add_decoding_arguments, add_verifier_argument
 
     parser.add_argument("--model", default=None, help="a DiffusionVL checkpoint folder, or a model name: minivl-dvlm "
                         "(default), smollm2-dlm")
@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-local-images", action="store_true", help="accept image_url values that are paths")
     parser.add_argument("--allow-remote-images", action="store_true", help="accept http(s) image URLs (fetched here)")
     add_decoding_arguments(parser)
+    add_verifier_argument(parser)
     parser.set_defaults(strategy=None)  # None: speculative for greedy requests where the model has a causal mode
 
 
@@ -54,9 +55,9 @@ def server_config(args: argparse.Namespace):
                         request_timeout=args.request_timeout, body_timeout=args.body_timeout,
                         allow_local_images=args.allow_local_images, allow_remote_images=args.allow_remote_images,
                         api_key=args.api_key, metrics_without_key=args.metrics_without_key,
-                        decoding=decoding_config(argparse.Namespace(**{
-                            **vars(args), "strategy": args.strategy or "low_confidence_static"})),
-                        speculative_default=args.strategy is None)
+                        decoding=decoding_config(argparse.Namespace(**{  # the verifier checks speculative
+                            **vars(args), "strategy": args.strategy or "low_confidence_static", "verifier": None})),
+                        speculative_default=args.strategy is None, verifier=args.verifier)
 
 
 def require_serving_packages() -> None:
@@ -84,7 +85,10 @@ def build(config, device=None, dtype=None):
 
     processor = open_processor(config.model)  # cheap: a wrong folder fails before the weights are read
     model = open_model(config.model, dtype=dtype, device=device, autoregressive=False)
-    return create_app(model, processor, config, config.served_name or Path(config.model).name)
+    verifier = None
+    if config.verifier is not None:
+        verifier = model.as_verifier(open_model(config.verifier, dtype=dtype, device=device))
+    return create_app(model, processor, config, config.served_name or Path(config.model).name, verifier)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -26,6 +26,9 @@ class ServerConfig:
         can (causal context and logit shift: its drafts verified by its own causal mode, lossless and faster);
         sampled requests, and every request to a model without a causal mode, get `decoding`'s strategy.
         `diffusionvl serve --strategy` names the strategy and turns this off.
+    verifier: an autoregressive model (a folder or shipped name, e.g. minivl-ar) that checks speculative drafts, so
+        those answers are its own greedy answers; it also lets a model without a causal mode (but with logit shift)
+        decode speculatively. None: the model's own causal mode.
     """
 
     model: str = "minivl-dvlm"
@@ -47,6 +50,7 @@ class ServerConfig:
     metrics_without_key: bool = False
     decoding: DecodingConfig = field(default_factory=lambda: DecodingConfig(max_new_tokens=256))
     speculative_default: bool = True
+    verifier: str | None = None
 
     def __post_init__(self):
         for name in ("port", "max_batch", "max_queue", "max_tokens", "max_prompt_tokens", "max_image_bytes",

@@ -52,9 +52,10 @@ class Job:
 class Group:
     """A decoder and the jobs of its rows."""
 
-    def __init__(self, model, job: Job, tokenizer):
+    def __init__(self, model, job: Job, tokenizer, verifier=None):
         generator = torch.Generator(model.device).manual_seed(job.seed) if job.seed is not None else None
-        self.decoder = BlockDecoder(model, job.config, tokenizer, generator, observer=self.observe)
+        self.decoder = BlockDecoder(model, job.config, tokenizer, generator, observer=self.observe,
+                                    verifier=verifier if job.config.speculative else None)
         self.jobs: dict[int, Job] = {}
 
     def observe(self, rows: list[Row], step: int, block: torch.Tensor, masked: torch.Tensor,
@@ -76,8 +77,9 @@ class Group:
 class Scheduler:
     """The engine loop. `submit` is called from request handlers; everything else runs on the loop's thread."""
 
-    def __init__(self, model, tokenizer, max_batch: int, max_queue: int, metrics=None):
+    def __init__(self, model, tokenizer, max_batch: int, max_queue: int, metrics=None, verifier=None):
         self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
+        self.verifier = verifier  # checks speculative drafts (DiffusionVL.as_verifier); None: the causal mode
         self.max_batch, self.max_queue = max_batch, max_queue
         self.waiting: deque[Job] = deque()
         self.groups: dict[tuple, Group] = {}
@@ -158,12 +160,14 @@ class Scheduler:
         for key, jobs in joining.items():
             group = self.groups.get(key)
             try:
-                group = group or Group(self.model, jobs[0], self.tokenizer)
+                group = group or Group(self.model, jobs[0], self.tokenizer, self.verifier)
                 jobs, prompts = self._prompts(jobs)
                 if not jobs:
                     continue
+                checked = None if group.decoder.verifier is None else build_prompts(self.verifier,
+                                                                                    *self._batch(jobs))
                 rows = group.decoder.admit(prompts, [job.config.max_new_tokens for job in jobs],
-                                           [job.config.stop_strings for job in jobs])
+                                           [job.config.stop_strings for job in jobs], checked)
             except Exception as error:  # noqa: BLE001 - the decoder is in an unknown state: fail its rows
                 self._fail(key, group, jobs, error)
                 continue
