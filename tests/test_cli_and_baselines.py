@@ -196,6 +196,28 @@ def test_lossless_checks_speculative_answers_against_the_verifiers_own_generate(
     assert "context_attention='causal'" in cli_error(capsys, "lossless", "--model", str(tmp_path / "block"))
 
 
+def test_eval_and_generate_with_a_verifier_answer_as_the_verifier_does(tmp_path, capsys):
+    """`--verifier` (an AR model) on a block-causal drafter with logit shift: eval's predictions and generate's
+    text are the AR's own; a verifier with another strategy is refused before any weight is read."""
+    questions = text_translation(tmp_path)
+    cli.main(["convert", str(tmp_path / "base"), str(tmp_path / "drafter"), "--block-size", "4", "--logit-shift"])
+    logs = {}
+    for name, extra in (("checked", ["--model", str(tmp_path / "drafter"), "--verifier", str(tmp_path / "base")]),
+                        ("ar", ["--model", str(tmp_path / "base")])):
+        cli.main(["eval", "--tasks", str(questions), "--max-new-tokens", "8", "--batch-size", "3", "--log",
+                  str(tmp_path / f"{name}.jsonl"), *extra])
+        logs[name] = [json.loads(line)["prediction"] for line in (tmp_path / f"{name}.jsonl").open()]
+    assert logs["checked"] == logs["ar"] and any(logs["ar"])
+    cli.main(["generate", str(tmp_path / "drafter"), "--prompt", "w1 w2", "--max-new-tokens", "8", "--json",
+              "--verifier", str(tmp_path / "base")])
+    checked = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    cli.main(["generate", str(tmp_path / "base"), "--autoregressive", "--prompt", "w1 w2", "--max-new-tokens", "8",
+              "--json"])
+    assert checked["text"] == json.loads(capsys.readouterr().out.strip().splitlines()[-1])["text"]
+    assert "drop one of them" in cli_error(capsys, "generate", str(tmp_path / "drafter"), "--prompt", "w1",
+                                           "--verifier", str(tmp_path / "base"), "--strategy", "threshold")
+
+
 def test_benchmark_options_are_checked_before_any_model_loads(capsys):
     for argv, message in (("--batch-sizes 0", "--batch-sizes must be positive"), ("--thresholds 1.5", "lie in"),
                           ("--samples 0", "--samples must be at least 1"), ("--batch-sizes x", "comma-separated"),

@@ -177,8 +177,9 @@ def check_log(path) -> None:
 
 
 def evaluate(model, processor, questions, batch_size: int, config, model_name: str = "", tasks: str = "",
-             log=None, progress: bool = True) -> dict:
-    """The summary documented in the module docstring; with `log` (an open text file) one line per question."""
+             log=None, progress: bool = True, verifier=None) -> dict:
+    """The summary documented in the module docstring; with `log` (an open text file) one line per question.
+    `verifier`: checks speculative drafts (--verifier)."""
     from tqdm.auto import tqdm
 
     from ..inference import answer, chat_inputs
@@ -188,7 +189,7 @@ def evaluate(model, processor, questions, batch_size: int, config, model_name: s
     for index, batch in enumerate(tqdm(batches, desc="eval", unit="batch", disable=not progress or None)):
         start = time.perf_counter()  # preprocessing (image decoding included) counts: a user waits for it too
         inputs = chat_inputs(processor, [q.prompt for q in batch], [list(q.images) for q in batch])
-        out = answer(model, processor, inputs, config)
+        out = answer(model, processor, inputs, config, verifier=verifier)
         tally.add(out, time.perf_counter() - start)
         for q, prediction, row in zip(batch, out.texts, row_records(out, index)):
             value = score(q.metric, prediction, q.answer, q.choices)
@@ -228,7 +229,7 @@ def check_images_fit(questions, processor, model_name, path) -> None:
 def main(args: argparse.Namespace) -> None:
     import torch
 
-    from ..cli import decoding_config, torch_dtype
+    from ..cli import decoding_config, open_verifier, torch_dtype
     from ..inference import open_model, open_processor
 
     for name in ("samples", "batch_size"):  # every option and the whole file are checked before any weight is read
@@ -242,7 +243,9 @@ def main(args: argparse.Namespace) -> None:
     check_images_fit(questions, processor, args.model, args.tasks)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = open_model(args.model, dtype=torch_dtype(args.dtype), device=device)
+    verifier = open_verifier(args, torch_dtype(args.dtype), device)
     with open(args.log, "w", encoding="utf-8") if args.log else nullcontext() as log:
-        result = evaluate(model, processor, questions, args.batch_size, config, str(args.model), args.tasks, log)
+        result = evaluate(model, processor, questions, args.batch_size, config, str(args.model), args.tasks, log,
+                          verifier=verifier)
     print(json.dumps(result) if args.json else markdown(result))
 

@@ -81,7 +81,7 @@ def parse_tasks(spec: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ..checkpoints.folders import DEFAULT_MODEL
-    from ..cli import add_decoding_arguments
+    from ..cli import add_decoding_arguments, add_verifier_argument
 
     parser.add_argument("--model", default=DEFAULT_MODEL, help="a DiffusionVL or Qwen2.5-VL checkpoint folder with its "
                         "processor, or a shipped model: minivl-dvlm, minivl-ar; a JSONL file without images also "
@@ -98,6 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "score, tokens, nfe)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     add_decoding_arguments(parser)
+    add_verifier_argument(parser)
     parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
                         help="weights' dtype; auto keeps the checkpoint's")
@@ -115,9 +116,9 @@ def load(path, dtype=None, device=None):
 
 
 def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_size: int, config,
-             model_name: str = "", progress: bool = True, log=None) -> dict:
+             model_name: str = "", progress: bool = True, log=None, verifier=None) -> dict:
     """The result object documented in the module docstring; with `log` (an open text file) one line per sample.
-    The progress bar (stderr) shows only on a terminal."""
+    The progress bar (stderr) shows only on a terminal. `verifier`: checks speculative drafts (--verifier)."""
     from tqdm.auto import tqdm
 
     from ..inference import answer, chat_inputs
@@ -133,7 +134,7 @@ def evaluate(model, processor, tasks, samples_per_task: int, seed: int, batch_si
     for index, (task, batch) in enumerate(tqdm(batches, desc="eval", unit="batch", disable=not progress or None)):
         start = time.perf_counter()  # preprocessing counts: a user waits for it too
         inputs = chat_inputs(processor, [s.question for s in batch], [[s.image] for s in batch])
-        out = answer(model, processor, inputs, config)
+        out = answer(model, processor, inputs, config, verifier=verifier)
         tally.add(out, time.perf_counter() - start)
         per_task[task].add(out, time.perf_counter() - start)
         predictions[task] += out.texts
@@ -205,7 +206,7 @@ def main(args: argparse.Namespace) -> None:
     """`diffusionvl eval`: a JSONL file's questions (`evaluation.tasks.main`) or MiniVL's test split."""
     import torch
 
-    from ..cli import decoding_config, torch_dtype
+    from ..cli import decoding_config, open_verifier, torch_dtype
 
     if is_task_file(args.tasks):
         return run_task_file(args)
@@ -222,7 +223,8 @@ def main(args: argparse.Namespace) -> None:
     config = decoding_config(args)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, processor = load(args.model, dtype=torch_dtype(args.dtype), device=device)
+    verifier = open_verifier(args, torch_dtype(args.dtype), device)
     with open(args.log, "w", encoding="utf-8") if args.log else nullcontext() as log:
         result = evaluate(model, processor, tasks, args.samples, args.seed, args.batch_size, config,
-                          model_name=str(args.model), log=log)
+                          model_name=str(args.model), log=log, verifier=verifier)
     print(json.dumps(result) if args.json else markdown(result))
