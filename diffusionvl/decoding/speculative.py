@@ -1,6 +1,7 @@
-"""Self-speculative decoding (`remasking_strategy="speculative"`): the diffusion head drafts a block in parallel,
-the model's own causal mode verifies it, and the longest prefix that equals the causal mode's greedy choice is
-kept, plus that mode's own token after it. The output is the causal mode's greedy decode, token for token.
+"""Speculative decoding (`remasking_strategy="speculative"`): the diffusion head drafts a block in parallel, a
+verifier checks it, and the longest prefix that equals the verifier's greedy choice is kept, plus the verifier's
+own token after it. The output is the verifier's greedy decode, token for token. The verifier is the model's own
+causal mode (self-speculative, below), or a separate autoregressive model (at the end).
 
 It needs a causal-context translation with logit shift: its clean stream is then a causal LM (inference.causal_model;
 with draft-only adapters, the source itself). One forward carries every part of a step (B = block size, the
@@ -23,6 +24,15 @@ current block k holds v verified tokens, then drafts):
 Rows of a batch accept different lengths: a row whose block is done waits for the others at the block boundary, so
 the batch keeps one column layout (rows.Batch); the rows still at work run as a subset. A block that holds masks
 (a first block, a row that just joined) is drafted by one denoising forward first.
+
+A separate verifier (`generate(..., verifier=ar_model)`; DiffusionVL.as_verifier wraps it as an untrained causal
+translation with logit shift, so its clean stream is the AR model itself) runs as a decoder of its own in step with
+the drafter: the same rows, columns and blocks, its own cache and prompt embeddings (engine.BlockDecoder.verifier).
+The drafter needs logit shift only (block-causal context drafts too). A step: the verifier's causal forward over
+block k first (its prompt riding along at the first block), whose states give the choice and the bonus; then,
+unless every answer ended, the drafter's forward with block k as corrected, one copy that keeps the decided
+positions (the correction included: one copy serves any rejection) and block k + 1 as masks. Two forwards a step,
+both counted; a draft of a first block's first position is the drafter's, checked like any other.
 
 An observer (engine.BlockDecoder) sees a block as drafted by the forward before it (step -1), then after each of
 its forwards: its tokens, which are masks, and a verdict per position (VERDICTS): a draft not checked yet, a
@@ -52,8 +62,9 @@ def check_self_verifier(model) -> None:
         raise DiffusionVLError(
             "speculative decoding verifies drafts with the model's own causal mode, which only a translation with "
             f"context_attention='causal' and logit_shift has; this one has context_attention="
-            f"{config.context_attention!r} and logit_shift={config.logit_shift}. Use another remasking_strategy, or "
-            "translate with --context-attention causal --logit-shift.")
+            f"{config.context_attention!r} and logit_shift={config.logit_shift}. Pass a verifier (an AR model, e.g. its "
+            "source: verifier= / --verifier), use another remasking_strategy, or translate with --context-attention "
+            "causal --logit-shift.")
 
 
 def check_verifier(model, verifier, config) -> None:
