@@ -116,6 +116,11 @@ def test_chat_with_an_image_streams_the_apis_answer(page, client, tmp_path):
     messages += [{"role": "assistant", "content": expected.choices[0].message.content},
                  {"role": "user", "content": follow}]
     assert shown["text"] == client.chat.completions.create(model=MODEL, messages=messages).choices[0].message.content
+    # the server decodes greedy requests speculatively: the panel tells accepted drafts from the verifier's tokens
+    wait(page, lambda d: js(d, "return document.body.dataset.anim === 'done'"), 30)
+    kinds = js(page, "return ['accepted', 'corrected'].map((k) => document.querySelectorAll('#blocks .cell.' + k)"
+                     ".length)")
+    assert kinds[0] > 0 and kinds[1] > 0, kinds
 
 
 def test_dropping_an_image_attaches_it(page, client):
