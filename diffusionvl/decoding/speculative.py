@@ -43,6 +43,8 @@ Only greedy decoding is lossless this way: sampling would need the draft's distr
 so temperature > 0 is refused (config.py).
 """
 
+from dataclasses import dataclass
+
 import torch
 
 from ..errors import DiffusionVLError
@@ -125,7 +127,7 @@ def speculate_block(decoder) -> None:
         rows = None if not bool(settled.any()) else (~settled).nonzero()[:, 0]
         part = slice(None) if rows is None else rows
         check = _check_self if shadow is None else _check_separately
-        forwards, hidden, states, cache, result = check(decoder, rows, verified[part], answer[part])
+        forwards, drafter, states, result = check(decoder, rows, verified[part], answer[part])
         block, now, decided, exact, bonus, kind = result
         taken += (~settled) * forwards
         index = torch.arange(len(batch)) if rows is None else rows.cpu()
@@ -136,7 +138,7 @@ def speculate_block(decoder) -> None:
             if count or extra:  # the next block's first token (the bonus) is decided by this forward too
                 batch.rows[row].accepted.append(count + extra)
         if bool(done.any()):
-            following.settle(decoder, index[done], done, rows is not None, hidden, states, cache)
+            following.settle(decoder, index, done, rows is not None, drafter, states)
             settled[index[done]] = True
         if decoder.observer is not None:
             decoder.observer(batch.rows, int(taken.max()) - 1, batch.block, batch.block == mask, verdict)
@@ -152,25 +154,28 @@ class _Next:
     def __init__(self, draft: torch.Tensor):
         self.draft, self.carry, self.check = draft, None, None
 
-    def settle(self, decoder, finished, done, subset: bool, hidden, states, cache) -> None:
-        """Rows `finished` (n,), `done` among those of the forward, are final. `hidden` is None when the drafter
-        did not run (every answer ended: nothing of it is needed)."""
+    def settle(self, decoder, index, done, subset: bool, drafter, states) -> None:
+        """The rows of this verification (`index`: their batch rows) that are `done` are final. `drafter`: its
+        forward (_Drafted), None when it did not run (every answer ended: nothing of it is needed); a subset forward
+        wrote into a copy of the cache, whose K/V of those rows are brought home."""
         size, shadow = decoder.size, decoder.verifier
         self.carry = decoder.batch.carry.clone() if self.carry is None else self.carry
-        if hidden is not None:
-            bonus = greedy(_checking(decoder), states[done, size:], torch.ones_like(done[done, None]))
-            drafts = greedy(decoder, hidden[done, -size:-1], torch.ones_like(hidden[done, -size:-1, 0],
-                                                                              dtype=torch.bool))
-            self.draft[finished] = torch.cat([bonus, drafts], dim=1)  # the bonus, then the masks of block k + 1
-            self.carry[finished] = hidden[done, size - 1]
+        mine = done if drafter is None else done & drafter.ran  # settled rows the drafter read
+        if drafter is not None and bool(mine.any()):
+            at = (drafter.ran.cumsum(0) - 1)[mine]  # their rows in the drafter's forward
+            bonus = greedy(_checking(decoder), states[mine, size:], torch.ones_like(mine[mine, None]))
+            drafts = greedy(decoder, drafter.hidden[at, -size:-1], torch.ones_like(bonus.expand(-1, size - 1),
+                                                                                   dtype=torch.bool))
+            self.draft[index[mine]] = torch.cat([bonus, drafts], dim=1)  # the bonus, then block k + 1's masks
+            self.carry[index[mine]] = drafter.hidden[at, size - 1]
+            if drafter.subset:
+                decoder.cache.write_rows(index[mine], drafter.cache, at, decoder.cache.get_seq_length(), size)
         if shadow is not None:
             self.check = shadow.batch.carry.clone() if self.check is None else self.check
-            self.check[finished] = states[done, size]
-        if subset:  # a subset forward wrote into a copy of the cache: bring their K/V home
-            copies = ((decoder, cache),) if hidden is not None else ()
-            copies += ((shadow, shadow._selected[1]),) if shadow is not None else ()
-            for owner, copy in copies:
-                owner.cache.write_rows(finished, copy, done.nonzero()[:, 0], owner.cache.get_seq_length(), size)
+            self.check[index[done]] = states[done, size]
+            if subset:
+                shadow.cache.write_rows(index[done], shadow._selected[1], done.nonzero()[:, 0],
+                                        shadow.cache.get_seq_length(), size)
 
     def commit(self, decoder) -> None:
         decoder.cache.commit(decoder.size)
@@ -259,10 +264,21 @@ def _verify_forward(decoder, rows: torch.Tensor | None, block: torch.Tensor, kep
     return hidden, decoder.cache if rows is None else decoder._selected[1]
 
 
+@dataclass
+class _Drafted:
+    """The drafter's verify forward: hidden states (d, Q, H) of the rows it ran for (`ran`, (k,) over the
+    verification's rows), the cache it wrote their K/V into, and whether that is a copy (a subset ran)."""
+
+    hidden: torch.Tensor
+    cache: BlockCache
+    ran: torch.Tensor
+    subset: bool
+
+
 def _check_self(decoder, rows, verified: torch.Tensor, answer: torch.Tensor):
     """One verification by the model's own causal mode: the drafter's forward carries the block as clean rows
     (their states verify it), its noisy copies (copy c keeps the verified positions and c drafts after them) and
-    the next block's masks. Returns (forwards, hidden, verifier states, cache, _decide's result)."""
+    the next block's masks. Returns (forwards, _Drafted, verifier states, _decide's result)."""
     size = decoder.size
     block = decoder.batch.block if rows is None else decoder.batch.block[rows]
     kept = verified.sum(1)  # (k,) verified positions are a prefix
@@ -271,25 +287,32 @@ def _check_self(decoder, rows, verified: torch.Tensor, answer: torch.Tensor):
     states = _verifier_states(decoder, hidden, rows)
     choice, first, now = _verdict(decoder, states, block, verified)
     redraft = _redrafts(decoder, hidden, block, first, first - kept, copies)  # the copy that kept exactly < first
-    return 1, hidden, states, cache, _decide(decoder, choice, redraft, first, now, verified, answer)
+    drafted = _Drafted(hidden, cache, torch.ones_like(first, dtype=torch.bool), rows is not None)
+    return 1, drafted, states, _decide(decoder, choice, redraft, first, now, verified, answer)
 
 
 def _check_separately(decoder, rows, verified: torch.Tensor, answer: torch.Tensor):
-    """One verification by a separate verifier: its forward first; then, unless every row's answer ended, the
-    drafter's forward with the block as corrected (clean rows), one copy keeping exactly the decided positions
-    (the correction included) whose masks redraft the rest, and the next block's masks. Returns as _check_self."""
+    """One verification by a separate verifier: its forward first; then the drafter's, for the rows whose answer
+    did not end here, with the block as corrected (clean rows), one copy keeping exactly the decided positions
+    (the correction included) whose masks redraft the rest, and the next block's masks. Returns as _check_self
+    (no _Drafted when every answer ended)."""
     size, eot = decoder.size, decoder.tokens.eot
     block = decoder.batch.block if rows is None else decoder.batch.block[rows]
     states = _verifier_states(decoder, None, rows)
     choice, first, now = _verdict(decoder, states, block, verified)
-    if bool(((choice == eot) & answer & now).any(1).all()):  # decided: nothing left to draft or to cache
-        return 1, None, states, None, _decide(decoder, choice, block, first, now, verified, answer)
-    corrected = torch.where(now, choice, block)
-    redo = first <= size - 2  # (k,) rows with drafts after the correction: they are drafted again, by one copy
-    copies = int(bool(redo.any())) * min(1, copies_of(decoder.config, size))  # (speculative_copies=0: none)
-    hidden, cache = _verify_forward(decoder, rows, corrected, torch.where(redo, first + 1, size), copies)
-    redraft = _redrafts(decoder, hidden, corrected, first, torch.zeros_like(first), copies)
-    return 2, hidden, states, cache, _decide(decoder, choice, redraft, first, now, verified, answer)
+    going = ~((choice == eot) & answer & now).any(1)  # (k,) an ended answer needs nothing of the drafter
+    if not bool(going.any()):
+        return 1, None, states, _decide(decoder, choice, block, first, now, verified, answer)
+    some = None if bool(going.all()) else going.nonzero()[:, 0]
+    them = rows if some is None else some if rows is None else rows[some]  # the drafter's rows (None: all)
+    sel = slice(None) if some is None else some
+    corrected, redo = torch.where(now, choice, block), first <= size - 2  # (k,): redrafted after the correction
+    copies = int(bool(redo[sel].any())) * min(1, copies_of(decoder.config, size))  # (speculative_copies=0: none)
+    hidden, cache = _verify_forward(decoder, them, corrected[sel], torch.where(redo, first + 1, size)[sel], copies)
+    redraft = corrected.clone()
+    redraft[sel] = _redrafts(decoder, hidden, corrected[sel], first[sel], torch.zeros_like(first[sel]), copies)
+    drafted = _Drafted(hidden, cache, going, them is not None)
+    return 2, drafted, states, _decide(decoder, choice, redraft, first, now, verified, answer)
 
 
 def _verdict(decoder, states: torch.Tensor, block: torch.Tensor, verified: torch.Tensor):
