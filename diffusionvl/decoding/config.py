@@ -23,8 +23,9 @@ class DecodingConfig:
         does: a first block that already holds prompt tokens finishes in fewer steps), "low_confidence_dynamic"
         (every token above the threshold, the static quota as a floor), "threshold" (every token above the
         threshold, at least one, `steps` a cap), "speculative" (draft each block in parallel and keep what the
-        model's own causal mode would write, greedily: lossless, see speculative.py; needs causal context, logit
-        shift and temperature 0; `steps` does not apply), or any object with a `select` method (see policies.py).
+        verifier would write, greedily: lossless, see speculative.py; the verifier is the model's own causal mode,
+        which needs causal context and logit shift, or an AR model passed as generate(verifier=), which needs
+        logit shift; temperature 0; `steps` does not apply), or any object with a `select` method (see policies.py).
     confidence_threshold: the threshold of the dynamic policies, in [0, 1].
     temperature, top_k, top_p: sampling; temperature 0 is greedy. Integers may be NumPy or torch scalars.
     stop_strings: text that ends a row once it appears in a committed block (needs `tokenizer=`).
