@@ -13,21 +13,22 @@ The decoders (settings):
 - `LLaDA-V`: full-sequence decoding of the same dVLM (a canvas of `--max-new-tokens` masks, bidirectional
   attention, no cache, one token per step), one prompt at a time, so only at batch size 1;
 - `speculative`: drafts verified by the model's own causal mode (decoding/speculative.py), for a dVLM translated
-  with causal context and logit shift. Its answers are checked token for token against that mode's greedy
-  decode (benchmarks/lossless.py: transformers' `generate` for a text model, else the no-cache reference; untimed).
+  with causal context and logit shift, and `speculative by NAME`: verified by the AR model `--verifier NAME`. Their
+  answers are checked token for token against the verifier's greedy decode (benchmarks/lossless.py: transformers'
+  `generate` for the AR model and a text model's causal mode, else the no-cache reference; untimed).
 
 Every setting answers the same prompts (benchmarks/prompt_sets.py): `--samples` MiniVL test samples per task of
 `--tasks` (default: every task; the test split of seed `--seed`, tasks round-robin so batches mix prompt lengths),
 SmolLM2's held-out prompts for a text model, or the questions of a `--tasks FILE.jsonl`; in batches of each
-`--batch-sizes` value. One warm-up batch per setting, then `--repeats` timed passes, interleaved (every setting
-once per pass), so drift of the machine hits them alike. Times cover decoding only: inputs are preprocessed
+`--batch-sizes` value. One warm-up batch per setting, then `--repeats` timed passes; a pass answers each batch
+with every setting in turn, so drift of the machine hits them alike. Times cover decoding only: inputs are preprocessed
 before the clock starts. Accuracy is exact match against the reference answer (a task file's own metric), or,
 for prompts without one, against the AR row's answer (greedy decoding gives the same answers every pass).
 
 Per row of the JSON (`rows`): setting, kind (ar, block, llada), batch_size, accuracy (%), tokens (new tokens,
 end-of-turn included), nfe (forwards), tokens_per_forward (tokens per forward of one row), tokens_per_s
 (median pass), latency_p50_ms (median time of one batch), peak_memory_mb (CUDA: peak allocated; CPU: peak
-resident memory above the level before the pass, sampled every 2 ms), vs_ar_tokens_per_s and
+resident memory above the level before the batch, sampled every 2 ms), vs_ar_tokens_per_s and
 vs_llada_tokens_per_s (against those rows at the same batch size, batch 1 for LLaDA).
 
 Headline keys (`headline`), the numbers a reader compares:
@@ -203,6 +204,14 @@ def measure(setting: Setting, models, processor, batches: list, device) -> dict:
             "peak_memory_mb": memory.peak_mb}
 
 
+def joined(parts: list[dict]) -> dict:
+    """One pass's measurement from those of its batches (measure's keys): lists joined, counts and seconds added,
+    the highest peak memory."""
+    out = {key: [item for part in parts for item in part[key]] for key in ("texts", "rows", "accepted", "latencies")}
+    out.update({key: sum(part[key] for part in parts) for key in ("tokens", "nfe", "row_forwards", "seconds")})
+    return {**out, "peak_memory_mb": max(part["peak_memory_mb"] for part in parts)}
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -243,12 +252,18 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     for setting, n in plan:  # warm-up: the first batch of each
         measure(setting, models, processor, batches[n][:1], device)
     runs = {(s.name, n): [] for s, n in plan}
-    # within a pass, each batch size's AR runs right before the speculative rows: their ratio is taken pass by
-    # pass, and this machine's speed drifts over the minutes a pass of every setting takes
-    order = sorted(plan, key=lambda item: (item[1], item[0].kind != "ar", not item[0].name.startswith("speculative")))
+    # a pass answers each batch with every setting in turn (the AR first, the speculative rows next), so that the
+    # machine's drift over the minutes of a pass reaches every setting alike: ratios are taken pass by pass
     for _ in tqdm(range(config.repeats), desc="timed passes", disable=not progress or None):
-        for setting, n in order:
-            runs[(setting.name, n)].append(measure(setting, models, processor, batches[n], device))
+        for n in sorted({n for _, n in plan}):
+            group = sorted((s for s, m in plan if m == n),
+                           key=lambda s: (s.kind != "ar", not s.name.startswith("speculative")))
+            parts = {s.name: [] for s in group}
+            for inputs in batches[n]:
+                for setting in group:
+                    parts[setting.name].append(measure(setting, models, processor, [inputs], device))
+            for setting in group:
+                runs[(setting.name, n)].append(joined(parts[setting.name]))
     ar_texts = runs[("AR", config.batch_sizes[0])][0]["texts"] if "ar" in models else None
     rows = [summarise(setting, n, runs[(setting.name, n)], prompts, ar_texts) for setting, n in plan]
     compare(rows)
