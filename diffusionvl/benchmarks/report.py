@@ -37,8 +37,9 @@ def markdown(result: dict) -> str:
                                            f"{spread[0]:.2f}-{spread[1]:.2f}), ")
         accepted = h["speculative_mean_accepted"]
         lines += ["", (f"{h['speculative_setting']}: {vs_ar}{h['speculative_tokens_per_forward']:.2f} tokens/forward, "
-                       f"{'-' if accepted is None else f'{accepted:.2f}'} tokens per verification; identical to the "
-                       f"causal mode's greedy answers: {'yes' if h['speculative_identical_to_verifier'] else 'NO'}")]
+                       f"{'-' if accepted is None else f'{accepted:.2f}'} tokens per verification; every "
+                       f"speculative row identical to its verifier's greedy answers: "
+                       f"{'yes' if h['speculative_identical_to_verifier'] else 'NO'}")]
     return "\n".join(lines)
 
 
