@@ -34,9 +34,11 @@ class DecodingConfig:
         (copy c keeps the verified positions and c drafts after them, the rest masks), so that a first wrong draft
         up to c places after the verified ones is redrafted inside the same forward; one further away is
         redrafted by a forward of its own. None: B - 1, every place. The tokens are the same either way; fewer
-        copies make each verify forward cheaper. Default 1: on MiniVL's scene task (block 8, 25 prompts, this
-        2-core CPU) 0, 1, 2 and every copy ran at 2.51, 2.64, 2.72 and 2.15x AR's tokens/s at batch 1, and at
-        1.57, 1.31, 1.31 and 0.96x at batch 8.
+        copies make each verify forward cheaper. With a separate verifier one copy serves any rejection (it is
+        made after the verification); 0 drops it. Default 1: `diffusionvl bench --tasks minivl:scene --samples 25
+        --batch-sizes 1,8 --repeats 3 --no-llada --thresholds 0.9 --speculative-copies 0,1,2,all` (block 8, a
+        2-core CPU; docs/bench-scene-copies.json) ran 0, 1, 2 and every copy at 2.27, 2.26, 2.18 and 1.95x AR's
+        tokens/s at batch 1, and at 1.59, 1.64, 1.41 and 1.17x at batch 8.
     commit: "fused" stores a finished block's K/V during the next block's first forward, and reads the prompt
         during the first block's first forward; "separate" spends a forward of its own on the prompt and on every
         finished block (for comparison; same tokens).
