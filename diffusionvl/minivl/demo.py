@@ -1,7 +1,7 @@
 """`diffusionvl demo`: a few MiniVL test images answered by the shipped dVLM (streamed block by block) and by its
 AR source, side by side, with the truth, NFE, tokens per forward and speed of each.
 
-    diffusionvl demo [--samples 4] [--seed 0] [--save DIR] [--dvlm minivl-dvlm] [--ar minivl-ar]
+    diffusionvl demo [--samples 5] [--seed 0] [--save DIR] [--dvlm minivl-dvlm] [--ar minivl-ar]
 
 Runs offline on the models inside the package. The dVLM decodes speculatively where it can
 (decoding/speculative.py): its drafts are checked by the AR source (`--verifier ar`, the default when the AR is
@@ -18,7 +18,7 @@ FALLBACK_STRATEGY, DEFAULT_THRESHOLD = "low_confidence_dynamic", 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--samples", type=int, default=4, help="images to answer (the tasks in turn)")
+    parser.add_argument("--samples", type=int, default=5, help="images to answer (the tasks in turn: 5 is one each)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the MiniVL test samples drawn")
     parser.add_argument("--save", metavar="DIR", help="write the images here as PNG files")
     parser.add_argument("--dvlm", default="minivl-dvlm", help="the block-diffusion model")
