@@ -142,3 +142,36 @@ def test_the_observer_sees_drafts_accepted_as_shown_and_the_verifiers_own_tokens
     shown = [token for number in sorted(last) for token in last[number]][len(prompt) % 4:]
     answer = kept(out.sequences[0], toy_causal)
     assert shown[: len(answer)] == answer and len(answer) > 4 and counts[ACCEPTED] > 0 and counts[CORRECTED] > 0
+
+
+@pytest.mark.parametrize("options", [dict(max_new_tokens=32), dict(max_new_tokens=6),
+                                     dict(max_new_tokens=32, stop_strings=("w39",))])
+def test_verified_tokens_go_out_before_the_commit_and_the_stream_is_the_answer(toy_causal, options):
+    """A speculative decode hands out each row's tokens by accepted run (on_tokens), the commit only the rest:
+    per row, the two together are its answer, whatever ends it; some go out before their block is committed."""
+    from diffusionvl.decoding.engine import BlockDecoder
+    from diffusionvl.decoding.prompts import build_prompts
+
+    prompts = [toy_prompt([10, 11, 12, 13, 14]), toy_prompt([3, 4, 5, 6, 7, 8, 9]), random_ids(6, seed=3)]
+    ids = torch.nn.utils.rnn.pad_sequence(prompts, batch_first=True)
+    valid = torch.nn.utils.rnn.pad_sequence([torch.ones_like(p) for p in prompts], batch_first=True)
+    decoder = BlockDecoder(toy_causal, DecodingConfig(**SPECULATIVE, **options), tiny_tokenizer())
+    streamed, early, answers = {}, [0], {}
+
+    def release(row, new):
+        streamed.setdefault(row.id, []).extend(new)
+        early[0] += len(new)
+
+    decoder.on_tokens = release
+    toy_causal.eval()  # as generate decodes
+    with torch.no_grad():
+        decoder.admit(build_prompts(toy_causal, ids, valid.bool(), None))
+        while len(decoder.batch):
+            for row, new in decoder.step():
+                streamed.setdefault(row.id, []).extend(new)
+                if row.finished:
+                    answers[row.id] = row.tokens
+    assert streamed == answers and early[0] > 0
+    alone = toy_causal.generate(ids, valid, tokenizer=tiny_tokenizer(), return_dict_in_generate=True,
+                                **SPECULATIVE, **options)
+    assert [answers[row] for row in range(len(prompts))] == alone.rows

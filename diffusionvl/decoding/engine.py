@@ -41,6 +41,9 @@ class BlockDecoder:
         self.model, self.config, self.tokenizer = model, config, tokenizer
         self.generator = generator_on(device, generator)  # sampling's, on the model's device
         self.observer = observer
+        # on_tokens(row, tokens): a speculative decode hands out each row's verified tokens as soon as a
+        # verification decides them (speculative.release), before the block's commit; `released` counts them
+        self.on_tokens, self.released = None, {}
         self.tokens, self.backbone = model.special_tokens, model.backbone
         self.size = model.block_size
         self.steps = min(config.steps, self.size)
@@ -316,7 +319,7 @@ class BlockDecoder:
             self.verifier.batch.block, self.verifier.batch.draft = batch.block, batch.draft
             self.verifier.commit_block()
         starts = batch.fixed.sum(1).tolist() if batch.fixed is not None else [0] * len(batch)
-        updates = [(row, row.extend(tokens[start:], self.tokens.eot))
+        updates = [(row, row.extend(tokens[start:], self.tokens.eot)[self.released.pop(row.id, 0):])
                    for row, tokens, start in zip(batch.rows, batch.block.tolist(), starts)]
         finished_inputs = self._block_inputs()
         batch.fixed = batch.fixed_embeds = batch.first_rope = None
@@ -359,13 +362,19 @@ class BlockDecoder:
         return self.commit_block()
 
     def run(self, streamer=None) -> DecodingOutput:
-        """Step until every row is finished; `streamer` gets row 0's tokens block by block. Returns the output of
-        the rows that were active when it started, in admission order."""
+        """Step until every row is finished; `streamer` gets row 0's tokens block by block, or (speculative) run
+        by accepted run. Returns the output of the rows that were active when it started, in admission order."""
+        def stream(row: Row, new: list[int]) -> None:
+            if row.id == 0 and new:
+                streamer.put(torch.tensor(new, device="cpu"))  # streamers decode on the CPU
+
         done = {}
+        if streamer is not None:
+            self.on_tokens = stream
         while len(self.batch):
             for row, new in self.step():
-                if streamer is not None and row.id == 0 and new:
-                    streamer.put(torch.tensor(new, device="cpu"))  # streamers decode on the CPU
+                if streamer is not None:
+                    stream(row, new)
                 if row.finished:
                     done[row.id] = row
         if streamer is not None:

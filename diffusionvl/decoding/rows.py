@@ -54,6 +54,13 @@ class Row:
     def finished(self) -> bool:
         return self.finish_reason is not None
 
+    def would_keep(self, new: list[int], eot: int) -> list[int]:
+        """What `extend` would keep of `new` (a prefix of it), recording nothing: the row-end rule cuts a prefix
+        of a block's tokens the same way as the whole block, so these are final once `new` is."""
+        tokens = list(self.tokens)
+        end_of_row(tokens, new, eot, self.max_new_tokens, self.stops)
+        return tokens[len(self.tokens):]
+
     def extend(self, new: list[int], eot: int) -> list[int]:
         """Record a finished block's new tokens; returns those kept. A cancelled row ends with this block."""
         before = len(self.tokens)

@@ -142,6 +142,7 @@ def speculate_block(decoder) -> None:
             settled[index[done]] = True
         if decoder.observer is not None:
             decoder.observer(batch.rows, int(taken.max()) - 1, batch.block, batch.block == mask, verdict)
+        release(decoder, verified & answer)
     following.commit(decoder)
     for row, steps in zip(batch.rows, taken.tolist()):
         row.block_steps.append(steps)
@@ -262,6 +263,20 @@ def _verify_forward(decoder, rows: torch.Tensor | None, block: torch.Tensor, kep
     segments = tuple([0] * size + [c + 1 for c in range(copies) for _ in range(size)] + [0] * size)
     hidden = decoder._forward(embeds, ropes, rows, noisy=(copies + 1) * size, layout=(places, segments))
     return hidden, decoder.cache if rows is None else decoder._selected[1]
+
+
+def release(decoder, final: torch.Tensor) -> None:
+    """Hand each row's decided answer tokens (`final` (n, B): a prefix of its answer positions) to
+    `decoder.on_tokens` now, as far as the row keeps them (Row.would_keep), so a stream goes by accepted run
+    rather than by block; the block's commit returns only the rest (engine.commit_block)."""
+    if decoder.on_tokens is None:
+        return
+    for row, ids, keep in zip(decoder.batch.rows, decoder.batch.block.tolist(), final.tolist()):
+        kept = row.would_keep([token for token, decided in zip(ids, keep) if decided], decoder.tokens.eot)
+        sent = decoder.released.get(row.id, 0)
+        if len(kept) > sent:
+            decoder.on_tokens(row, kept[sent:])
+            decoder.released[row.id] = len(kept)
 
 
 @dataclass

@@ -56,7 +56,16 @@ class Group:
         generator = torch.Generator(model.device).manual_seed(job.seed) if job.seed is not None else None
         self.decoder = BlockDecoder(model, job.config, tokenizer, generator, observer=self.observe,
                                     verifier=verifier if job.config.speculative else None)
+        self.decoder.on_tokens = self.release  # speculative: tokens go out by accepted run
         self.jobs: dict[int, Job] = {}
+
+    def release(self, row: Row, new: list[int]) -> None:
+        """A row's tokens decided before its block's commit (engine.BlockDecoder.on_tokens)."""
+        job = self.jobs.get(row.id)
+        if job is not None:
+            job.tokens, job.forwards = job.tokens + len(new), row.forwards
+            if not job.cancelled:
+                job.send("tokens", new)
 
     def observe(self, rows: list[Row], step: int, block: torch.Tensor, masked: torch.Tensor,
                 verdict: torch.Tensor | None = None) -> None:
