@@ -1,8 +1,9 @@
 """The OpenAI-compatible HTTP app: /v1/chat/completions (plain and streamed), /v1/models, /health, /metrics and
 the web page at /. Requests are checked here (protocol.py), decoded by the scheduler's one engine loop.
 
-Streaming sends one chunk per committed block (a speculative decode: per accepted run, as verified). With the extra field `trace: true` it also sends, before each
-block's text, a chunk per denoising step, what the web page draws:
+Streaming sends one chunk per committed block (a speculative decode: per accepted run, as verified). With the
+extra field `trace: true` it also sends, before each block's text, a chunk per denoising step, what the web page
+draws:
     {"choices": [], "diffusion": {"block": 2, "step": 0, "tokens": [...], "masked": [...], "prompt": [...]}}
 the row's block number and the step within it, then the block's B positions: token text (null while masked),
 which are masks, and which hold the prompt's own last tokens (a first block). A speculative decode (a draft
