@@ -183,6 +183,8 @@ def test_lossless_checks_speculative_answers_against_the_verifiers_own_generate(
     result = json.loads(out.read_text())
     assert result["lossless"] is True and result["prompts"] == 6
     assert [b["identical"] for b in result["batches"]] == [6, 6]
+    shares = [b["accepted_at_least"] for b in result["batches"]]
+    assert shares[0] == shares[1] and shares[0][0] == 1.0 and shares[0] == sorted(shares[0], reverse=True)
     assert result["endings"]["stop_string"] >= 1 and result["endings"]["stop"] + result["endings"]["length"] >= 1
     assert "lossless: yes, every row" in capsys.readouterr().out
     cli.main(["convert", str(tmp_path / "base"), str(tmp_path / "drafter"), "--block-size", "4", "--logit-shift"])

@@ -17,7 +17,9 @@ at `--max-new-tokens`, then after the shortest prefix whose text holds a stop st
 Output: per batch size, the rows identical to the reference, and mean tokens per forward and per verification;
 how the reference rows ended (stop, length, stop_string), so a reader sees that every ending was exercised.
 With --json, one object: {"model", "verifier", "prompts", "described", "stop_strings", "endings", "batches": [{batch_size,
-identical, tokens_per_forward, mean_accepted}], "lossless": bool}.
+identical, tokens_per_forward, mean_accepted, accepted_at_least}], "lossless": bool}; accepted_at_least[i - 1]
+is the share of verifications that decided at least i tokens (acceptance by position; the same at every batch
+size, as the answers are).
 """
 
 import argparse
@@ -109,9 +111,15 @@ def check(model, processor, prompts, batch_sizes, stops: tuple[str, ...], max_ne
                 accepted + out.accepted
         report.append({"batch_size": size, "identical": sum(a == b for a, b in zip(rows, expected)),
                        "tokens_per_forward": tokens / max(forwards, 1),
-                       "mean_accepted": statistics.mean(accepted) if accepted else None})
+                       "mean_accepted": statistics.mean(accepted) if accepted else None,
+                       "accepted_at_least": at_least(accepted, model.block_size + 1)})
     return {"prompts": len(prompts), "stop_strings": list(stops), "endings": endings, "batches": report,
             "lossless": all(b["identical"] == len(prompts) for b in report)}
+
+
+def at_least(accepted: list[int], most: int) -> list[float]:
+    """Acceptance by position: the share of verifications that decided at least i tokens, i = 1 .. `most`."""
+    return [sum(count >= i for count in accepted) / max(len(accepted), 1) for i in range(1, most + 1)]
 
 
 def markdown(result: dict) -> str:
@@ -124,6 +132,9 @@ def markdown(result: dict) -> str:
         accepted = "-" if b["mean_accepted"] is None else f"{b['mean_accepted']:.2f}"
         lines.append(f"| {b['batch_size']} | {b['identical']}/{result['prompts']} | {b['tokens_per_forward']:.2f} "
                      f"| {accepted} |")
+    shares = result["batches"][0]["accepted_at_least"]
+    lines += ["", "verifications deciding at least 1, 2, ... tokens: " + ", ".join(f"{100 * share:.0f}%"
+                                                                             for share in shares)]
     lines += ["", "lossless: " + ("yes, every row" if result["lossless"] else "NO")]
     return "\n".join(lines)
 
