@@ -16,10 +16,10 @@ at `--max-new-tokens`, then after the shortest prefix whose text holds a stop st
 
 Output: per batch size, the rows identical to the reference, and mean tokens per forward and per verification;
 how the reference rows ended (stop, length, stop_string), so a reader sees that every ending was exercised.
-With --json, one object: {"model", "verifier", "prompts", "described", "stop_strings", "endings", "batches": [{batch_size,
-identical, tokens_per_forward, mean_accepted, accepted_at_least}], "lossless": bool}; accepted_at_least[i - 1]
-is the share of verifications that decided at least i tokens (acceptance by position; the same at every batch
-size, as the answers are).
+With --json, one object: {"model", "verifier", "prompts", "described", "stop_strings", "endings", "batches":
+[{batch_size, identical, tokens_per_forward, mean_accepted, accepted_at_least}], "lossless": bool};
+accepted_at_least[i - 1] is the share of verifications that decided at least i tokens (acceptance by position;
+the same at every batch size, as the answers are).
 """
 
 import argparse

@@ -48,13 +48,13 @@ class BlockDecoder:
         self.size = model.block_size
         self.steps = min(config.steps, self.size)
         self.speculative = config.speculative  # draft and verify (speculative.py) instead of an unmasking policy
-        # a separate verifier runs as a decoder of its own, in step with this one: the same rows, columns and
-        # blocks, its own cache (speculative.py)
-        self.verifier = None if verifier is None else BlockDecoder(verifier, config, tokenizer)
-        if self.verifier is not None:
+        if verifier is not None:
             check_verifier(model, verifier, config)
         elif self.speculative:
             check_self_verifier(model)
+        # a separate verifier runs as a decoder of its own, in step with this one: the same rows, columns and
+        # blocks, its own cache (speculative.py)
+        self.verifier = None if verifier is None else BlockDecoder(verifier, config, tokenizer)
         self.policy = None if self.speculative else config.policy
         self.layers = self.backbone.decoder.config.num_hidden_layers
         self.shift_logits = model.config.logit_shift  # position i - 1 predicts token i (SPEC §2)
@@ -394,8 +394,6 @@ def generate(model, input_ids, attention_mask, config: DecodingConfig, streamer=
     try:
         with torch.no_grad():
             prompts = build_prompts(model, ids, valid, vision)  # also for the reference: same image errors, first
-            if verifier is not None:
-                check_verifier(model, verifier, config)
             if not config.use_cache:
                 return reference_decode(model, ids, valid, vision, config, tokenizer, generator, verifier)
             if streamer is not None:

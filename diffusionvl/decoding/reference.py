@@ -9,7 +9,7 @@ from .outputs import DecodingOutput, StopStrings
 from .policies import StepContext, commit_step, settle_after_end, static_schedule, step_quota
 from .rows import Row
 from .sampling import generator_on, propose, propose_masked
-from .speculative import check_self_verifier, copies_of
+from .speculative import check_self_verifier, check_verifier, copies_of
 
 
 def reference_decode_row(model, prompt: torch.Tensor, config, tokenizer=None, generator=None, vision=None) -> Row:
@@ -85,7 +85,8 @@ def reference_speculative_row(model, prompt: torch.Tensor, config, tokenizer=Non
             decided = sum(1 for i in range(size) if i <= first and not verified[i])
             ended = any(choice[i] == tokens.eot and answer[i] and (verified[i] or i <= first) for i in range(size))
             if verifier is not None and not ended:  # its copy keeps the correction too
-                logits, used = run(sequence[:start] + choice[: first + 1] + block[first + 1 :] + masks)[start:], used + 1
+                corrected = choice[: first + 1] + block[first + 1 :]
+                logits, used = run(sequence[:start] + corrected + masks)[start:], used + 1
                 kept = first + 1
             if first <= size - 2 and not ended and first - kept + (verifier is not None) < copies:  # redrafted by
                 redraft = run(sequence[:start] + choice[:kept] + [tokens.mask] * (size - kept))[start:]  # its copy
@@ -142,6 +143,8 @@ def reference_decode(model, ids, valid, vision, config, tokenizer=None, generato
     if config.speculative:
         if verifier is None:
             check_self_verifier(model)
+        else:
+            check_verifier(model, verifier, config)
         rows = [reference_speculative_row(model, row[keep], config, tokenizer, image, verifier)
                 for row, keep, image in zip(ids, valid, images)]
     else:

@@ -64,9 +64,9 @@ def check_self_verifier(model) -> None:
         raise DiffusionVLError(
             "speculative decoding verifies drafts with the model's own causal mode, which only a translation with "
             f"context_attention='causal' and logit_shift has; this one has context_attention="
-            f"{config.context_attention!r} and logit_shift={config.logit_shift}. Pass a verifier (an AR model, e.g. its "
-            "source: verifier= / --verifier), use another remasking_strategy, or translate with --context-attention "
-            "causal --logit-shift.")
+            f"{config.context_attention!r} and logit_shift={config.logit_shift}. Pass a verifier (an AR model, e.g. "
+            "its source: verifier= / --verifier), use another remasking_strategy, or translate with "
+            "--context-attention causal --logit-shift.")
 
 
 def check_verifier(model, verifier, config) -> None:
@@ -272,8 +272,10 @@ def release(decoder, final: torch.Tensor) -> None:
     if decoder.on_tokens is None:
         return
     for row, ids, keep in zip(decoder.batch.rows, decoder.batch.block.tolist(), final.tolist()):
-        kept = row.would_keep([token for token, decided in zip(ids, keep) if decided], decoder.tokens.eot)
         sent = decoder.released.get(row.id, 0)
+        if sum(keep) <= sent:  # nothing decided since the last hand-out (a row keeps at most what is decided)
+            continue
+        kept = row.would_keep([token for token, decided in zip(ids, keep) if decided], decoder.tokens.eot)
         if len(kept) > sent:
             decoder.on_tokens(row, kept[sent:])
             decoder.released[row.id] = len(kept)

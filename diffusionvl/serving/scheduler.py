@@ -27,7 +27,8 @@ from .protocol import APIError
 class Job:
     """One request in flight. `send(kind, payload)` is called from the engine thread: ("step", {block, step,
     ids, masked, prompt[, verdict]}) with trace (the row's block number, the step in it, the block's ids, which are
-    masks, which hold prompt tokens; a speculative step adds each position's verdict, speculative.VERDICTS), ("tokens", new ids), ("done", finish reason), ("error", APIError)."""
+    masks, which hold prompt tokens; a speculative step adds each position's verdict, speculative.VERDICTS),
+    ("tokens", new ids), ("done", finish reason), ("error", APIError)."""
 
     ids: torch.Tensor  # (1, L)
     vision: object
@@ -60,11 +61,12 @@ class Group:
         self.jobs: dict[int, Job] = {}
 
     def release(self, row: Row, new: list[int]) -> None:
-        """A row's tokens decided before its block's commit (engine.BlockDecoder.on_tokens)."""
+        """A row's new tokens, from its block's commit or, speculative, as soon as a verification decides them
+        (engine.BlockDecoder.on_tokens): counted, and sent unless the client went away."""
         job = self.jobs.get(row.id)
         if job is not None:
             job.tokens, job.forwards = job.tokens + len(new), row.forwards
-            if not job.cancelled:
+            if new and not job.cancelled:
                 job.send("tokens", new)
 
     def observe(self, rows: list[Row], step: int, block: torch.Tensor, masked: torch.Tensor,
@@ -244,11 +246,8 @@ class Scheduler:
 
     def _deliver(self, group: Group, updates: list[tuple[Row, list[int]]]) -> None:
         for row, new in updates:
+            group.release(row, new)
             job = group.jobs[row.id]
-            job.tokens += len(new)
-            job.forwards = row.forwards
-            if new and not job.cancelled:
-                job.send("tokens", new)
             if row.finished:
                 if not job.cancelled:  # OpenAI's finish_reason: 'length' at max_tokens, else 'stop'
                     job.send("done", "length" if row.finish_reason == "length" else "stop")
