@@ -51,7 +51,6 @@ from ..errors import DiffusionVLError
 from .kv_cache import BlockCache
 from .sampling import propose_masked
 
-
 DRAFT, ACCEPTED, CORRECTED = 0, 1, 2  # a position's verdict (the observer's `verdict`, the server's trace)
 VERDICTS = ("draft", "accepted", "corrected")
 
@@ -106,7 +105,7 @@ def speculate_block(decoder) -> None:
     """Finish the current block of every row (decoding.engine.BlockDecoder): draft where it holds masks, then
     verify until every row's block is final. Leaves block k's K/V committed (the verifier's too), `batch.carry`
     the state before block k + 1 and `batch.draft` its draft."""
-    batch, size, mask, shadow = decoder.batch, decoder.size, decoder.tokens.mask, decoder.verifier
+    batch, mask, shadow = decoder.batch, decoder.tokens.mask, decoder.verifier
     # verified: prompt tokens, and a first position that holds a token (the bonus of the last block)
     fixed = torch.zeros_like(batch.block, dtype=torch.bool) if batch.fixed is None else batch.fixed
     verified = fixed.clone()
