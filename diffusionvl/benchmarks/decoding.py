@@ -188,20 +188,16 @@ def decode(setting: Setting, models: dict, processor, inputs: dict):
     return out.texts, out.tokens, out.nfe, out.row_forwards, out.rows, out.accepted
 
 
-def measure(setting: Setting, models, processor, batches: list, device) -> dict:
-    texts, rows, accepted, tokens, nfe, row_forwards, latencies = [], [], [], 0, 0, 0, []
+def measure(setting: Setting, models, processor, inputs: dict, device) -> dict:
+    """One batch of one setting, timed: its texts, token rows, tokens per verification, counts and seconds."""
     with PeakMemory(device) as memory:
-        for inputs in batches:
-            start = time.perf_counter()
-            out = decode(setting, models, processor, inputs)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            latencies.append(time.perf_counter() - start)
-            texts, rows, accepted = texts + out[0], rows + out[4], accepted + out[5]
-            tokens, nfe, row_forwards = tokens + out[1], nfe + out[2], row_forwards + out[3]
+        start = time.perf_counter()
+        texts, tokens, nfe, row_forwards, rows, accepted = decode(setting, models, processor, inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
     return {"texts": texts, "rows": rows, "accepted": accepted, "tokens": tokens, "nfe": nfe,
-            "row_forwards": row_forwards, "seconds": sum(latencies), "latencies": latencies,
-            "peak_memory_mb": memory.peak_mb}
+            "row_forwards": row_forwards, "seconds": seconds, "latencies": [seconds], "peak_memory_mb": memory.peak_mb}
 
 
 def joined(parts: list[dict]) -> dict:
@@ -250,7 +246,7 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
     checked = [s for s in table if s.config.speculative]
     plan = [(s, n) for s in table for n in config.batch_sizes if s.kind != "llada" or n == 1]
     for setting, n in plan:  # warm-up: the first batch of each
-        measure(setting, models, processor, batches[n][:1], device)
+        measure(setting, models, processor, batches[n][0], device)
     runs = {(s.name, n): [] for s, n in plan}
     # a pass answers each batch with every setting in turn (the AR first, the speculative rows next), so that the
     # machine's drift over the minutes of a pass reaches every setting alike: ratios are taken pass by pass
@@ -261,7 +257,7 @@ def run(config: BenchConfig, progress: bool = True) -> dict:
             parts = {s.name: [] for s in group}
             for inputs in batches[n]:
                 for setting in group:
-                    parts[setting.name].append(measure(setting, models, processor, [inputs], device))
+                    parts[setting.name].append(measure(setting, models, processor, inputs, device))
             for setting in group:
                 runs[(setting.name, n)].append(joined(parts[setting.name]))
     ar_texts = runs[("AR", config.batch_sizes[0])][0]["texts"] if "ar" in models else None
