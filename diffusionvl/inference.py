@@ -62,6 +62,12 @@ def has_causal_mode(context_attention: str, logit_shift: bool) -> bool:
     return context_attention == "causal" and bool(logit_shift)
 
 
+def can_speculate(config, with_verifier: bool) -> bool:
+    """Whether a translation with this config decodes speculatively: verified by its own causal mode, or, with a
+    separate verifier, as any translation with logit shift (decoding/speculative.py)."""
+    return has_causal_mode(config.context_attention, config.logit_shift) or (with_verifier and config.logit_shift)
+
+
 def causal_model(model):
     """The model's own causal mode, as a plain transformers model to decode with `answer` (its `generate` and KV
     cache): for a causal-context translation with logit shift, the wrapped base *is* that mode. Its clean

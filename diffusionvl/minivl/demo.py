@@ -36,15 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _decoding(args, models: dict):
     """The dVLM's strategy, and the AR model that checks its speculative drafts (None: its own causal mode)."""
     from ..errors import DiffusionVLError
-    from ..inference import has_causal_mode
+    from ..inference import can_speculate
 
     dvlm, ar = models["dVLM"][0].config, models.get("AR", (None,))[0]
     if args.verifier == "ar" and ar is None:
         raise DiffusionVLError("--verifier ar checks the drafts with the AR source, and --ar is 'none'; name the "
                                "AR model (--ar minivl-ar) or use --verifier self.")
     checker = args.verifier or ("ar" if ar is not None else "self")
-    speculates = dvlm.logit_shift and (checker == "ar" or has_causal_mode(dvlm.context_attention, dvlm.logit_shift))
-    strategy = args.strategy or ("speculative" if speculates else FALLBACK_STRATEGY)
+    strategy = args.strategy or ("speculative" if can_speculate(dvlm, checker == "ar") else FALLBACK_STRATEGY)
     return strategy, ar if strategy == "speculative" and checker == "ar" else None
 
 

@@ -40,11 +40,9 @@ from .scheduler import Job, Scheduler
 def create_app(model, processor, config: ServerConfig, served_name: str, verifier=None) -> FastAPI:
     """The app serving `model` (a DiffusionVL, in eval mode) under `served_name`; `verifier`: the model that checks
     its speculative drafts (model.as_verifier of config.verifier), else its own causal mode."""
-    from ..inference import has_causal_mode
+    from ..inference import can_speculate
 
-    shift = model.config.logit_shift
-    if config.speculative_default and not (has_causal_mode(model.config.context_attention, shift)
-                                           or (verifier is not None and shift)):
+    if config.speculative_default and not can_speculate(model.config, verifier is not None):
         config = replace(config, speculative_default=False)  # nothing to verify drafts with
     tokenizer = getattr(processor, "tokenizer", processor)
     # no token spells more characters than the longest vocabulary entry: a prompt of more characters than the
