@@ -27,6 +27,7 @@ from .modeling.loss import Objective, diffusion_loss
 from .modeling.masks import block_causal_mask, positions_from_padding
 from .modeling.noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
 from .modeling.objective import source_terms
+from .modeling.streams import decode_streams
 from .modeling.tokens import SpecialTokens, resolve_eot_token, resolve_mask_token, resolve_pad_token
 
 
@@ -77,6 +78,7 @@ class DiffusionVL(PreTrainedModel):
 
             inject_lora(self.model, config.lora)  # the checkpoint holds adapters: build them before loading
         self._no_split_modules = self.model._no_split_modules
+        self.trained_embedding_rows: list[int] | None = None  # set by training when a hook keeps the other rows fixed
         self.post_init()
         use_shared_kv_heads(self.backbone.decoder.config)  # the attention kernel, chosen once (attention.py)
 
@@ -259,7 +261,7 @@ class DiffusionVL(PreTrainedModel):
             supervised_blocks, config.noise_eps_min, config.noise_eps_max, config.antithetic_noise, generator,
             strata=config.noise_strata,
         )
-        return apply_noise(ids, labels, valid, t, self.block_size, tokens.mask, generator)
+        return apply_noise(ids, labels, valid, t, self.block_size, tokens.mask, generator, config.noise_pattern)
 
     def diffusion_loss(
         self, batch: NoisyBatch, vision: VisionInputs | None = None, noisy_stream: str | None = None,
@@ -277,8 +279,7 @@ class DiffusionVL(PreTrainedModel):
         index = torch.arange(batch.clean_ids.shape[1], device=clean.device).expand_as(batch.clean_ids)
         rope = backbone.positions(batch.clean_ids, index, batch.valid, vision)  # (A, N, L)
         rope = torch.cat([rope.gather(2, noisy_pos[None].expand(rope.shape[0], -1, -1)), rope], dim=2)
-        with self.adapters_on(torch.arange(embeds.shape[1], device=embeds.device) < noisy_pos.shape[1]):
-            hidden = backbone.decode(embeds, layout.attention_mask, rope)
+        hidden = decode_streams(self, embeds, layout.attention_mask, rope, noisy_pos.shape[1])
         take = batch.masked.gather(1, noisy_pos) & layout.noisy_valid  # (N, Ln)
         source = self._predicting_columns(noisy_pos)[take]  # (M,) the column whose hidden state predicts each target
         rows = torch.arange(take.shape[0], device=take.device)[:, None].expand_as(take)[take]

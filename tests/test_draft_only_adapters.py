@@ -4,6 +4,7 @@ translation's clean stream, committed K/V and causal mode stay its source's exac
 import pytest
 import torch
 from conftest import MASK_ID, prompt_answer_batch, random_ids, tiny_causal_lm, tiny_tokenizer
+from transformers import DynamicCache
 
 from diffusionvl import DiffusionVL
 from diffusionvl.errors import DiffusionVLError
@@ -95,6 +96,42 @@ def test_training_moves_the_drafts_only_and_distils_from_its_own_clean_stream(mo
     with torch.no_grad():
         expected = source(input_ids=batch.clean_ids).logits[masked[:, 0], masked[:, 1] - 1]
     assert (taken["teacher"] - expected).abs().max() <= 1e-4
+
+
+def test_a_frozen_clean_stream_runs_first_without_gradients_and_gives_the_one_pass_loss_and_gradients(monkeypatch):
+    from diffusionvl.modeling import streams
+    from diffusionvl.training.train import train_mask_row
+
+    model, _ = draft_only(seed=8)
+    model.train()
+    assert streams.clean_stream_is_frozen(model)  # only the adapters train (PEFT's rule after add_lora)
+    train_mask_row(model)
+    assert streams.clean_stream_is_frozen(model)  # the mask row too: clean tokens never use it
+    ids, labels = prompt_answer_batch(n=3, length=22, prompt=7)
+
+    def step():
+        model.zero_grad()
+        out = model(ids, labels=labels, generator=torch.Generator().manual_seed(1), objective=Objective(distill=1.0))
+        out.loss.backward()
+        return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    passes = []
+    monkeypatch.setattr(streams, "DynamicCache", lambda: passes.append(1) or DynamicCache())
+    two_pass, two_grads = step()
+    assert passes == [1]
+    monkeypatch.setattr(streams, "clean_stream_is_frozen", lambda model: False)
+    one_pass, one_grads = step()
+    assert len(passes) == 1 and (two_pass - one_pass).abs() <= 1e-5
+    assert two_grads.keys() == one_grads.keys() and len(one_grads) > 1
+    assert all((two_grads[n] - one_grads[n]).abs().max() <= 1e-5 for n in one_grads)
+    monkeypatch.undo()
+    model.get_input_embeddings().weight.register_hook(lambda grad: grad)  # a user's own embedding training:
+    model.trained_embedding_rows = None  # every row trains, so the clean stream needs its gradients
+    assert not streams.clean_stream_is_frozen(model)
+    with torch.no_grad():
+        assert not streams.clean_stream_is_frozen(draft_only(seed=8)[0])  # nothing to train: one pass
+    everywhere, _ = draft_only(seed=8, scope="all")
+    assert not streams.clean_stream_is_frozen(everywhere.train())
 
 
 def test_the_adapter_folder_keeps_them_unmerged_and_decodes_the_same(tmp_path):

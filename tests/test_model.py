@@ -6,7 +6,7 @@ from conftest import EOT_ID, MASK_ID, VOCAB, prompt_answer_batch, random_ids, ti
 from transformers import AutoModelForCausalLM, MambaConfig
 
 from diffusionvl import CheckpointLayoutError, DiffusionVL, UnsupportedModelError
-from diffusionvl.modeling.noise import two_stream_layout
+from diffusionvl.modeling.noise import apply_noise, two_stream_layout
 
 
 def test_loss_is_finite_and_reaches_every_weight(family):
@@ -30,6 +30,27 @@ def test_cheap_and_full_noisy_streams_give_the_same_loss(family, attn):
     cheap = model.diffusion_loss(batch, noisy_stream="cheap").loss
     full = model.diffusion_loss(batch, noisy_stream="full").loss
     assert torch.allclose(cheap, full, atol=1e-5, rtol=0)
+
+
+def test_suffix_noise_masks_as_many_positions_as_independent_noise_but_always_a_blocks_last_ones():
+    ids, labels = prompt_answer_batch(n=4, length=24, prompt=6)
+    labels[3, 21:] = -100  # an answer that ends inside a block: its suffix is the last supervised positions
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    t = torch.rand(4, 6, generator=torch.Generator().manual_seed(2))
+    draw = lambda pattern: apply_noise(ids, labels, valid, t, 4, MASK_ID, torch.Generator().manual_seed(3), pattern)
+    independent, suffix = draw("independent"), draw("suffix")
+    per_block = lambda batch: batch.masked.view(4, 6, 4).sum(-1)
+    assert torch.equal(per_block(suffix), per_block(independent))
+    assert not torch.equal(suffix.masked, independent.masked)  # the control: the layouts differ
+    supervised = (labels != -100).view(4, 6, 4)
+    masked = suffix.masked.view(4, 6, 4)
+    assert not (masked & ~supervised).any()
+    for row, block in zip(*torch.where(masked.any(-1))):  # nothing supervised and known after a mask
+        first = int(masked[row, block].int().argmax())
+        assert masked[row, block, first:].eq(supervised[row, block, first:]).all()
+    assert torch.equal(suffix.noisy_ids, torch.where(suffix.masked, MASK_ID, ids))
+    with pytest.raises(ValueError, match="pattern must be one of"):
+        draw("random")
 
 
 def test_sdpa_and_eager_agree():

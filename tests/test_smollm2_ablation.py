@@ -49,12 +49,15 @@ def stubbed(monkeypatch):
 
 def test_each_step_adds_one_option_and_shares_the_data_and_the_ar_row(stubbed, tmp_path):
     table = ablation.run_ablation(RecipeConfig(str(tmp_path)))
-    options = [(c.context_attention, c.ar_loss_weight, c.distill_weight, c.confidence_weight, c.lora_scope)
-               for c in stubbed]
-    assert options == [("block_causal", 0, 0, 0, "all"), ("causal", 0, 0, 0, "all"), ("causal", 1, 0, 0, "all"),
-                       ("causal", 1, 1, 0, "all"), ("causal", 1, 1, 0.2, "all"), ("causal", 0, 1, 0.2, "noisy")]
+    options = [(c.context_attention, c.ar_loss_weight, c.distill_weight, c.confidence_weight, c.lora_scope,
+                c.noise_pattern) for c in stubbed]
+    independent = "independent"
+    assert options == [("block_causal", 0, 0, 0, "all", independent), ("causal", 0, 0, 0, "all", independent),
+                       ("causal", 1, 0, 0, "all", independent), ("causal", 1, 1, 0, "all", independent),
+                       ("causal", 1, 1, 0.2, "all", independent), ("causal", 0, 1, 0.2, "noisy", independent),
+                       ("causal", 0, 1, 0.2, "noisy", "suffix")]
     assert [Path(c.out).name for c in stubbed] == [name for name, _, _ in ablation.STEPS]
-    assert ablation.STEPS[-1][0] == "6-draft-only"
+    assert ablation.STEPS[-1][0] == "7-suffix-noise"
     assert all(json.loads((Path(c.out) / "eval" / "ar.json").read_text())["from"] == "1-shipped" for c in stubbed)
     lines = table.splitlines()
     assert lines[2].startswith("| as first shipped | 0.500 |") and "| - |" in lines[2]  # no causal mode
@@ -69,15 +72,18 @@ def test_finished_steps_are_skipped_and_a_subset_can_run_first(stubbed, tmp_path
     assert ablation.markdown(ablation.summaries(RecipeConfig(str(tmp_path)))).count("\n") == 3
     ablation.run_ablation(RecipeConfig(str(tmp_path)))
     assert [Path(c.out).name for c in stubbed] == ["5-confidence", "1-shipped", "2-causal", "3-ar", "4-distill",
-                                                   "6-draft-only"]
+                                                   "6-draft-only", "7-suffix-noise"]
 
 
 def test_the_command_line_names_the_steps(stubbed, tmp_path, capsys):
     from diffusionvl import cli
 
     with pytest.raises(SystemExit):
-        cli.main(["recipe", "smollm2", "--out", str(tmp_path), "--ablation", "7-more"])
-    assert "unknown ablation step(s) ['7-more']; the steps are 1-shipped," in capsys.readouterr().err
+        cli.main(["recipe", "smollm2", "--out", str(tmp_path), "--ablation", "8-more"])
+    assert "unknown ablation step(s) ['8-more']; the steps are 1-shipped," in capsys.readouterr().err
     cli.main(["recipe", "smollm2", "--out", str(tmp_path), "--ablation", "2-causal", "--steps", "50"])
     assert [(Path(c.out).name, c.steps) for c in stubbed] == [("2-causal", 50)]
+    cli.main(["recipe", "smollm2", "--out", str(tmp_path / "own"), "--ablation", "2-causal", "--noise-pattern",
+              "suffix"])
+    assert stubbed[-1].noise_pattern == "suffix"
     assert "| + causal context |" in capsys.readouterr().out

@@ -384,3 +384,15 @@ def test_the_source_terms_train_through_the_trainer(tmp_path, checkpoint):
                  confidence_weight=0.5))
     plain, kept = losses(tmp_path / "plain"), losses(tmp_path / "kept")
     assert sorted(kept) == [1, 2] and all(kept[step] != pytest.approx(plain[step], abs=1e-6) for step in kept)
+
+
+def test_the_noise_pattern_reaches_the_loss_and_is_saved_with_the_checkpoint(tmp_path, checkpoint):
+    data = llava_data(tmp_path / "data", broken=False)
+    train(config(checkpoint, data, tmp_path / "plain", max_steps=2, save_steps=2))
+    train(config(checkpoint, data, tmp_path / "suffix", max_steps=2, save_steps=2, noise_pattern="suffix"))
+    plain, suffix = losses(tmp_path / "plain"), losses(tmp_path / "suffix")
+    assert sorted(suffix) == [1, 2] and any(suffix[step] != pytest.approx(plain[step], abs=1e-6) for step in suffix)
+    saved = lambda run: DiffusionVL.from_pretrained(tmp_path / run / "checkpoint-2").config.noise_pattern
+    assert (saved("plain"), saved("suffix")) == ("independent", "suffix")
+    with pytest.raises(ValueError, match="--noise-pattern must be 'independent' or 'suffix', got 'prefix'"):
+        TrainingConfig(data="d.json", model="m", output_dir="o", noise_pattern="prefix")

@@ -10,6 +10,8 @@ one before it by one option:
 6. (studies that finetune with LoRA) + draft-only adapters (`lora_scope="noisy"`): the adapters act on the noisy
    stream alone, so the clean stream and the causal mode are the source itself. The AR loss goes with this step:
    it would train a stream that no longer has anything to train.
+7. (the same studies) + suffix noise (`noise_pattern="suffix"`): a block's known tokens are always a prefix, the
+   only layout the speculative drafter (draft-only adapters' use) ever sees.
 
 Here: the steps, their configs, the finished steps' results, and the report (table and curves).
 """
@@ -31,6 +33,7 @@ STEPS = (
 )
 STEP_NAMES = tuple(name for name, _, _ in STEPS)
 DRAFT_ONLY = ("6-draft-only", "+ draft-only adapters", {"lora_scope": "noisy", "ar_loss_weight": 0.0})
+SUFFIX_NOISE = ("7-suffix-noise", "+ suffix noise", {"noise_pattern": "suffix"})
 
 
 def step_configs(config, study_steps=STEPS) -> list[tuple[str, str, object]]:

@@ -25,6 +25,10 @@ class DiffusionVLConfig(PreTrainedConfig):
             blocks of the batch, strata in random order. "all_blocks_ordered": the original DiffusionVL/BD3-LM
             rule, every block of the block-aligned batch (prompt and image blocks too), row-major, block k gets
             stratum k. Either way only supervised positions are masked.
+        noise_pattern: which positions of a block its noise level masks. "independent" (default, SPEC §2.2): each
+            supervised position with probability t. "suffix": the same number, always the block's last ones, so a
+            block's known tokens are a prefix, as in left-to-right drafting (speculative decoding, which redrafts
+            a block's rest after its accepted prefix); training capacity goes to those layouts alone.
         loss_average: "supervised_rows" (default) averages the per-sample losses over the samples that hold
             supervised tokens; "all_rows" (the original code) over every sample of the batch, a sample without
             supervision adding 0.
@@ -60,6 +64,7 @@ class DiffusionVLConfig(PreTrainedConfig):
     noise_eps_max: float = 1.0
     antithetic_noise: bool = True
     noise_strata: Literal["supervised_shuffled", "all_blocks_ordered"] = "supervised_shuffled"
+    noise_pattern: Literal["independent", "suffix"] = "independent"
     loss_average: Literal["supervised_rows", "all_rows"] = "supervised_rows"
     noisy_stream: Literal["cheap", "full"] = "cheap"
     position_mode: Literal["1d", "mrope"] = "1d"

@@ -124,10 +124,29 @@ class NoisyBatch:
         return (self.labels != IGNORE).view(self.labels.shape[0], -1, self.block_size).any(-1)
 
 
-def apply_noise(ids, labels, valid, block_noise, block_size: int, mask_id: int, generator=None) -> NoisyBatch:
-    """Replace each supervised position of block j by the mask token with probability t_j."""
+NOISE_PATTERNS = ("independent", "suffix")
+
+
+def apply_noise(ids, labels, valid, block_noise, block_size: int, mask_id: int, generator=None,
+                pattern: str = "independent") -> NoisyBatch:
+    """Mask supervised positions of block j at noise level t_j.
+
+    pattern "independent" (SPEC §2.2): each position is masked with probability t_j on its own. "suffix": as many
+    positions as that draw masks, but always the block's last supervised ones, so the known tokens of a block are
+    a prefix: the only layout a left-to-right drafter (speculative decoding) ever sees. The number masked per block
+    has the same distribution either way, so the 1/t weighting of the loss still fits.
+    """
+    if pattern not in NOISE_PATTERNS:
+        raise ValueError(f"pattern must be one of {', '.join(map(repr, NOISE_PATTERNS))}, got {pattern!r}.")
     batch = NoisyBatch(ids, ids, labels, valid, ids.new_zeros(ids.shape, dtype=torch.bool), block_noise, block_size)
-    batch.masked = (labels != IGNORE) & (_rand(ids.shape, generator, ids.device) < batch.noise_level)
+    supervised = labels != IGNORE
+    batch.masked = supervised & (_rand(ids.shape, generator, ids.device) < batch.noise_level)
+    if pattern == "suffix":
+        n = ids.shape[0]
+        count = batch.masked.view(n, -1, block_size).sum(-1, keepdim=True)  # (N, nb, 1) masks per block
+        blocks = supervised.view(n, -1, block_size).int()
+        after = blocks.flip(-1).cumsum(-1).flip(-1) - blocks  # (N, nb, B) supervised positions after each one
+        batch.masked = supervised & (after < count).view(n, -1)
     batch.noisy_ids = torch.where(batch.masked, mask_id, ids)
     return batch
 

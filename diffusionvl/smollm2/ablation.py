@@ -8,11 +8,12 @@ import os
 import shutil
 from pathlib import Path
 
-from ..evaluation.ablation import DRAFT_ONLY, STEPS as SHARED_STEPS, finished_steps, step_configs, write_report
+from ..evaluation.ablation import (DRAFT_ONLY, STEPS as SHARED_STEPS, SUFFIX_NOISE, finished_steps, step_configs,
+                                   write_report)
 
 TOLERANCE = 0.05  # the speed columns: the most tokens per forward within this much token F1 of static
 CAUSAL_ROW = "causal mode (KV cache)"
-STEPS = SHARED_STEPS + (DRAFT_ONLY,)  # the study finetunes with LoRA, so its adapters may be draft-only
+STEPS = SHARED_STEPS + (DRAFT_ONLY, SUFFIX_NOISE)  # the study finetunes with LoRA: its adapters may be draft-only
 
 
 def run_ablation(config, only: list[str] | None = None) -> str:

@@ -57,6 +57,7 @@ class RecipeConfig:
     distill_temperature: float = 1.0
     confidence_weight: float = 0.0
     lora_scope: str = "all"  # "noisy": draft-only adapters (modeling/lora.py); the causal mode is then the source
+    noise_pattern: str = "independent"  # "suffix": the known tokens of a block a prefix (DiffusionVLConfig)
 
     def __post_init__(self):
         for name in ("train_prompts", "test_prompts", "max_new_tokens", "answer_batch", "block_size", "lora_rank",
@@ -183,9 +184,10 @@ def finetune(config: RecipeConfig, out: Path, init: Path) -> Path:
         lora_rank=config.lora_rank, lora_alpha=2 * config.lora_rank, lora_targets=config.lora_targets,
         lora_scope=config.lora_scope, learning_rate=config.learning_rate, batch_size=config.batch_size,
         max_steps=config.steps, warmup_steps=config.warmup_steps, lr_schedule="cosine", save_steps=config.save_steps,
-        save_total_limit=2,        logging_steps=max(1, min(10, config.steps // 10)), seed=config.seed, bf16=config.bf16,
+        save_total_limit=2, logging_steps=max(1, min(10, config.steps // 10)), seed=config.seed, bf16=config.bf16,
         ar_loss_weight=config.ar_loss_weight, distill_weight=config.distill_weight,
         distill_temperature=config.distill_temperature, confidence_weight=config.confidence_weight,
+        noise_pattern=config.noise_pattern,
         resume=last is not None), callbacks=[curve])
     return Path(get_last_checkpoint(str(run)))
 
@@ -240,13 +242,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora-scope", choices=["all", "noisy"],
                         help="which tokens the adapters act on; noisy: draft-only, the causal mode stays the source "
                         "(default: all)")
+    parser.add_argument("--noise-pattern", choices=["independent", "suffix"],
+                        help="which positions of a block the noise masks; suffix: always the last ones, as "
+                        "speculative drafting sees them (default: independent)")
 
 
 def config_from(args: argparse.Namespace) -> RecipeConfig:
     """The study's config as the command line sets it: the full run or `--quick`, with any overrides."""
     config = RecipeConfig.quick(args.out) if args.quick else RecipeConfig(args.out)
     overrides = {name: getattr(args, name) for name in (*OVERRIDES, *SOURCE_TERMS, "base", "learning_rate",
-                                                       "context_attention", "lora_scope") if getattr(args, name) is not None}
+                                                       "context_attention", "lora_scope", "noise_pattern")
+                 if getattr(args, name) is not None}
     return replace(config, **overrides)
 
 

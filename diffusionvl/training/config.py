@@ -68,6 +68,9 @@ class TrainingConfig:
     distill_temperature: float = field(default=1.0, metadata={"help": "temperature of the distillation term"})
     confidence_weight: float = field(default=0.0, metadata={"help": "stage 'diffusion': weight of the entropy of "
                                       "right predictions at masked positions (raises tokens per forward)"})
+    noise_pattern: str | None = field(default=None, metadata={"help": "stage 'diffusion': which positions a block's "
+                                      "noise level masks: 'independent' or 'suffix' (the known tokens a prefix, as "
+                                      "in speculative drafting); default: the checkpoint's (DiffusionVLConfig)"})
     resume: bool = field(default=False, metadata={"help": "continue from the last complete checkpoint"})
     report_to: str = field(default="none", metadata={"help": "'none', 'tensorboard' or 'wandb'"})
 
@@ -125,6 +128,8 @@ def check_options(config) -> None:
     if config.lora_rank and config.stage != "diffusion":
         raise DiffusionVLError(f"LoRA adapts the language model in stage 'diffusion' only, not in stage "
                                f"{config.stage!r}; drop --lora-rank or use --stage diffusion.")
+    if config.noise_pattern not in (None, "independent", "suffix"):
+        raise DiffusionVLError(f"--noise-pattern must be 'independent' or 'suffix', got {config.noise_pattern!r}.")
     if config.lora_scope not in ("all", "noisy"):
         raise DiffusionVLError(f"--lora-scope must be 'all' or 'noisy', got {config.lora_scope!r}.")
     if config.lora_scope == "noisy":

@@ -78,6 +78,7 @@ def train_mask_row(model: DiffusionVL) -> None:
     keep[model.special_tokens.mask] = 1
     weight.requires_grad_(True)
     weight.register_hook(lambda grad: grad * keep.to(grad.dtype))
+    model.trained_embedding_rows = [model.special_tokens.mask]
 
 
 class RunFinished(Exception):
@@ -273,6 +274,8 @@ def load_for_training(config: TrainingConfig):
     elif not autoregressive and not isinstance(model, DiffusionVL):
         raise DiffusionVLError(f"stage 'diffusion' needs a DiffusionVL checkpoint; translate {config.model} first "
                                "(diffusionvl convert, or DiffusionVL.from_autoregressive).")
+    if config.noise_pattern and isinstance(model, DiffusionVL):
+        model.config.noise_pattern = config.noise_pattern  # saved with every checkpoint, so a resume keeps it
     if config.lora_rank and not model.config.lora:
         add_lora(model, config.lora_rank, config.lora_alpha, config.lora_targets.split(","), scope=config.lora_scope)
     set_trainable(model, config)
