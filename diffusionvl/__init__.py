@@ -14,7 +14,7 @@ _EXPORTS = {
     "CheckpointLayoutError": "errors", "DataError": "errors", "DiffusionVLError": "errors", "ImageError": "errors",
     "UnsupportedModelError": "errors",
     "DiffusionVLConfig": "modeling.config",
-    "DiffusionOutput": "model", "DiffusionVL": "model",
+    "DiffusionOutput": "modeling.streams", "DiffusionVL": "model",
     "VisionLanguageConfig": "modeling.composite", "VisionLanguageModel": "modeling.composite",
     "DiffusionVLProcessor": "modeling.processing",
     "SpecialTokens": "modeling.tokens",

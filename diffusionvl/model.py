@@ -6,14 +6,12 @@ inference sees the clean stream with a block-causal mask. The model knows nothin
 
 import logging
 from contextlib import nullcontext
-from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.utils import ModelOutput
 
 from .checkpoints.folders import RELEASED_TYPES, check_checkpoint, local_folder, resolve_model
 from .decoding.config import DecodingConfig
@@ -23,21 +21,11 @@ from .modeling.backbones import CompositeBackbone, Qwen2_5_VLBackbone, TextBackb
 from .modeling.compat import check_block_diffusion_support, check_wrappable
 from .modeling.composite import VisionLanguageModel
 from .modeling.config import DiffusionVLConfig
-from .modeling.loss import Objective, diffusion_loss
+from .modeling.loss import Objective
 from .modeling.masks import block_causal_mask, positions_from_padding
-from .modeling.noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels, two_stream_layout
-from .modeling.objective import source_terms
-from .modeling.streams import decode_streams
+from .modeling.noise import IGNORE, NoisyBatch, align_to_blocks, apply_noise, sample_noise_levels
+from .modeling.streams import DiffusionOutput, two_stream_loss
 from .modeling.tokens import SpecialTokens, resolve_eot_token, resolve_mask_token, resolve_pad_token
-
-
-@dataclass
-class DiffusionOutput(ModelOutput):
-    """Training output. `noise_level` is the mean t over supervised blocks, `num_masked` the masked positions."""
-
-    loss: torch.Tensor | None = None
-    noise_level: torch.Tensor | None = None
-    num_masked: torch.Tensor | None = None
 
 
 VISION_LANGUAGE_TYPES = {"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration"}
@@ -270,46 +258,7 @@ class DiffusionVL(PreTrainedModel):
         """The loss of SPEC §2 on a noised batch; `noisy_stream` overrides the config ("cheap" or "full");
         `objective` adds the terms that keep the source (see `modeling.objective.source_terms`)."""
         cheap = (noisy_stream or self.config.noisy_stream) == "cheap"
-        layout = two_stream_layout(batch, cheap, self.dtype, self.config.context_attention == "causal")
-        backbone, noisy_pos = self.backbone, layout.noisy_positions
-        clean = backbone.embed(batch.clean_ids, vision)  # (N, L, H), image features spliced in
-        mask_row = self.get_input_embeddings().weight[self.special_tokens.mask]
-        noisy = torch.where(batch.masked[..., None], mask_row, clean)
-        embeds = torch.cat([noisy.gather(1, noisy_pos[..., None].expand(-1, -1, clean.shape[-1])), clean], dim=1)
-        index = torch.arange(batch.clean_ids.shape[1], device=clean.device).expand_as(batch.clean_ids)
-        rope = backbone.positions(batch.clean_ids, index, batch.valid, vision)  # (A, N, L)
-        rope = torch.cat([rope.gather(2, noisy_pos[None].expand(rope.shape[0], -1, -1)), rope], dim=2)
-        hidden = decode_streams(self, embeds, layout.attention_mask, rope, noisy_pos.shape[1])
-        take = batch.masked.gather(1, noisy_pos) & layout.noisy_valid  # (N, Ln)
-        source = self._predicting_columns(noisy_pos)[take]  # (M,) the column whose hidden state predicts each target
-        rows = torch.arange(take.shape[0], device=take.device)[:, None].expand_as(take)[take]
-        logits = backbone.head(hidden[rows, source])  # (M, V): only masked positions reach the head
-        targets = batch.clean_ids.gather(1, noisy_pos)[take]
-        t = batch.noise_level.gather(1, noisy_pos)[take]
-        num_supervised = (batch.labels != IGNORE).sum(1)
-        loss = diffusion_loss(logits, targets, t, rows, num_supervised, self.config.loss_average)
-        if logits.shape[0] == 0:  # nothing masked this draw: keep every weight in the graph for DDP
-            loss = loss + 0.0 * backbone.head(hidden[:, :1]).sum()
-        if objective is not None and objective.extra:
-            clean_hidden = hidden[:, noisy_pos.shape[1]:]  # (N, L, H): the clean stream
-            loss = loss + source_terms(self, objective, batch, vision, clean_hidden, logits, targets,
-                                       (rows, noisy_pos[take]))
-        mean_t = batch.block_noise[batch.supervised_blocks].mean()
-        return DiffusionOutput(loss=loss, noise_level=mean_t.detach(), num_masked=take.sum())
-
-    def _predicting_columns(self, noisy_pos: torch.Tensor) -> torch.Tensor:
-        """(N, Ln) column of `[noisy ; clean]` whose hidden state predicts each noisy column's token.
-
-        Unshifted: the column itself. With logit_shift: the noisy column before it inside the same block, and for
-        a block's first position the previous block's last position in the clean stream (column Ln + p - 1),
-        which sees exactly what the engine's committed cache sees. Position 0 keeps its own column.
-        """
-        columns = torch.arange(noisy_pos.shape[1], device=noisy_pos.device).expand_as(noisy_pos)
-        if not self.config.logit_shift:
-            return columns
-        first = noisy_pos % self.block_size == 0
-        clean_before = noisy_pos.shape[1] + noisy_pos - 1
-        return torch.where(first, torch.where(noisy_pos > 0, clean_before, columns), columns - 1)
+        return two_stream_loss(self, batch, vision, cheap, objective)
 
     def generate(
         self,

@@ -8,6 +8,7 @@ from conftest import prompt_answer_batch, random_ids, tiny_causal_lm, wrap
 from diffusionvl import DiffusionVLError
 from diffusionvl.modeling.loss import autoregressive_loss
 from diffusionvl.modeling.noise import two_stream_layout
+from diffusionvl.modeling.streams import predicting_columns
 
 
 def shifted(block_size=4, seed=0, family="qwen2"):
@@ -45,7 +46,7 @@ def test_the_loss_reads_each_target_from_the_position_before_it(stream):
     hidden = model.model.base_model(
         input_ids=layout.input_ids, attention_mask=layout.attention_mask, position_ids=layout.index
     ).last_hidden_state
-    columns = model._predicting_columns(layout.noisy_positions)
+    columns = predicting_columns(layout.noisy_positions, model.block_size, model.config.logit_shift)
     got = model.get_output_embeddings()(hidden[0, columns[0]])
     for column, position in enumerate(layout.noisy_positions[0].tolist()):
         start = position // 4 * 4
