@@ -253,12 +253,13 @@ class DiffusionVL(PreTrainedModel):
 
     def diffusion_loss(
         self, batch: NoisyBatch, vision: VisionInputs | None = None, noisy_stream: str | None = None,
-        objective: Objective | None = None,
+        objective: Objective | None = None, clean_first: bool | None = None,
     ) -> DiffusionOutput:
         """The loss of SPEC §2 on a noised batch; `noisy_stream` overrides the config ("cheap" or "full");
-        `objective` adds the terms that keep the source (see `modeling.objective.source_terms`)."""
+        `objective` adds the terms that keep the source (see `modeling.objective.source_terms`); `clean_first`
+        False forces the one-pass reference where a frozen clean stream would run first (modeling/streams.py)."""
         cheap = (noisy_stream or self.config.noisy_stream) == "cheap"
-        return two_stream_loss(self, batch, vision, cheap, objective)
+        return two_stream_loss(self, batch, vision, cheap, objective, clean_first)
 
     def generate(
         self,

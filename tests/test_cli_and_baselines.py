@@ -236,6 +236,12 @@ def test_training_benchmark_checks_the_losses_and_writes_its_json(tmp_path, caps
     assert [r["layout"] for r in rows] == ["full", "cheap"] and rows[0]["loss_checked_steps"] == 2
     assert rows[1]["saved_for_backward_mib"] < rows[0]["saved_for_backward_mib"]  # the cheap stream keeps less
     assert "Loss check: cheap == full on all 2 batches" in capsys.readouterr().out
+    cli.main(f"bench-train --image-side 2 --hidden 32 --layers 1 --heads 2 --steps 2 --warmup 0 --draft-only "
+             f"--json {out}".split())
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["layout"] for r in rows] == ["one pass", "clean first"]
+    assert rows[1]["saved_for_backward_mib"] < rows[0]["saved_for_backward_mib"]  # autograd keeps the noisy stream
+    assert "Loss check: clean first == one pass on all 2 batches" in capsys.readouterr().out
 
 
 def test_python_dash_m_runs_the_command_line():

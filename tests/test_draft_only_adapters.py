@@ -109,25 +109,25 @@ def test_a_frozen_clean_stream_runs_first_without_gradients_and_gives_the_one_pa
     assert streams.clean_stream_is_frozen(model)  # the mask row too: clean tokens never use it
     ids, labels = prompt_answer_batch(n=3, length=22, prompt=7)
 
-    def step():
+    def step(clean_first=None):
         model.zero_grad()
-        out = model(ids, labels=labels, generator=torch.Generator().manual_seed(1), objective=Objective(distill=1.0))
+        batch = model.add_noise(ids, labels, generator=torch.Generator().manual_seed(1))
+        out = model.diffusion_loss(batch, objective=Objective(distill=1.0), clean_first=clean_first)
         out.loss.backward()
         return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     passes = []
     monkeypatch.setattr(streams, "DynamicCache", lambda: passes.append(1) or DynamicCache())
-    two_pass, two_grads = step()
+    two_pass, two_grads = step()  # the first forward of a fresh model: its gate is built before the clean pass
     assert passes == [1]
-    monkeypatch.setattr(streams, "clean_stream_is_frozen", lambda model: False)
-    one_pass, one_grads = step()
+    one_pass, one_grads = step(clean_first=False)
     assert len(passes) == 1 and (two_pass - one_pass).abs() <= 1e-5
     assert two_grads.keys() == one_grads.keys() and len(one_grads) > 1
     assert all((two_grads[n] - one_grads[n]).abs().max() <= 1e-5 for n in one_grads)
-    monkeypatch.undo()
-    model.get_input_embeddings().weight.register_hook(lambda grad: grad)  # a user's own embedding training:
-    model.trained_embedding_rows = None  # every row trains, so the clean stream needs its gradients
-    assert not streams.clean_stream_is_frozen(model)
+    model.trained_embedding_rows = None  # a user's own embedding training: every row trains, so the clean
+    assert not streams.clean_stream_is_frozen(model)  # stream needs its gradients
+    with pytest.raises(ValueError, match="clean_first=True needs a clean stream that no training weight acts on"):
+        step(clean_first=True)
     with torch.no_grad():
         assert not streams.clean_stream_is_frozen(draft_only(seed=8)[0])  # nothing to train: one pass
     everywhere, _ = draft_only(seed=8, scope="all")

@@ -1,10 +1,11 @@
-"""Training benchmark: the cheap noisy stream (SPEC §2.6) against the full two-stream objective.
+"""Training benchmark: the cheap noisy stream (SPEC §2.6) against the full two-stream objective, or, with
+`--draft-only`, a frozen clean stream run first without autograd against one pass (modeling/streams.py).
 
-    python -m diffusionvl.benchmarks.training            # or: diffusionvl bench-train
+    python -m diffusionvl.benchmarks.training            # or: diffusionvl bench-train [--draft-only]
 
 VLM-shaped batches: every sample holds an image of several hundred tokens, a short question and a short
 answer, so most blocks carry no supervision and the cheap layout drops them from the noisy stream. Both
-layouts see the same batches and noise draws, interleaved in one process; the losses are checked equal.
+variants see the same batches and noise draws, interleaved in one process; the losses are checked equal.
 Reported: median step time (forward + backward), tokens/s, the bytes autograd keeps for the backward pass
 (activation memory, measured on any device) and, on a GPU, peak allocated memory.
 """
@@ -35,7 +36,21 @@ def build(args) -> DiffusionVL:
         image_token_id=IMAGE)
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(config).to(args.device)
-    return DiffusionVL.from_autoregressive(model, mask_token_id=MASK, block_size=args.block_size).train()
+    model = DiffusionVL.from_autoregressive(model, mask_token_id=MASK, block_size=args.block_size).train()
+    if args.draft_only:  # rank-16 adapters on the noisy stream; everything else frozen (PEFT's rule)
+        from ..modeling.lora import add_lora
+
+        add_lora(model, 16, 32, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+                 scope="noisy")
+    return model
+
+
+def variants(args) -> dict[str, dict]:
+    """name -> the diffusion_loss options of each compared variant; the second is the one under test."""
+    if args.draft_only:
+        return {"one pass": {"noisy_stream": "cheap", "clean_first": False},
+                "clean first": {"noisy_stream": "cheap", "clean_first": True}}
+    return {"full": {"noisy_stream": "full"}, "cheap": {"noisy_stream": "cheap"}}
 
 
 def batch(args, generator: torch.Generator):
@@ -56,7 +71,7 @@ def batch(args, generator: torch.Generator):
     return ids.to(device), labels.to(device), vision_inputs(pixels.to(device), grid_thw.to(device))
 
 
-def step(model, noisy, vision, layout: str) -> tuple[float, float, int]:
+def step(model, noisy, vision, options: dict) -> tuple[float, float, int]:
     """One forward + backward. Returns (seconds, loss, bytes saved for backward)."""
     saved = [0]
 
@@ -68,7 +83,7 @@ def step(model, noisy, vision, layout: str) -> tuple[float, float, int]:
         torch.cuda.synchronize()
     start = time.perf_counter()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        loss = model.diffusion_loss(noisy, vision, noisy_stream=layout).loss
+        loss = model.diffusion_loss(noisy, vision, **options).loss
     loss.backward()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -77,19 +92,19 @@ def step(model, noisy, vision, layout: str) -> tuple[float, float, int]:
 
 
 def run(args) -> list[dict]:
-    """Time both layouts on the same batches and noise; every step checks that their losses are equal."""
-    model = build(args)
+    """Time both variants on the same batches and noise; every step checks that their losses are equal."""
+    model, compared = build(args), variants(args)
     generator = torch.Generator().manual_seed(0)
-    results = {layout: {"seconds": [], "saved": 0, "peak": 0} for layout in ("full", "cheap")}
+    results = {name: {"seconds": [], "saved": 0, "peak": 0} for name in compared}
     largest_gap = 0.0
-    for index in tqdm(range(args.warmup + args.steps), desc="training steps (full + cheap)"):
+    for index in tqdm(range(args.warmup + args.steps), desc=f"training steps ({' + '.join(compared)})"):
         ids, labels, vision = batch(args, generator)
         noisy = model.add_noise(ids, labels, generator=torch.Generator(args.device).manual_seed(index))
         losses = []
-        for layout in ("full", "cheap"):
+        for layout, options in compared.items():
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
-            seconds, loss, saved = step(model, noisy, vision, layout)
+            seconds, loss, saved = step(model, noisy, vision, options)
             losses.append(loss)
             if index >= args.warmup:
                 results[layout]["seconds"].append(seconds)
@@ -97,7 +112,7 @@ def run(args) -> list[dict]:
                 results[layout]["peak"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         gap = abs(losses[0] - losses[1])
         if gap > 1e-4 * max(1.0, abs(losses[0])):
-            raise AssertionError(f"cheap and full losses differ at step {index}: {losses}")
+            raise AssertionError(f"the losses of {' and '.join(compared)} differ at step {index}: {losses}")
         largest_gap = max(largest_gap, gap)
     tokens = args.batch_size * (args.image_side**2 + args.question + 1 + args.answer + 1)
     rows = []
@@ -110,24 +125,25 @@ def run(args) -> list[dict]:
 
 
 def table(rows, args) -> str:
-    full, cheap = rows
+    full, cheap = rows  # the reference, and the variant under test
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     lines = [
         f"batch {args.batch_size} x ({args.image_side**2} image + {args.question + 1} question + {args.answer + 1} answer "
         f"tokens), block size {args.block_size}, LM {args.layers} layers x {args.hidden}, median of {args.steps} steps, "
         f"{device}, torch {torch.__version__}",
         "",
-        "| noisy stream | step (ms) | tokens / s | saved for backward (MiB) | peak GPU (MiB) |",
+        "| variant | step (ms) | tokens / s | saved for backward (MiB) | peak GPU (MiB) |",
         "| --- | --- | --- | --- | --- |",
     ]
     for r in rows:
         lines.append(f"| {r['layout']} | {1000 * r['median_step_seconds']:.1f} | {r['tokens_per_second']:.0f} | "
                      f"{r['saved_for_backward_mib']:.1f} | {r['peak_gpu_mib']:.0f} |")
-    lines.append(f"| cheap / full | {cheap['median_step_seconds'] / full['median_step_seconds']:.2f}x time | "
+    lines.append(f"| {cheap['layout']} / {full['layout']} | "
+                 f"{cheap['median_step_seconds'] / full['median_step_seconds']:.2f}x time | "
                  f"{cheap['tokens_per_second'] / full['tokens_per_second']:.2f}x | "
                  f"{cheap['saved_for_backward_mib'] / full['saved_for_backward_mib']:.2f}x | "
                  + (f"{cheap['peak_gpu_mib'] / full['peak_gpu_mib']:.2f}x |" if full["peak_gpu_mib"] else "n/a |"))
-    lines += ["", f"Loss check: cheap == full on all {full['loss_checked_steps']} batches "
+    lines += ["", f"Loss check: {cheap['layout']} == {full['layout']} on all {full['loss_checked_steps']} batches "
                   f"(largest difference {full['largest_loss_gap']:.2e})."]
     return "\n".join(lines)
 
@@ -143,6 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heads", type=int, default=4, help="LM attention heads")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (after the warm-up)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    parser.add_argument("--draft-only", action="store_true",
+                        help="draft-only LoRA adapters: clean stream first (no autograd) against one pass")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     parser.add_argument("--json", help="also write the rows to this JSON file")
 

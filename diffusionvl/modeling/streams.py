@@ -28,13 +28,15 @@ class DiffusionOutput(ModelOutput):
     num_masked: torch.Tensor | None = None
 
 
-def two_stream_loss(model, batch: NoisyBatch, vision, cheap: bool, objective=None) -> DiffusionOutput:
+def two_stream_loss(model, batch: NoisyBatch, vision, cheap: bool, objective=None,
+                    clean_first: bool | None = None) -> DiffusionOutput:
     """The block-diffusion loss of a DiffusionVL `model` on a noised batch, plus the `objective`'s terms that keep
-    the source (objective.source_terms). `cheap`: only supervised blocks in the noisy stream."""
+    the source (objective.source_terms). `cheap`: only supervised blocks in the noisy stream. `clean_first`: run
+    a frozen clean stream first, without autograd (None: whenever it is frozen; False: one pass, the reference)."""
     layout = two_stream_layout(batch, cheap, model.dtype, model.config.context_attention == "causal")
     noisy_pos = layout.noisy_positions
     embeds, rope = _inputs(model, batch, vision, noisy_pos)
-    hidden = decode_streams(model, embeds, layout.attention_mask, rope, noisy_pos.shape[1])
+    hidden = decode_streams(model, embeds, layout.attention_mask, rope, noisy_pos.shape[1], clean_first)
     take = batch.masked.gather(1, noisy_pos) & layout.noisy_valid  # (N, Ln)
     source = predicting_columns(noisy_pos, model.block_size, model.config.logit_shift)[take]  # (M,)
     rows = torch.arange(take.shape[0], device=take.device)[:, None].expand_as(take)[take]
@@ -97,11 +99,16 @@ def clean_stream_is_frozen(model) -> bool:
     return True
 
 
-def decode_streams(model, embeds: torch.Tensor, mask: torch.Tensor, rope: torch.Tensor, noisy: int) -> torch.Tensor:
+def decode_streams(model, embeds: torch.Tensor, mask: torch.Tensor, rope: torch.Tensor, noisy: int,
+                   clean_first: bool | None = None) -> torch.Tensor:
     """Hidden states (N, Ln + L, H) of the layout: embeds (N, Ln + L, H) with the noisy stream's Ln columns first,
     its additive mask (N, 1, Ln + L, Ln + L) and rope positions (A, N, Ln + L)."""
+    frozen = clean_stream_is_frozen(model)
+    if clean_first and not frozen:
+        raise ValueError("clean_first=True needs a clean stream that no training weight acts on (draft-only adapters, "
+                         "nothing else training but the mask row); leave clean_first unset.")
     columns = torch.arange(embeds.shape[1], device=embeds.device)
-    if not clean_stream_is_frozen(model):
+    if not frozen or clean_first is False:
         with model.adapters_on(columns < noisy):
             return model.backbone.decode(embeds, mask, rope)
     cache, clean_columns = DynamicCache(), torch.zeros(embeds.shape[1] - noisy, dtype=torch.bool, device=embeds.device)
