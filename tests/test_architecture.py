@@ -3,7 +3,8 @@ the import graph has no cycles. Imports inside functions count too: a lazy impor
 
 A lower layer reaches a higher one only through a table of names loaded on use, never an import: the CLI's
 command table (`cli.COMMANDS`), the recipes' (`recipes.RECIPES`), the models built on first use
-(`checkpoints.folders.CACHED_MODELS`) and the public names of the package root (`diffusionvl._EXPORTS`).
+(`checkpoints.folders.CACHED_MODELS`, and `ADAPTER_BUILDER` for adapter folders) and the public names of the
+package root (`diffusionvl._EXPORTS`).
 """
 
 import ast

@@ -134,8 +134,8 @@ def test_a_frozen_clean_stream_runs_first_without_gradients_and_gives_the_one_pa
     assert not streams.clean_stream_is_frozen(everywhere.train())
 
 
-def test_the_adapter_folder_keeps_them_unmerged_and_decodes_the_same(tmp_path):
-    from diffusionvl.inference import causal_model
+def test_the_adapter_folder_keeps_them_unmerged_and_decodes_the_same(tmp_path, monkeypatch):
+    from diffusionvl.inference import causal_model, load
     from diffusionvl.training.adapters import build, save_adapter
 
     tokenizer = tiny_tokenizer()
@@ -153,6 +153,11 @@ def test_the_adapter_folder_keeps_them_unmerged_and_decodes_the_same(tmp_path):
     rebuilt.save_pretrained(tmp_path / "full")
     again = DiffusionVL.from_pretrained(tmp_path / "full").eval()
     assert torch.equal(again.generate(ids, max_new_tokens=12, steps=2), expected)
+    monkeypatch.setenv("DIFFUSIONVL_CACHE", str(tmp_path / "cache"))  # the folder as a model path, as the CLI takes it
+    opened, processor = load(tmp_path / "adapter")
+    assert torch.equal(opened.generate(ids, max_new_tokens=12, steps=2), expected)
+    assert processor.convert_tokens_to_ids("<|mask|>") == opened.special_tokens.mask
+    assert len(list((tmp_path / "cache" / "adapters").iterdir())) == 1
 
 
 def test_they_cannot_be_merged_and_the_training_options_that_do_not_fit_are_refused(tmp_path):

@@ -28,6 +28,7 @@ DEFAULT_MODEL = "minivl-dvlm"
 SHIPPED_FOLDER = Path(__file__).parents[1] / "minivl" / "weights"
 # Models built into the cache on first use, by a function of their subpackage ("module:function" -> folder).
 CACHED_MODELS = {"smollm2": "smollm2.source:base_folder", "smollm2-dlm": "smollm2.source:dlm_folder"}
+ADAPTER_MANIFEST, ADAPTER_BUILDER = "adapter.json", "training.adapters:materialised"  # an adapter folder's model
 MODEL_NAMES = SHIPPED_MODELS + tuple(CACHED_MODELS)
 
 
@@ -38,18 +39,27 @@ def cache_root() -> Path:
 
 def resolve_model(path):
     """A model's name -> its folder: inside the package (minivl-dvlm, minivl-ar) or built into the cache on first
-    use (smollm2, smollm2-dlm). A local folder of that name wins; any other path or hub id is returned unchanged."""
+    use (smollm2, smollm2-dlm). A local folder of that name wins. An adapter folder (`recipe smollm2`'s
+    OUT/smollm2-dlm, training/adapters.py) -> its full checkpoint, built into the cache on first use. Any other
+    path or hub id is returned unchanged."""
+    if (Path(path) / ADAPTER_MANIFEST).is_file():
+        return str(_build(ADAPTER_BUILDER, path))
     if str(path) not in MODEL_NAMES or Path(path).exists():
         return path
     if str(path) in CACHED_MODELS:
-        module, function = CACHED_MODELS[str(path)].split(":")
-        return str(getattr(importlib.import_module(f"diffusionvl.{module}"), function)())
+        return str(_build(CACHED_MODELS[str(path)]))
     folder = SHIPPED_FOLDER / str(path)
     if not (folder / "config.json").is_file():
         raise CheckpointLayoutError(
             f"the shipped model {path!r} is missing from this installation ({folder}); reinstall diffusionvl, or "
             f"rebuild it with `diffusionvl recipe minivl --out DIR` and copy DIR/{path} there.")
     return str(folder)
+
+
+def _build(builder: str, *args):
+    """Call "module:function" of a higher layer, imported by name on use (this layer must not import it)."""
+    module, function = builder.split(":")
+    return getattr(importlib.import_module(f"diffusionvl.{module}"), function)(*args)
 
 
 def read_config(path: Path) -> dict:

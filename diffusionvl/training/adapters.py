@@ -143,6 +143,16 @@ def _load_unmerged(model, tensors: dict, lora: dict, folder: Path, manifest: dic
     model.load_state_dict(tensors, strict=False)
 
 
+def materialised(folder) -> Path:
+    """The full checkpoint of the adapter at `folder`, passed as a model path to any loader: built into the cache
+    on first use (one checkpoint per adapter location, rebuilt when the adapter changes)."""
+    from ..checkpoints.folders import cache_root
+
+    folder = Path(folder).resolve()
+    key = hashlib.sha256(str(folder).encode()).hexdigest()[:12]
+    return materialise(folder, cache_root() / "adapters" / f"{folder.name}-{key}")
+
+
 def materialise(folder, dst) -> Path:
     """`dst`: the full checkpoint of the adapter at `folder`, rebuilt when missing or built from another adapter."""
     folder, dst = Path(folder), Path(dst)
