@@ -37,11 +37,11 @@ def build(args) -> DiffusionVL:
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(config).to(args.device)
     model = DiffusionVL.from_autoregressive(model, mask_token_id=MASK, block_size=args.block_size).train()
-    if args.draft_only:  # rank-16 adapters on the noisy stream; everything else frozen (PEFT's rule)
+    if args.draft_only:  # the SmolLM2 recipe's adapters, on the noisy stream; everything else frozen (PEFT's rule)
         from ..modeling.lora import add_lora
+        from ..smollm2.recipe import LORA_TARGETS
 
-        add_lora(model, 16, 32, ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-                 scope="noisy")
+        add_lora(model, 16, 32, LORA_TARGETS.split(","), scope="noisy")
     return model
 
 
@@ -101,15 +101,15 @@ def run(args) -> list[dict]:
         ids, labels, vision = batch(args, generator)
         noisy = model.add_noise(ids, labels, generator=torch.Generator(args.device).manual_seed(index))
         losses = []
-        for layout, options in compared.items():
+        for name, options in compared.items():
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
             seconds, loss, saved = step(model, noisy, vision, options)
             losses.append(loss)
             if index >= args.warmup:
-                results[layout]["seconds"].append(seconds)
-                results[layout]["saved"] = saved
-                results[layout]["peak"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+                results[name]["seconds"].append(seconds)
+                results[name]["saved"] = saved
+                results[name]["peak"] = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         gap = abs(losses[0] - losses[1])
         if gap > 1e-4 * max(1.0, abs(losses[0])):
             raise AssertionError(f"the losses of {' and '.join(compared)} differ at step {index}: {losses}")
@@ -125,7 +125,7 @@ def run(args) -> list[dict]:
 
 
 def table(rows, args) -> str:
-    full, cheap = rows  # the reference, and the variant under test
+    reference, tested = rows
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     lines = [
         f"batch {args.batch_size} x ({args.image_side**2} image + {args.question + 1} question + {args.answer + 1} answer "
@@ -138,13 +138,15 @@ def table(rows, args) -> str:
     for r in rows:
         lines.append(f"| {r['layout']} | {1000 * r['median_step_seconds']:.1f} | {r['tokens_per_second']:.0f} | "
                      f"{r['saved_for_backward_mib']:.1f} | {r['peak_gpu_mib']:.0f} |")
-    lines.append(f"| {cheap['layout']} / {full['layout']} | "
-                 f"{cheap['median_step_seconds'] / full['median_step_seconds']:.2f}x time | "
-                 f"{cheap['tokens_per_second'] / full['tokens_per_second']:.2f}x | "
-                 f"{cheap['saved_for_backward_mib'] / full['saved_for_backward_mib']:.2f}x | "
-                 + (f"{cheap['peak_gpu_mib'] / full['peak_gpu_mib']:.2f}x |" if full["peak_gpu_mib"] else "n/a |"))
-    lines += ["", f"Loss check: {cheap['layout']} == {full['layout']} on all {full['loss_checked_steps']} batches "
-                  f"(largest difference {full['largest_loss_gap']:.2e})."]
+    lines.append(f"| {tested['layout']} / {reference['layout']} | "
+                 f"{tested['median_step_seconds'] / reference['median_step_seconds']:.2f}x time | "
+                 f"{tested['tokens_per_second'] / reference['tokens_per_second']:.2f}x | "
+                 f"{tested['saved_for_backward_mib'] / reference['saved_for_backward_mib']:.2f}x | "
+                 + (f"{tested['peak_gpu_mib'] / reference['peak_gpu_mib']:.2f}x |" if reference["peak_gpu_mib"]
+                    else "n/a |"))
+    lines += ["", f"Loss check: {tested['layout']} == {reference['layout']} on all "
+                  f"{reference['loss_checked_steps']} batches "
+                  f"(largest difference {reference['largest_loss_gap']:.2e})."]
     return "\n".join(lines)
 
 

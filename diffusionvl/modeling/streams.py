@@ -113,7 +113,7 @@ def decode_streams(model, embeds: torch.Tensor, mask: torch.Tensor, rope: torch.
             return model.backbone.decode(embeds, mask, rope)
     cache, clean_columns = DynamicCache(), torch.zeros(embeds.shape[1] - noisy, dtype=torch.bool, device=embeds.device)
     with torch.no_grad(), model.adapters_on(clean_columns):  # no column noisy: the base model, as it must be
-        clean = model.backbone.decode(embeds[:, noisy:].detach(), mask[:, :, noisy:, noisy:], rope[:, :, noisy:],
+        clean = model.backbone.decode(embeds[:, noisy:], mask[:, :, noisy:, noisy:], rope[:, :, noisy:],
                                       cache, True)
     rows = mask[:, :, :noisy]  # the noisy queries' keys, reordered to the cache's layout: [clean ; noisy]
     with model.adapters_on(torch.ones(noisy, dtype=torch.bool, device=embeds.device)):
