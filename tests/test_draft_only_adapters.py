@@ -173,3 +173,25 @@ def test_they_cannot_be_merged_and_the_training_options_that_do_not_fit_are_refu
             TrainingConfig(**base, **extra)
     with pytest.raises(DiffusionVLError, match="--lora-scope must be"):
         TrainingConfig(**{**base, "lora_scope": "clean"}, lora_rank=4)
+
+
+def test_in_a_vision_language_model_they_train_alone_so_the_image_features_stay_the_sources(tmp_path):
+    """The projector (merger) feeds image features to the clean stream: trained beside draft-only adapters it
+    would move the causal mode away from the source, so it stays frozen whatever --train-projector says."""
+    from conftest import tiny_qwen_vl
+
+    from diffusionvl.modeling.streams import clean_stream_is_frozen
+    from diffusionvl.training.config import TrainingConfig
+    from diffusionvl.training.train import set_trainable
+
+    model = DiffusionVL.from_autoregressive(tiny_qwen_vl(), mask_token_id=MASK_ID, block_size=4, **CAUSAL)
+    add_lora(model, rank=4, scope="noisy")
+    config = TrainingConfig(data="d.json", model="m", output_dir=str(tmp_path), lora_rank=4, lora_scope="noisy")
+    assert config.train_projector  # the default, which draft-only adapters override
+    set_trainable(model, config)
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    assert trained and all("lora_" in name or name.endswith("embed_tokens.weight") for name in trained)
+    assert clean_stream_is_frozen(model)
+    with pytest.raises(DiffusionVLError, match="--train-vision"):
+        TrainingConfig(data="d.json", model="m", output_dir=str(tmp_path), lora_rank=4, lora_scope="noisy",
+                       train_vision=True)

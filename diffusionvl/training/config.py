@@ -26,7 +26,8 @@ class TrainingConfig:
                        "'diffusion' (stage 2), or 'autoregressive' (the parts chosen below, AR loss: training an AR "
                        "source before translation)"})
     train_vision: bool = field(default=False, metadata={"help": "train the vision tower (not in stage 'projector')"})
-    train_projector: bool = field(default=True, metadata={"help": "train the projector / merger"})
+    train_projector: bool = field(default=True, metadata={"help": "train the projector / merger (frozen under "
+                                                                  "--lora-scope noisy: it feeds the clean stream)"})
     train_language: bool = field(default=True, metadata={"help": "train the language model"})
     ar_loss: str = field(default="per_token", metadata={"help": "stages 'projector' and 'autoregressive': "
                          "'per_token' (transformers' mean over tokens) or 'per_sample' (each sample weighs the same)"})
@@ -108,6 +109,9 @@ def check_draft_only(config) -> None:
     if config.ar_loss_weight:
         raise DiffusionVLError("--ar-loss-weight trains the clean stream, which draft-only adapters leave exactly the "
                                "base's, so it would train nothing; drop it, or use --lora-scope all.")
+    if config.train_vision:
+        raise DiffusionVLError("--train-vision would change the image features the clean stream reads, which "
+                               "draft-only adapters leave exactly the base's; drop it, or use --lora-scope all.")
     if config.gradient_checkpointing:
         raise DiffusionVLError("--gradient-checkpointing recomputes the forward outside the step that says which "
                                "columns are noisy, so draft-only adapters would get wrong gradients; drop it, or use "
