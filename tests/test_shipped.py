@@ -38,14 +38,27 @@ def test_shipped_models_are_small_and_load_by_name(shipped):
     assert shipped["minivl-ar"][0].config.model_type == "qwen2_5_vl"
 
 
-@pytest.mark.parametrize("name", SHIPPED_MODELS)
-def test_shipped_models_answer_the_pinned_samples(shipped, name):
+def pinned_answers(shipped, name: str, **decoding):
     model, processor = shipped[name]
     samples = [sample(task, "test", 0, index) for task, index in PINNED]
-    config = DecodingConfig(max_new_tokens=64, steps=8)
-    out = answer(model, processor, chat_inputs(processor, [s.question for s in samples], [[s.image] for s in samples]),
-                 config)
-    assert out.texts == [s.answer for s in samples]
+    config = DecodingConfig(max_new_tokens=64, **decoding)
+    return answer(model, processor, chat_inputs(processor, [s.question for s in samples], [[s.image] for s in samples]),
+                  config), [s.answer for s in samples]
+
+
+@pytest.mark.parametrize("name", ["minivl-dvlm", "minivl-ar"])
+def test_shipped_models_answer_the_pinned_samples(shipped, name):
+    out, truth = pinned_answers(shipped, name, steps=8)
+    assert out.texts == truth
+
+
+def test_the_draft_only_translation_writes_its_sources_answers_speculatively(shipped):
+    """minivl-dvlm-draft is minivl-ar plus adapters that act on masked positions alone: decoded speculatively,
+    its answers are minivl-ar's greedy answers token for token, several tokens per forward."""
+    out, truth = pinned_answers(shipped, "minivl-dvlm-draft", remasking_strategy="speculative")
+    source, _ = pinned_answers(shipped, "minivl-ar")
+    assert out.rows == source.rows and out.texts == truth
+    assert out.tokens / out.row_forwards > 2
 
 
 def test_eval_of_the_default_model_on_a_small_seeded_set(capsys):

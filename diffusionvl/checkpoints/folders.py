@@ -22,8 +22,9 @@ RELEASED_TYPES = {"diffusionvl_qwenvl": "load_released_qwenvl", "diffusionvl_qwe
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
 PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")
 REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-# Models that ship inside the package (MiniVL, trained by `diffusionvl recipe minivl`): name -> folder name.
-SHIPPED_MODELS = ("minivl-dvlm", "minivl-ar")
+# Models that ship inside the package (MiniVL, trained by `diffusionvl recipe minivl`; minivl-dvlm-draft: draft-only
+# adapters on minivl-ar, README "A translation that keeps its source exactly"): name -> folder name.
+SHIPPED_MODELS = ("minivl-dvlm", "minivl-ar", "minivl-dvlm-draft")
 DEFAULT_MODEL = "minivl-dvlm"
 SHIPPED_FOLDER = Path(__file__).parents[1] / "minivl" / "weights"
 # Models built into the cache on first use, by a function of their subpackage ("module:function" -> folder).
@@ -38,7 +39,7 @@ def cache_root() -> Path:
 
 
 def resolve_model(path):
-    """A model's name -> its folder: inside the package (minivl-dvlm, minivl-ar) or built into the cache on first
+    """A model's name -> its folder: inside the package (minivl-dvlm, minivl-ar, minivl-dvlm-draft) or built into the cache on first
     use (smollm2, smollm2-dlm). A local folder of that name wins. An adapter folder (`recipe smollm2`'s
     OUT/smollm2-dlm, training/adapters.py) -> its full checkpoint, built into the cache on first use. Any other
     path or hub id is returned unchanged."""
