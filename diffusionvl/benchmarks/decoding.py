@@ -60,7 +60,8 @@ from ..errors import DiffusionVLError
 from .prompt_sets import check_tasks, comma_separated, tasks_option
 from .report import markdown, plot, pyplot
 
-SOURCES = {"minivl-dvlm": "minivl-ar", "minivl-dvlm-draft": "minivl-ar", "smollm2-dlm": "smollm2"}  # a shipped model's AR source
+# a shipped model's AR source
+SOURCES = {"minivl-dvlm": "minivl-ar", "minivl-dvlm-draft": "minivl-ar", "smollm2-dlm": "smollm2"}
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,10 @@ def cache_root() -> Path:
 
 
 def resolve_model(path):
-    """A model's name -> its folder: inside the package (minivl-dvlm, minivl-ar, minivl-dvlm-draft) or built into the cache on first
-    use (smollm2, smollm2-dlm). A local folder of that name wins. An adapter folder (`recipe smollm2`'s
-    OUT/smollm2-dlm, training/adapters.py) -> its full checkpoint, built into the cache on first use. Any other
-    path or hub id is returned unchanged."""
+    """A model's name -> its folder: inside the package (minivl-dvlm, minivl-ar, minivl-dvlm-draft) or built into
+    the cache on first use (smollm2, smollm2-dlm). A local folder of that name wins. An adapter folder (`recipe
+    smollm2`'s OUT/smollm2-dlm, training/adapters.py) -> its full checkpoint, built into the cache on first use.
+    Any other path or hub id is returned unchanged."""
     if (Path(path) / ADAPTER_MANIFEST).is_file():
         return str(_build(ADAPTER_BUILDER, path))
     if str(path) not in MODEL_NAMES or Path(path).exists():
