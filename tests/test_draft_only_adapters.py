@@ -186,12 +186,12 @@ def test_in_a_vision_language_model_they_train_alone_so_the_image_features_stay_
 
     model = DiffusionVL.from_autoregressive(tiny_qwen_vl(), mask_token_id=MASK_ID, block_size=4, **CAUSAL)
     add_lora(model, rank=4, scope="noisy")
-    config = TrainingConfig(data="d.json", model="m", output_dir=str(tmp_path), lora_rank=4, lora_scope="noisy")
+    base = dict(data="d.json", model="m", output_dir=str(tmp_path), lora_rank=4, lora_scope="noisy")
+    config = TrainingConfig(**base)
     assert config.train_projector  # the default, which draft-only adapters override
     set_trainable(model, config)
     trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
     assert trained and all("lora_" in name or name.endswith("embed_tokens.weight") for name in trained)
     assert clean_stream_is_frozen(model)
     with pytest.raises(DiffusionVLError, match="--train-vision"):
-        TrainingConfig(data="d.json", model="m", output_dir=str(tmp_path), lora_rank=4, lora_scope="noisy",
-                       train_vision=True)
+        TrainingConfig(**base, train_vision=True)

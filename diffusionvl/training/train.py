@@ -59,11 +59,14 @@ def set_trainable(model, config: TrainingConfig) -> None:
     """Freeze by part for the stage; with LoRA the LM's own weights stay frozen and its adapters train. Draft-only
     adapters (lora_scope "noisy") train alone, with the mask row: whatever else trained would move the clean
     stream, which must stay the source's."""
-    wanted = {"projector": True, "vision": False, "language": False} if config.stage == "projector" else {
-        "projector": config.train_projector, "vision": config.train_vision, "language": config.train_language}
     lora = bool(getattr(model.config, "lora", None))
-    if lora and getattr(model.config, "lora_scope", "all") == "noisy":  # the projector feeds the clean stream too
+    if config.stage == "projector":
+        wanted = {"projector": True, "vision": False, "language": False}
+    elif lora and model.config.lora_scope == "noisy":  # the projector feeds the clean stream too
         wanted = {"projector": False, "vision": False, "language": False}
+    else:
+        wanted = {"projector": config.train_projector, "vision": config.train_vision,
+                  "language": config.train_language}
     for name, parameter in model.named_parameters():
         part = parameter_part(name)
         parameter.requires_grad_("lora_" in name if lora and part == "language" else wanted[part])
